@@ -1,0 +1,46 @@
+//! The command line: one subcommand per file. Results go to stdout, logs (tracing) to stderr.
+
+mod score;
+
+use clap::{Parser, Subcommand};
+
+pub use score::ScoreArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "xbench", version, about = "Serve cross-encoder rerankers and measure how to serve them best")]
+pub struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score (query, passage) pairs from a JSON-lines file; one JSON line of scores per input line.
+    Score(ScoreArgs),
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Score(args) => score::run(args),
+    }
+}
+
+/// Logs to stderr at `info` for xbench and `warn` for its dependencies, unless RUST_LOG says otherwise.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,xbench={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,121 @@
+//! `xbench score`: batch scoring of a JSON-lines file.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::model::parse_device;
+use crate::score::{read_pairs, sigmoid, Scorer};
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Model: a local directory in Hugging Face layout or a hub id (org/name[@revision]).
+    #[arg(long, default_value = "models/demo-minilm-l6")]
+    pub model: String,
+    /// JSON lines of {"query": ..., "passage": ...} ("document" or "text" also name the passage); - for stdin.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the scores (written whole or not at all); stdout when absent.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Truncation length in tokens; capped by the model's positions and the tokenizer's limit.
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// cpu, cuda[:N] (with --features cuda) or metal[:N] (with --features metal).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(serde::Serialize)]
+struct ScoreLine {
+    score: f32,
+    relevance: f32,
+}
+
+pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    if let Some(out) = &args.output {
+        check_output_dir(out)?;
+    }
+    let pairs = if args.input == Path::new("-") {
+        read_pairs(std::io::stdin().lock()).context("reading stdin")?
+    } else {
+        let file = File::open(&args.input)
+            .with_context(|| format!("cannot open input {}", args.input.display()))?;
+        read_pairs(BufReader::new(file)).with_context(|| args.input.display().to_string())?
+    };
+    let device = parse_device(&args.device)?;
+    let started = Instant::now();
+    let scorer = Scorer::load(&args.model, &device, args.max_length)?;
+    tracing::info!(
+        model = %args.model,
+        max_length = scorer.tokenizer().max_length(),
+        load_s = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "model loaded"
+    );
+    let started = Instant::now();
+    let scores = scorer.score(&pairs, args.batch_size)?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        pairs = pairs.len(),
+        batch_size = args.batch_size,
+        seconds = format!("{secs:.3}"),
+        pairs_per_s = format!("{:.1}", pairs.len() as f64 / secs.max(1e-9)),
+        "scored"
+    );
+
+    let mut text = String::with_capacity(scores.len() * 48);
+    for score in scores {
+        let line = ScoreLine {
+            score,
+            relevance: sigmoid(score),
+        };
+        text.push_str(&serde_json::to_string(&line).expect("serialising two floats cannot fail. This is a bug."));
+        text.push('\n');
+    }
+    match &args.output {
+        Some(path) => write_atomically(path, text.as_bytes()),
+        None => {
+            let mut out = BufWriter::new(std::io::stdout().lock());
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn output_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn check_output_dir(path: &Path) -> anyhow::Result<()> {
+    let dir = output_dir(path);
+    anyhow::ensure!(
+        dir.is_dir(),
+        "cannot write --output {}: directory {} does not exist",
+        path.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Writes to a temporary file beside `path`, then renames it over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut tmp = tempfile::NamedTempFile::new_in(output_dir(path))
+        .with_context(|| format!("cannot create a temporary file beside {}", path.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

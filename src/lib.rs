@@ -1,0 +1,9 @@
+//! xbench: serve cross-encoder rerank models and measure, by sweeps of configurations, how to serve
+//! them best. The library holds everything; the `xbench` binary parses the command line and calls
+//! [`cli::run`].
+
+pub mod batch;
+pub mod cli;
+pub mod model;
+pub mod score;
+pub mod tokenize;

@@ -1,0 +1,323 @@
+//! `BertForSequenceClassification` in candle, one struct per module of transformers'
+//! `models/bert/modeling_bert.py`, weight paths mirrored with `vb.pp(...)`.
+//!
+//! Hidden states are kept as a `[tokens, hidden]` matrix so every linear layer is one matrix
+//! product; attention reshapes to `[pairs, heads, length, head_dim]` over the padded rectangle that
+//! [`Batch::padded`] builds, masking padded keys as transformers does.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+
+use super::ModelError;
+use crate::batch::Batch;
+
+/// `hidden_act` values this implementation runs (transformers' `ACT2FN` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Exact GELU, `x * Φ(x)` with erf (transformers' `gelu`).
+    Gelu,
+    /// tanh approximation (`gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`).
+    #[serde(alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluNew,
+    Relu,
+    #[serde(alias = "swish")]
+    Silu,
+}
+
+impl Activation {
+    fn forward(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Gelu => x.gelu_erf(),
+            Activation::GeluNew => x.gelu(),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+        }
+    }
+}
+
+/// The keys of a BERT `config.json` that the forward pass reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: Activation,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default = "default_position_type")]
+    pub position_embedding_type: String,
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+    #[serde(default)]
+    pub id2label: Option<BTreeMap<String, String>>,
+}
+
+fn default_act() -> Activation {
+    Activation::Gelu
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_position_type() -> String {
+    "absolute".to_string()
+}
+
+impl BertConfig {
+    /// Labels as transformers counts them: `num_labels`, else the size of `id2label`, else 2.
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+            .or_else(|| self.id2label.as_ref().map(|m| m.len()))
+            .unwrap_or(2)
+    }
+
+    pub fn validate(&self, path: &Path) -> std::result::Result<(), ModelError> {
+        let invalid = |message: String| ModelError::InvalidConfig {
+            path: path.to_path_buf(),
+            message,
+        };
+        if self.position_embedding_type != "absolute" {
+            return Err(invalid(format!(
+                "position_embedding_type \"{}\" is not supported; supported: absolute",
+                self.position_embedding_type
+            )));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(invalid(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        if self.num_labels() == 0 {
+            return Err(invalid("num_labels is 0".to_string()));
+        }
+        Ok(())
+    }
+}
+
+fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    // Checkpoints converted from TensorFlow name the parameters gamma/beta; transformers renames them.
+    let (w, b) = if vb.contains_tensor("weight") || !vb.contains_tensor("gamma") {
+        (vb.get(size, "weight")?, vb.get(size, "bias")?)
+    } else {
+        (vb.get(size, "gamma")?, vb.get(size, "beta")?)
+    };
+    Ok(LayerNorm::new(w, b, eps))
+}
+
+/// `BertEmbeddings`: word + position + token type, then LayerNorm (dropout is off in inference).
+struct BertEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+}
+
+impl BertEmbeddings {
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            word_embeddings: candle_nn::embedding(
+                c.vocab_size,
+                c.hidden_size,
+                vb.pp("word_embeddings"),
+            )?,
+            position_embeddings: candle_nn::embedding(
+                c.max_position_embeddings,
+                c.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: candle_nn::embedding(
+                c.type_vocab_size,
+                c.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
+            layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    /// All inputs are `[tokens]`; returns `[tokens, hidden]`.
+    fn forward(&self, ids: &Tensor, types: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let x = self.word_embeddings.forward(ids)?;
+        let x = (x + self.token_type_embeddings.forward(types)?)?;
+        let x = (x + self.position_embeddings.forward(positions)?)?;
+        self.layer_norm.forward(&x)
+    }
+}
+
+/// `BertSelfAttention` (eager attention, absolute positions).
+struct BertSelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl BertSelfAttention {
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            query: candle_nn::linear(h, h, vb.pp("query"))?,
+            key: candle_nn::linear(h, h, vb.pp("key"))?,
+            value: candle_nn::linear(h, h, vb.pp("value"))?,
+            heads: c.num_attention_heads,
+            head_dim: h / c.num_attention_heads,
+        })
+    }
+
+    /// `x` is `[pairs * length, hidden]`, `mask_bias` `[pairs, 1, 1, length]`.
+    fn forward(&self, x: &Tensor, mask_bias: &Tensor, pairs: usize, length: usize) -> Result<Tensor> {
+        let split = |t: Tensor| {
+            t.reshape((pairs, length, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split(self.query.forward(x)?)?;
+        let k = split(self.key.forward(x)?)?;
+        let v = split(self.value.forward(x)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let context = probs.matmul(&v)?;
+        context
+            .transpose(1, 2)?
+            .reshape((pairs * length, self.heads * self.head_dim))
+    }
+}
+
+/// `BertSelfOutput` / `BertOutput`: dense, residual, LayerNorm.
+struct DenseResidualNorm {
+    dense: Linear,
+    layer_norm: LayerNorm,
+}
+
+impl DenseResidualNorm {
+    fn load(vb: VarBuilder, input: usize, c: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            dense: candle_nn::linear(input, c.hidden_size, vb.pp("dense"))?,
+            layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.layer_norm
+            .forward(&(self.dense.forward(x)? + residual)?)
+    }
+}
+
+/// `BertLayer`: `BertAttention` (self-attention + `BertSelfOutput`), `BertIntermediate`,
+/// `BertOutput`.
+struct BertLayer {
+    attention: BertSelfAttention,
+    attention_output: DenseResidualNorm,
+    intermediate: Linear,
+    act: Activation,
+    output: DenseResidualNorm,
+}
+
+impl BertLayer {
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        Ok(Self {
+            attention: BertSelfAttention::load(vb.pp("attention").pp("self"), c)?,
+            attention_output: DenseResidualNorm::load(
+                vb.pp("attention").pp("output"),
+                c.hidden_size,
+                c,
+            )?,
+            intermediate: candle_nn::linear(
+                c.hidden_size,
+                c.intermediate_size,
+                vb.pp("intermediate").pp("dense"),
+            )?,
+            act: c.hidden_act,
+            output: DenseResidualNorm::load(vb.pp("output"), c.intermediate_size, c)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask_bias: &Tensor, pairs: usize, length: usize) -> Result<Tensor> {
+        let attended = self.attention.forward(x, mask_bias, pairs, length)?;
+        let x = self.attention_output.forward(&attended, x)?;
+        let inner = self.act.forward(&self.intermediate.forward(&x)?)?;
+        self.output.forward(&inner, &x)
+    }
+}
+
+/// `BertForSequenceClassification`: `bert` (embeddings, encoder, pooler) and `classifier`.
+pub struct BertForSequenceClassification {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    pooler: Linear,
+    classifier: Linear,
+    pad_token_id: u32,
+    max_positions: usize,
+}
+
+impl BertForSequenceClassification {
+    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        let bert = vb.pp("bert");
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| BertLayer::load(bert.pp("encoder").pp("layer").pp(i), c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings: BertEmbeddings::load(bert.pp("embeddings"), c)?,
+            layers,
+            pooler: candle_nn::linear(c.hidden_size, c.hidden_size, bert.pp("pooler").pp("dense"))?,
+            classifier: candle_nn::linear(c.hidden_size, c.num_labels(), vb.pp("classifier"))?,
+            pad_token_id: c.pad_token_id,
+            max_positions: c.max_position_embeddings,
+        })
+    }
+
+    /// Logits `[pairs, num_labels]`.
+    pub fn forward(&self, batch: &Batch, device: &Device) -> Result<Tensor> {
+        if batch.max_length > self.max_positions {
+            candle_core::bail!(
+                "a pair of {} tokens exceeds the model's {} positions",
+                batch.max_length,
+                self.max_positions
+            );
+        }
+        let p = batch.padded(self.pad_token_id);
+        let (pairs, length) = (p.pairs, p.length);
+        let ids = Tensor::from_vec(p.input_ids, pairs * length, device)?;
+        let types = Tensor::from_vec(p.token_type_ids, pairs * length, device)?;
+        let positions = Tensor::from_vec(p.position_ids, pairs * length, device)?;
+        // transformers' extended attention mask: 0 where attended, the dtype's minimum where padded.
+        let dtype = self.classifier.weight().dtype();
+        let bias: Vec<f32> = p
+            .attention_mask
+            .iter()
+            .map(|&m| if m == 1 { 0.0 } else { f32::MIN })
+            .collect();
+        let mask_bias = Tensor::from_vec(bias, (pairs, 1, 1, length), device)?.to_dtype(dtype)?;
+
+        let mut x = self.embeddings.forward(&ids, &types, &positions)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &mask_bias, pairs, length)?;
+        }
+        // `BertPooler`: dense + tanh on the first token of each pair.
+        let first = x.reshape((pairs, length, ()))?.i((.., 0))?;
+        let pooled = self.pooler.forward(&first)?.tanh()?;
+        let logits = self.classifier.forward(&pooled)?;
+        if logits.dtype() == DType::F32 {
+            Ok(logits)
+        } else {
+            logits.to_dtype(DType::F32)
+        }
+    }
+}

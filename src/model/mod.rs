@@ -1,0 +1,276 @@
+//! Cross-encoder models: reading `config.json`, choosing the architecture, loading the weights with
+//! candle and running the forward pass from a packed [`Batch`] to logits `[pairs, num_labels]`.
+//!
+//! Each architecture lives in its own file (today [`bert`]); [`CrossEncoder`] dispatches to it, so
+//! XLM-RoBERTa, DistilBERT or ELECTRA slot in as new variants beside BERT.
+
+pub mod bert;
+pub mod files;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::batch::Batch;
+pub use files::ModelFiles;
+
+/// Architectures (the `architectures` entry of `config.json`) that xbench can load.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["BertForSequenceClassification"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model directory '{}' does not exist; pass a local directory in Hugging Face layout (config.json, tokenizer.json, model.safetensors) or a hub id such as cross-encoder/ms-marco-MiniLM-L-6-v2", .0.display())]
+    DirNotFound(PathBuf),
+    #[error("'{}' is a file, not a model directory; pass the directory that holds config.json, tokenizer.json and model.safetensors", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("model directory '{}' has no {file}; a model directory needs config.json, tokenizer.json and model.safetensors", .dir.display())]
+    MissingFile { dir: PathBuf, file: String },
+    #[error("model directory '{}' has no model.safetensors{hint}", .dir.display())]
+    MissingWeights { dir: PathBuf, hint: &'static str },
+    #[error("'{id}' is not a valid hub id; write org/name or org/name@revision")]
+    BadHubId { id: String },
+    #[error("could not download {file} of model '{id}' from the Hugging Face hub ({reason}); if the model is on disk, pass its directory instead (--model path/to/dir holding config.json, tokenizer.json and model.safetensors), or point HF_HOME at a cache that holds it and set HF_HUB_OFFLINE=1")]
+    Download {
+        id: String,
+        file: String,
+        reason: String,
+    },
+    #[error("model '{id}' is not in the Hugging Face cache at {} ({file} is missing) and HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it, or pass a local model directory", .cache.display())]
+    NotCached {
+        id: String,
+        file: String,
+        cache: PathBuf,
+    },
+    #[error("cannot read {}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a valid model config", .path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: unsupported architecture {found}; supported: {}", .path.display(), SUPPORTED_ARCHITECTURES.join(", "))]
+    UnsupportedArchitecture { path: PathBuf, found: String },
+    #[error("{}: {message}", .path.display())]
+    InvalidConfig { path: PathBuf, message: String },
+    #[error("cannot load the weights of '{name}'")]
+    Weights {
+        name: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("unknown device '{0}'; use cpu, cuda, cuda:N, metal or metal:N")]
+    BadDevice(String),
+    #[error("cannot open device '{name}'")]
+    Device {
+        name: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("forward pass failed")]
+    Forward(#[from] candle_core::Error),
+}
+
+/// The architecture-independent head of `config.json`.
+#[derive(Debug, Deserialize)]
+struct ConfigHead {
+    #[serde(default)]
+    architectures: Option<Vec<String>>,
+    #[serde(default)]
+    model_type: Option<String>,
+}
+
+/// What was loaded, for logs and `/info`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub architecture: String,
+    pub num_labels: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    /// Longest sequence (in tokens, special tokens included) the position embeddings allow.
+    pub max_positions: usize,
+}
+
+enum Inner {
+    Bert(bert::BertForSequenceClassification),
+}
+
+/// A loaded cross-encoder on one device.
+pub struct CrossEncoder {
+    inner: Inner,
+    info: ModelInfo,
+    device: Device,
+}
+
+impl CrossEncoder {
+    /// Reads `config.json`, checks the architecture and loads the weights onto `device`.
+    pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        let text = read_text(&files.config)?;
+        let head: ConfigHead = parse_json(&files.config, &text)?;
+        let architecture = architecture_of(&files.config, &head)?;
+        // SAFETY: the weight files are memory-mapped read-only; xbench never writes them, and a
+        // checkpoint replaced on disk while mapped is the same hazard every safetensors user accepts.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
+            .map_err(|source| ModelError::Weights {
+                name: files.name.clone(),
+                source,
+            })?;
+        let (inner, info) = match architecture.as_str() {
+            "BertForSequenceClassification" => {
+                let config: bert::BertConfig = parse_json(&files.config, &text)?;
+                config.validate(&files.config)?;
+                let model =
+                    bert::BertForSequenceClassification::load(vb, &config).map_err(|source| {
+                        ModelError::Weights {
+                            name: files.name.clone(),
+                            source,
+                        }
+                    })?;
+                let info = ModelInfo {
+                    name: files.name.clone(),
+                    architecture,
+                    num_labels: config.num_labels(),
+                    hidden_size: config.hidden_size,
+                    num_layers: config.num_hidden_layers,
+                    max_positions: config.max_position_embeddings,
+                };
+                (Inner::Bert(model), info)
+            }
+            other => unreachable!("architecture {other} passed the support check. This is a bug."),
+        };
+        Ok(Self {
+            inner,
+            info,
+            device: device.clone(),
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits `[pairs, num_labels]` for a packed batch.
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor, ModelError> {
+        let logits = match &self.inner {
+            Inner::Bert(m) => m.forward(batch, &self.device)?,
+        };
+        Ok(logits)
+    }
+
+    /// The first logit of every pair, in batch order: the relevance score of a one-label reranker.
+    pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>, ModelError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = self.forward(batch)?;
+        let first = logits.narrow(1, 0, 1)?.squeeze(1)?;
+        Ok(first.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+}
+
+fn architecture_of(path: &Path, head: &ConfigHead) -> Result<String, ModelError> {
+    match head.architectures.as_deref() {
+        Some([one]) if SUPPORTED_ARCHITECTURES.contains(&one.as_str()) => Ok(one.clone()),
+        Some([]) | None => Err(ModelError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            found: format!(
+                "(none listed; model_type {})",
+                head.model_type.as_deref().unwrap_or("unknown")
+            ),
+        }),
+        Some(list) => Err(ModelError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            found: list.join(", "),
+        }),
+    }
+}
+
+pub(crate) fn read_text(path: &Path) -> Result<String, ModelError> {
+    std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ModelError> {
+    serde_json::from_str(text).map_err(|source| ModelError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses a device name: `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`.
+pub fn parse_device(name: &str) -> Result<Device, ModelError> {
+    let (kind, ordinal) = match name.split_once(':') {
+        Some((kind, n)) => (
+            kind,
+            n.parse::<usize>()
+                .map_err(|_| ModelError::BadDevice(name.to_string()))?,
+        ),
+        None => (name, 0),
+    };
+    let opened = match kind {
+        "cpu" if ordinal == 0 => return Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(ordinal),
+        "metal" => Device::new_metal(ordinal),
+        _ => return Err(ModelError::BadDevice(name.to_string())),
+    };
+    opened.map_err(|source| ModelError::Device {
+        name: name.to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(json: &str) -> ConfigHead {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn unsupported_architectures_name_the_supported_ones() {
+        let err = architecture_of(
+            Path::new("config.json"),
+            &head(r#"{"architectures": ["BertModel"]}"#),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("BertModel"), "{err}");
+        assert!(err.contains("BertForSequenceClassification"), "{err}");
+        let err = architecture_of(Path::new("config.json"), &head(r#"{"model_type": "bert"}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("none listed"), "{err}");
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+        assert!(matches!(parse_device("tpu"), Err(ModelError::BadDevice(_))));
+        assert!(matches!(
+            parse_device("cuda:x"),
+            Err(ModelError::BadDevice(_))
+        ));
+        #[cfg(not(feature = "cuda"))]
+        assert!(matches!(
+            parse_device("cuda:0"),
+            Err(ModelError::Device { .. })
+        ));
+    }
+}
