@@ -93,13 +93,15 @@ def main():
 
     rows = []
     for (q, p), logit in zip(pairs, batched):
-        enc = tok(q, p, truncation="longest_first", max_length=MAX_LENGTH)
+        # Lists, as the batched scoring above and CrossEncoder call it: a single call with an empty
+        # passage would drop the pair's second [SEP], which no scoring path does.
+        enc = tok([q], [p], truncation="longest_first", max_length=MAX_LENGTH)
         rows.append(
             {
                 "query": q,
                 "passage": p,
-                "input_ids": enc["input_ids"],
-                "token_type_ids": enc["token_type_ids"],
+                "input_ids": enc["input_ids"][0],
+                "token_type_ids": enc["token_type_ids"][0],
                 "logit": logit,
             }
         )

@@ -6,4 +6,5 @@ pub mod batch;
 pub mod cli;
 pub mod model;
 pub mod score;
+pub mod testing;
 pub mod tokenize;

@@ -38,8 +38,7 @@ pub enum InputError {
 
 /// Parses one JSON line into a pair. Unknown fields are ignored; the error text names the fix.
 pub fn parse_pair_line(line: &str) -> Result<Pair, String> {
-    let value: Value =
-        serde_json::from_str(line).map_err(|e| format!("not valid JSON ({e})"))?;
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON ({e})"))?;
     let Value::Object(map) = value else {
         return Err(
             "expected a JSON object like {\"query\": \"...\", \"passage\": \"...\"}".to_string(),
@@ -74,7 +73,10 @@ pub fn parse_pair_line(line: &str) -> Result<Pair, String> {
     };
     match &map[field] {
         Value::String(s) => Ok(Pair::new(query, s.clone())),
-        other => Err(format!("\"{field}\" must be a string, found {}", kind(other))),
+        other => Err(format!(
+            "\"{field}\" must be a string, found {}",
+            kind(other)
+        )),
     }
 }
 
@@ -110,8 +112,9 @@ pub fn read_pairs(mut reader: impl BufRead) -> Result<Vec<Pair>, InputError> {
         if text.trim().is_empty() {
             return Err(InputError::Line {
                 line,
-                message: "empty line; every line must be a JSON object with \"query\" and \"passage\""
-                    .to_string(),
+                message:
+                    "empty line; every line must be a JSON object with \"query\" and \"passage\""
+                        .to_string(),
             });
         }
         let pair = parse_pair_line(text).map_err(|message| InputError::Line { line, message })?;
@@ -230,7 +233,10 @@ mod tests {
         assert_eq!(line, 2);
         assert!(msg.contains("not valid JSON"), "{msg}");
         let (_, msg) = line_error("{\"query\": 1, \"passage\": \"p\"}");
-        assert!(msg.contains("\"query\" must be a string, found a number"), "{msg}");
+        assert!(
+            msg.contains("\"query\" must be a string, found a number"),
+            "{msg}"
+        );
         let (_, msg) = line_error("{\"query\": \"q\"}");
         assert!(msg.contains("missing the passage"), "{msg}");
         let (_, msg) = line_error("{\"query\": \"q\", \"passage\": \"a\", \"text\": \"b\"}");

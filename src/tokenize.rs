@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tokenizers::{
-    Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::batch::Batch;
 use crate::model::ModelFiles;
@@ -68,7 +66,10 @@ impl PairTokenizer {
             .filter(|&m| m > 0.0 && m < 1e9)
             .map(|m| m as usize)
             .unwrap_or(usize::MAX);
-        let max_length = requested.unwrap_or(usize::MAX).min(max_positions).min(model_max);
+        let max_length = requested
+            .unwrap_or(usize::MAX)
+            .min(max_positions)
+            .min(model_max);
         if max_length < MIN_MAX_LENGTH {
             return Err(TokenizeError::MaxLengthTooSmall(max_length));
         }

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 pub use score::ScoreArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "xbench", version, about = "Serve cross-encoder rerankers and measure how to serve them best")]
+#[command(
+    name = "xbench",
+    version,
+    about = "Serve cross-encoder rerankers and measure how to serve them best"
+)]
 pub struct Cli {
     /// More log output on stderr (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

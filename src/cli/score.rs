@@ -77,7 +77,10 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
             score,
             relevance: sigmoid(score),
         };
-        text.push_str(&serde_json::to_string(&line).expect("serialising two floats cannot fail. This is a bug."));
+        text.push_str(
+            &serde_json::to_string(&line)
+                .expect("serialising two floats cannot fail. This is a bug."),
+        );
         text.push('\n');
     }
     match &args.output {

@@ -181,7 +181,13 @@ impl BertSelfAttention {
     }
 
     /// `x` is `[pairs * length, hidden]`, `mask_bias` `[pairs, 1, 1, length]`.
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, pairs: usize, length: usize) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        pairs: usize,
+        length: usize,
+    ) -> Result<Tensor> {
         let split = |t: Tensor| {
             t.reshape((pairs, length, self.heads, self.head_dim))?
                 .transpose(1, 2)?
@@ -249,7 +255,13 @@ impl BertLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, pairs: usize, length: usize) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        pairs: usize,
+        length: usize,
+    ) -> Result<Tensor> {
         let attended = self.attention.forward(x, mask_bias, pairs, length)?;
         let x = self.attention_output.forward(&attended, x)?;
         let inner = self.act.forward(&self.intermediate.forward(&x)?)?;

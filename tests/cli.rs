@@ -1,0 +1,296 @@
+//! `xbench score` driven as a user drives it: output format and order, atomic output files, the
+//! Hugging Face cache path, and one-line errors for bad input.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use candle_core::Device;
+use xbench::score::{sigmoid, Pair, Scorer};
+use xbench::testing::TinyBert;
+
+fn xbench() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xbench"));
+    cmd.env_remove("HF_HUB_OFFLINE")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_ENDPOINT")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+const INPUT: &str = concat!(
+    "{\"query\": \"what is rust\", \"passage\": \"rust is a language\"}\n",
+    "{\"query\": \"how to cook steak\", \"document\": \"rest the steak\", \"id\": 3}\n",
+    "{\"query\": \"capital of france\", \"text\": \"paris is the capital\"}\n",
+    "{\"query\": \"bread\", \"passage\": \"\"}\n",
+    "{\"query\": \"the river\", \"passage\": \"the city of paris and the river\"}\n",
+);
+
+fn expected(model: &Path) -> Vec<f32> {
+    let scorer = Scorer::load(model.to_str().unwrap(), &Device::Cpu, None).unwrap();
+    let pairs = [
+        Pair::new("what is rust", "rust is a language"),
+        Pair::new("how to cook steak", "rest the steak"),
+        Pair::new("capital of france", "paris is the capital"),
+        Pair::new("bread", ""),
+        Pair::new("the river", "the city of paris and the river"),
+    ];
+    scorer.score(&pairs, 1).unwrap()
+}
+
+fn parse_output(text: &str) -> Vec<(f32, f32)> {
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let obj = v.as_object().unwrap();
+            assert_eq!(obj.len(), 2, "{l}");
+            (
+                v["score"].as_f64().unwrap() as f32,
+                v["relevance"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect()
+}
+
+fn model_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    TinyBert::default().write(dir.path()).unwrap();
+    dir
+}
+
+#[test]
+fn scores_every_line_in_input_order() {
+    let model = model_dir();
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("pairs.jsonl");
+    std::fs::write(&input, INPUT).unwrap();
+    let out = xbench()
+        .args(["score", "--model"])
+        .arg(model.path())
+        .arg("--input")
+        .arg(&input)
+        .args(["--batch-size", "2"])
+        .assert()
+        .success();
+    let lines = parse_output(&String::from_utf8(out.get_output().stdout.clone()).unwrap());
+    let want = expected(model.path());
+    assert_eq!(lines.len(), want.len());
+    for ((score, relevance), w) in lines.iter().zip(&want) {
+        assert!((score - w).abs() <= 1e-5, "{score} vs {w}");
+        assert!((relevance - sigmoid(*score)).abs() <= 1e-6);
+    }
+    // stdin works too.
+    let out = xbench()
+        .args(["score", "--input", "-", "--model"])
+        .arg(model.path())
+        .write_stdin(INPUT)
+        .assert()
+        .success();
+    assert_eq!(
+        parse_output(&String::from_utf8(out.get_output().stdout.clone()).unwrap()).len(),
+        5
+    );
+}
+
+#[test]
+fn output_file_is_written_whole_or_not_at_all() {
+    let model = model_dir();
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("pairs.jsonl");
+    let output = work.path().join("scores.jsonl");
+    std::fs::write(&input, INPUT).unwrap();
+    xbench()
+        .args(["score", "--model"])
+        .arg(model.path())
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .assert()
+        .success()
+        .stdout("");
+    assert_eq!(
+        parse_output(&std::fs::read_to_string(&output).unwrap()).len(),
+        5
+    );
+
+    std::fs::write(&output, "previous results\n").unwrap();
+    std::fs::write(&input, format!("{INPUT}{{\"query\": \"q\"}}\n")).unwrap();
+    xbench()
+        .args(["score", "--model"])
+        .arg(model.path())
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("line 6: missing the passage"));
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        "previous results\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "no temporary file is left behind: {names:?}"
+    );
+}
+
+/// Runs `xbench score` expecting failure; returns stderr, checked to be a single `Error:` line.
+fn one_line_error(model: &str, input: &str) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("pairs.jsonl");
+    std::fs::write(&path, input).unwrap();
+    let out = xbench()
+        .args(["score", "--model", model, "--input"])
+        .arg(&path)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", work.path())
+        .assert()
+        .failure()
+        .code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("Error: "), "{stderr}");
+    assert!(out.get_output().stdout.is_empty());
+    stderr
+}
+
+#[test]
+fn bad_input_gets_one_line_that_names_the_problem() {
+    let model = model_dir();
+    let m = model.path().to_str().unwrap();
+    let ok = "{\"query\": \"q\", \"passage\": \"p\"}\n";
+
+    let e = one_line_error("/nonexistent/xbench-model", ok);
+    assert!(
+        e.contains("'/nonexistent/xbench-model' does not exist"),
+        "{e}"
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    let e = one_line_error(empty.path().to_str().unwrap(), ok);
+    assert!(e.contains("has no config.json"), "{e}");
+
+    let embedder = tempfile::tempdir().unwrap();
+    TinyBert::default().write(embedder.path()).unwrap();
+    let config = embedder.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("BertForSequenceClassification", "BertModel"),
+    )
+    .unwrap();
+    let e = one_line_error(embedder.path().to_str().unwrap(), ok);
+    assert!(
+        e.contains("unsupported architecture BertModel; supported: BertForSequenceClassification"),
+        "{e}"
+    );
+
+    let e = one_line_error(m, &format!("{ok}{{\"query\": \"q\", \"passage\": }}\n"));
+    assert!(e.contains("line 2: not valid JSON"), "{e}");
+
+    let e = one_line_error(m, "{\"passage\": \"p\"}\n");
+    assert!(e.contains("line 1: missing \"query\""), "{e}");
+
+    let out = xbench()
+        .args(["score", "--model", m, "--input", "/nonexistent/pairs.jsonl"])
+        .assert()
+        .failure();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("cannot open input /nonexistent/pairs.jsonl"),
+        "{stderr}"
+    );
+}
+
+/// Lays `model` out as the HF cache does: blobs, a snapshot of symlinks, and refs/main.
+fn fill_hub_cache(hf_home: &Path, repo_folder: &str, model: &Path) {
+    let repo = hf_home.join("hub").join(repo_folder);
+    let revision = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(revision);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    for (i, entry) in std::fs::read_dir(model).unwrap().enumerate() {
+        let entry = entry.unwrap();
+        let blob = repo.join("blobs").join(format!("blob{i}"));
+        std::fs::copy(entry.path(), &blob).unwrap();
+        std::os::unix::fs::symlink(
+            Path::new("../../blobs").join(format!("blob{i}")),
+            snapshot.join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    std::fs::write(repo.join("refs").join("main"), revision).unwrap();
+}
+
+#[test]
+fn a_hub_id_loads_from_the_hf_cache_offline() {
+    let model = model_dir();
+    let hf_home = tempfile::tempdir().unwrap();
+    fill_hub_cache(
+        hf_home.path(),
+        "models--xbench-test--tiny-reranker",
+        model.path(),
+    );
+    let out = xbench()
+        .args([
+            "score",
+            "--model",
+            "xbench-test/tiny-reranker",
+            "--input",
+            "-",
+        ])
+        .env("HF_HOME", hf_home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .write_stdin(INPUT)
+        .assert()
+        .success();
+    let lines = parse_output(&String::from_utf8(out.get_output().stdout.clone()).unwrap());
+    let want = expected(model.path());
+    for ((score, _), w) in lines.iter().zip(&want) {
+        assert!((score - w).abs() <= 1e-5, "{score} vs {w}");
+    }
+    assert_eq!(lines.len(), want.len());
+
+    // Offline and not cached: the error says so and how to get out of it.
+    let out = xbench()
+        .args(["score", "--model", "xbench-test/absent", "--input", "-"])
+        .env("HF_HOME", hf_home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .write_stdin(INPUT)
+        .assert()
+        .failure();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("model 'xbench-test/absent' is not in the Hugging Face cache"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("HF_HUB_OFFLINE is set"), "{stderr}");
+}
+
+#[test]
+fn a_failed_download_names_the_model_and_the_way_out() {
+    let hf_home = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1 of the loopback: the connection is refused at once.
+    let out = xbench()
+        .args(["score", "--model", "xbench-test/absent", "--input", "-"])
+        .env("HF_HOME", hf_home.path())
+        .env("HF_ENDPOINT", "http://127.0.0.1:1")
+        .write_stdin(INPUT)
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .failure();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("could not download config.json of model 'xbench-test/absent'"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pass its directory instead"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}

@@ -1,0 +1,155 @@
+//! The cross-encoder on a tiny generated BERT: batching, padding and truncation invariants.
+
+use candle_core::{DType, Device};
+use xbench::model::{CrossEncoder, ModelFiles};
+use xbench::score::{Pair, Scorer};
+use xbench::testing::TinyBert;
+use xbench::tokenize::PairTokenizer;
+
+fn tiny() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    TinyBert::default().write(dir.path()).unwrap();
+    dir
+}
+
+fn pairs() -> Vec<Pair> {
+    let words = [
+        "the", "steak", "rust", "bread", "paris", "river", "cook", "zq", "xylo",
+    ];
+    (0..41)
+        .map(|i| {
+            let q: Vec<&str> = (0..1 + i % 4)
+                .map(|j| words[(i + j) % words.len()])
+                .collect();
+            let p: Vec<&str> = (0..(i * 7) % 60)
+                .map(|j| words[(i * 3 + j) % words.len()])
+                .collect();
+            Pair::new(q.join(" "), p.join(" "))
+        })
+        .collect()
+}
+
+#[test]
+fn batches_of_1_7_and_32_give_the_same_logits() {
+    let dir = tiny();
+    let scorer = Scorer::load(dir.path().to_str().unwrap(), &Device::Cpu, None).unwrap();
+    let pairs = pairs();
+    let one = scorer.score(&pairs, 1).unwrap();
+    assert_eq!(one.len(), pairs.len());
+    for b in [7, 32] {
+        let batched = scorer.score(&pairs, b).unwrap();
+        for (i, (a, c)) in one.iter().zip(&batched).enumerate() {
+            assert!((a - c).abs() <= 1e-5, "pair {i} at batch {b}: {a} vs {c}");
+        }
+    }
+    // The scores are not all the same: the model reads its input.
+    let spread =
+        one.iter().cloned().fold(f32::MIN, f32::max) - one.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(spread > 0.05, "scores barely vary: {one:?}");
+}
+
+#[test]
+fn pairs_are_encoded_with_the_bert_template_and_truncated_longest_first() {
+    let dir = tiny();
+    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
+    let tok = PairTokenizer::load(&files, 64, None).unwrap();
+    assert_eq!(tok.max_length(), 64);
+    let e = tok.encode("what is rust", "rust is a language").unwrap();
+    // [CLS]=2 what is rust [SEP]=3 rust is a language [SEP]
+    assert_eq!(e.ids.len(), 3 + 3 + 4);
+    assert_eq!(e.ids[0], 2);
+    assert_eq!(e.ids[4], 3);
+    assert_eq!(*e.ids.last().unwrap(), 3);
+    assert_eq!(e.type_ids, vec![0, 0, 0, 0, 0, 1, 1, 1, 1, 1]);
+    // An empty passage still gets its separator.
+    let e = tok.encode("rust", "").unwrap();
+    assert_eq!(e.ids.len(), 4);
+    assert_eq!(e.type_ids, vec![0, 0, 0, 1]);
+    // longest_first: both long texts are cut, the total is the limit.
+    let long = "the ".repeat(100);
+    let e = tok.encode(&long, &long).unwrap();
+    assert_eq!(e.ids.len(), 64);
+    let firsts = e.type_ids.iter().filter(|&&t| t == 0).count();
+    assert_eq!(firsts, 1 + 30 + 1, "query keeps half of the budget");
+    // A short query keeps all its tokens, the passage takes the rest.
+    let e = tok.encode("rust", &long).unwrap();
+    assert_eq!(e.ids.len(), 64);
+    assert_eq!(e.type_ids.iter().filter(|&&t| t == 0).count(), 3);
+}
+
+#[test]
+fn max_length_is_the_smallest_of_request_positions_and_tokenizer_limit() {
+    let dir = tiny();
+    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
+    assert_eq!(
+        PairTokenizer::load(&files, 64, Some(16))
+            .unwrap()
+            .max_length(),
+        16
+    );
+    assert_eq!(
+        PairTokenizer::load(&files, 64, Some(1000))
+            .unwrap()
+            .max_length(),
+        64
+    );
+    assert_eq!(
+        PairTokenizer::load(&files, 40, None).unwrap().max_length(),
+        40
+    );
+    let err = PairTokenizer::load(&files, 64, Some(2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("max_length 2 is too small"), "{err}");
+}
+
+#[test]
+fn a_short_pair_scores_the_same_beside_a_long_one() {
+    let dir = tiny();
+    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
+    let model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+    let tok = PairTokenizer::load(&files, 64, None).unwrap();
+    let alone = model
+        .predict(&tok.encode_batch([("rust", "bread")]).unwrap())
+        .unwrap();
+    let long = "paris river ".repeat(40);
+    let both = model
+        .predict(
+            &tok.encode_batch([("rust", "bread"), ("the city", long.as_str())])
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(both.len(), 2);
+    assert!(
+        (alone[0] - both[0]).abs() <= 1e-5,
+        "{} vs {}",
+        alone[0],
+        both[0]
+    );
+    assert_eq!(model.info().num_labels, 1);
+    assert_eq!(model.info().max_positions, 64);
+}
+
+#[test]
+fn two_label_models_load_but_are_not_scored_as_rerankers() {
+    let dir = tempfile::tempdir().unwrap();
+    TinyBert {
+        num_labels: 2,
+        ..TinyBert::default()
+    }
+    .write(dir.path())
+    .unwrap();
+    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
+    let model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+    let tok = PairTokenizer::load(&files, 64, None).unwrap();
+    let logits = model
+        .forward(&tok.encode_batch([("a", "b"), ("c", "d")]).unwrap())
+        .unwrap();
+    assert_eq!(logits.dims(), &[2, 2]);
+    let err = Scorer::load(dir.path().to_str().unwrap(), &Device::Cpu, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("has 2 labels"), "{err}");
+}
