@@ -2,9 +2,13 @@
 //! them best. The library holds everything; the `xbench` binary parses the command line and calls
 //! [`cli::run`].
 
+pub mod backend;
 pub mod batch;
 pub mod cli;
+pub mod engine;
+pub mod loadgen;
 pub mod model;
+pub mod report;
 pub mod score;
 pub mod testing;
 pub mod tokenize;

@@ -117,6 +117,34 @@ impl PairTokenizer {
         })
     }
 
+    /// Encodes one query with each passage. `parallel` uses the tokenizers crate's batch encoding
+    /// (rayon, the original's `TOKENIZERS_PARALLELISM=true`); otherwise pairs are encoded in turn.
+    pub fn encode_many(
+        &self,
+        query: &str,
+        passages: &[String],
+        parallel: bool,
+    ) -> Result<Vec<Encoded>, TokenizeError> {
+        if !parallel || passages.len() < 2 {
+            return passages.iter().map(|p| self.encode(query, p)).collect();
+        }
+        let inputs: Vec<tokenizers::EncodeInput> = passages
+            .iter()
+            .map(|p| (query, p.as_str()).into())
+            .collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch_fast(inputs, true)
+            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| Encoded {
+                ids: e.get_ids().to_vec(),
+                type_ids: e.get_type_ids().to_vec(),
+            })
+            .collect())
+    }
+
     /// Encodes pairs one by one into a packed batch.
     pub fn encode_batch<'a>(
         &self,

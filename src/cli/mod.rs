@@ -1,9 +1,11 @@
 //! The command line: one subcommand per file. Results go to stdout, logs (tracing) to stderr.
 
+mod bench;
 mod score;
 
 use clap::{Parser, Subcommand};
 
+pub use bench::BenchArgs;
 pub use score::ScoreArgs;
 
 #[derive(Debug, Parser)]
@@ -24,12 +26,15 @@ pub struct Cli {
 pub enum Command {
     /// Score (query, passage) pairs from a JSON-lines file; one JSON line of scores per input line.
     Score(ScoreArgs),
+    /// Run one cell of the in-process pipeline (tokenize, infer or full) under load; print its row.
+    Bench(BenchArgs),
 }
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Score(args) => score::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -1,0 +1,62 @@
+//! The `Backend` trait: a small, synchronous interface that one model instance thread drives with
+//! packed batches, and its candle implementation.
+
+use candle_core::{DType, Device};
+
+use crate::batch::Batch;
+use crate::model::{CrossEncoder, ModelError, ModelFiles, ModelInfo};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("model instance panicked: {0}")]
+    Panic(String),
+}
+
+/// One model's compute, called from a single instance thread at a time per instance.
+pub trait Backend: Send + Sync {
+    /// Whether the backend computes the padded rectangle `pairs × longest` (true) or only the real
+    /// tokens (false). The batcher counts tokens the way the backend computes them.
+    fn is_padded(&self) -> bool;
+    /// Runs one tiny batch; an error means the backend cannot serve.
+    fn health(&self) -> Result<(), BackendError>;
+    /// One score per pair of `batch`, in batch order.
+    fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError>;
+}
+
+/// candle's cross-encoder. Its weights are immutable tensors, so several instance threads share
+/// one `CandleBackend` (one copy of the weights) and run forward passes concurrently.
+pub struct CandleBackend {
+    model: CrossEncoder,
+}
+
+impl CandleBackend {
+    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, ModelError> {
+        Ok(Self {
+            model: CrossEncoder::load(files, device, DType::F32)?,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        self.model.info()
+    }
+}
+
+impl Backend for CandleBackend {
+    fn is_padded(&self) -> bool {
+        true
+    }
+
+    fn health(&self) -> Result<(), BackendError> {
+        let mut batch = Batch::new();
+        batch.push(&[0, 0, 0], &[0, 0, 1]);
+        self.predict(&batch).map(|_| ())
+    }
+
+    fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
+        self.model
+            .predict(batch)
+            .map_err(|e| BackendError::Inference(format!("{:#}", anyhow::Error::new(e))))
+    }
+}

@@ -1,0 +1,198 @@
+//! `xbench bench`: one cell of the in-process pipeline under load, printed as one result row.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use crate::engine::{BatchingConfig, Engine, EngineConfig, ModelSpec, TokenizerPoolConfig};
+use crate::loadgen::{self, GeneratedLengths, Load, RunSpec, Stage, Workload};
+use crate::report::{self, BenchRow, CellLabels};
+use crate::score::read_pairs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Arrivals {
+    Poisson,
+    Constant,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model: a local directory in Hugging Face layout or a hub id.
+    #[arg(long, default_value = "models/demo-minilm-l6")]
+    pub model: String,
+    /// What to exercise: tokenize (tokenizer pool), infer (pre-tokenized pairs), full (both).
+    #[arg(long, value_enum, default_value_t = Stage::Full)]
+    pub stage: Stage,
+    #[arg(long, default_value_t = 1)]
+    pub tokenizer_workers: usize,
+    /// Model instances (threads), sharing one copy of the weights.
+    #[arg(long, default_value_t = 1)]
+    pub model_workers: usize,
+    /// Compute threads per model worker; default: the cores divided among the workers.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Encode a request's pairs in parallel inside a tokenizer worker.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub parallelism: bool,
+    /// Pairs per request (the original's "batch size").
+    #[arg(long, default_value_t = 32)]
+    pub pairs_per_request: usize,
+    /// Dynamic batching on or off (off: each request goes to the model as it comes).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub batching: bool,
+    /// Most pairs per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch_size: usize,
+    /// Most tokens per forward pass, counted as the backend computes them.
+    #[arg(long, default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+    /// Longest wait for a batch to fill once its first pair arrived, ms.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout_ms: f64,
+    /// Closed loop: this many clients, each sending when its last request returns.
+    #[arg(long, conflicts_with = "rate")]
+    pub concurrency: Option<usize>,
+    /// Open loop: this many requests per second.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open-loop arrivals.
+    #[arg(long, value_enum, default_value_t = Arrivals::Poisson)]
+    pub arrivals: Arrivals,
+    /// Measured requests (the window ends at this count or --duration, whichever first).
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// Longest measured window, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Requests sent before measuring.
+    #[arg(long, default_value_t = 4)]
+    pub warmup: usize,
+    /// Workload: JSON lines of pairs.
+    #[arg(long, default_value = "data/pairs.jsonl", conflicts_with = "generate")]
+    pub input: PathBuf,
+    /// Generate the workload instead (seeded; 3-12 query words, 10-300 passage words).
+    #[arg(long)]
+    pub generate: bool,
+    /// Seed of generated workloads and Poisson arrivals.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Truncation length in tokens.
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// cpu, cuda[:N] or metal[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print the row as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.pairs_per_request > 0,
+        "--pairs-per-request must be at least 1"
+    );
+    anyhow::ensure!(args.requests > 0, "--requests must be at least 1");
+    anyhow::ensure!(
+        args.duration > 0.0 && args.duration.is_finite(),
+        "--duration must be a positive number of seconds"
+    );
+    let load = match (args.concurrency, args.rate) {
+        (_, Some(rate)) => {
+            anyhow::ensure!(
+                rate > 0.0 && rate.is_finite(),
+                "--rate must be a positive number"
+            );
+            Load::Open {
+                rate,
+                poisson: args.arrivals == Arrivals::Poisson,
+            }
+        }
+        (Some(0), _) => anyhow::bail!("--concurrency must be at least 1"),
+        (Some(c), _) => Load::Closed { concurrency: c },
+        (None, None) => Load::Closed { concurrency: 1 },
+    };
+    let workload = if args.generate {
+        Workload::generate(
+            args.seed,
+            GeneratedLengths::default(),
+            args.pairs_per_request,
+            64,
+        )
+    } else {
+        let file = File::open(&args.input).with_context(|| {
+            format!(
+                "cannot open workload {} (or pass --generate)",
+                args.input.display()
+            )
+        })?;
+        let pairs =
+            read_pairs(BufReader::new(file)).with_context(|| args.input.display().to_string())?;
+        anyhow::ensure!(
+            !pairs.is_empty(),
+            "workload {} has no pairs",
+            args.input.display()
+        );
+        Workload::from_pairs(&pairs, args.pairs_per_request)
+    };
+    let config = EngineConfig {
+        models: vec![ModelSpec {
+            name: args.model.clone(),
+            instances: args.model_workers,
+            threads: args.threads,
+            max_length: args.max_length,
+            device: args.device.clone(),
+        }],
+        tokenizer_pool: TokenizerPoolConfig {
+            workers: args.tokenizer_workers,
+            parallelism: args.parallelism,
+            ..TokenizerPoolConfig::default()
+        },
+        batching: BatchingConfig {
+            enabled: args.batching,
+            max_batch_size: args.max_batch_size,
+            max_batch_tokens: args.max_batch_tokens,
+            timeout_ms: args.timeout_ms,
+            ..BatchingConfig::default()
+        },
+    };
+    let engine = Arc::new(Engine::start(&config)?);
+    let spec = RunSpec {
+        stage: args.stage,
+        load,
+        model: None,
+        warmup: args.warmup,
+        requests: args.requests,
+        duration: Duration::from_secs_f64(args.duration),
+        seed: args.seed,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(loadgen::run(engine.clone(), &workload, &spec))?;
+    let labels = CellLabels {
+        stage: args.stage,
+        model: args.model.clone(),
+        tokenizer_workers: args.tokenizer_workers,
+        model_workers: args.model_workers,
+        threads_per_worker: engine.threads_per_instance(None)?,
+        parallelism: args.parallelism,
+        pairs_per_request: args.pairs_per_request,
+        max_batch_size: args.max_batch_size,
+        timeout_ms: args.timeout_ms,
+        load,
+    };
+    let row = BenchRow::new(&labels, &outcome);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&row)?);
+    } else {
+        println!("{}", report::markdown(std::slice::from_ref(&row)));
+    }
+    Ok(())
+}

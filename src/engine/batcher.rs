@@ -1,0 +1,322 @@
+//! The dynamic batcher: one thread per model takes requests from a bounded queue and cuts packed
+//! batches of at most `max_batch_size` pairs and `max_batch_tokens` tokens (counted as the backend
+//! computes them), waiting at most `timeout_ms` after the oldest waiting pair arrived. A request
+//! larger than a batch is split across batches; its scores are reassembled in order. Requests whose
+//! caller has gone are dropped before they are computed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::{BatchCounters, EngineError};
+use crate::batch::Batch;
+use crate::tokenize::Encoded;
+
+/// The batcher's settings (`batching` in the config).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// false: every request is sent to the model as it comes (split only above `max_batch_size`).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Most pairs in one forward pass.
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: usize,
+    /// Most tokens in one forward pass, counted as the backend computes them.
+    #[serde(default = "default_max_batch_tokens")]
+    pub max_batch_tokens: usize,
+    /// Longest wait, in ms, for a batch to fill once its first pair has arrived.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: f64,
+    /// Requests that may wait in a model's queue; beyond it submission fails as overloaded.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_batch_size() -> usize {
+    32
+}
+fn default_max_batch_tokens() -> usize {
+    16384
+}
+fn default_timeout_ms() -> f64 {
+    5.0
+}
+fn default_queue_capacity() -> usize {
+    1024
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_batch_size: default_max_batch_size(),
+            max_batch_tokens: default_max_batch_tokens(),
+            timeout_ms: default_timeout_ms(),
+            queue_capacity: default_queue_capacity(),
+        }
+    }
+}
+
+impl BatchingConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch_size == 0 {
+            return Err("batching.max_batch_size must be at least 1".into());
+        }
+        if self.max_batch_tokens == 0 {
+            return Err("batching.max_batch_tokens must be at least 1".into());
+        }
+        if !(self.timeout_ms >= 0.0 && self.timeout_ms.is_finite()) {
+            return Err(format!(
+                "batching.timeout_ms must be a finite number ≥ 0, not {}",
+                self.timeout_ms
+            ));
+        }
+        if self.queue_capacity == 0 {
+            return Err("batching.queue_capacity must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_ms / 1000.0)
+    }
+}
+
+/// What the model pool sends back for one request.
+#[derive(Debug)]
+pub(crate) struct InferOutput {
+    pub scores: Vec<f32>,
+    pub batch_wait: Duration,
+    pub inference: Duration,
+}
+
+type Reply = oneshot::Sender<Result<InferOutput, EngineError>>;
+
+/// One request's shared state while its pairs are spread over batches.
+pub(crate) struct RequestState {
+    enqueued: Instant,
+    scores: Mutex<Vec<f32>>,
+    remaining: AtomicUsize,
+    inference_ns: AtomicU64,
+    reply: Mutex<Option<Reply>>,
+}
+
+impl RequestState {
+    pub fn new(pairs: usize, reply: Reply) -> Self {
+        Self {
+            enqueued: Instant::now(),
+            scores: Mutex::new(vec![0.0; pairs]),
+            remaining: AtomicUsize::new(pairs),
+            inference_ns: AtomicU64::new(0),
+            reply: Mutex::new(Some(reply)),
+        }
+    }
+
+    /// True when nobody waits for the answer any more (caller gone, or already failed).
+    pub fn is_abandoned(&self) -> bool {
+        match self.reply.lock() {
+            Ok(reply) => reply.as_ref().is_none_or(|r| r.is_closed()),
+            Err(_) => true,
+        }
+    }
+
+    /// Stores the scores of pairs `start..start + scores.len()`; answers when all have arrived.
+    pub fn complete(&self, start: usize, scores: &[f32], inference: Duration) {
+        if let Ok(mut all) = self.scores.lock() {
+            all[start..start + scores.len()].copy_from_slice(scores);
+        }
+        self.inference_ns
+            .fetch_add(inference.as_nanos() as u64, Ordering::Relaxed);
+        if self.remaining.fetch_sub(scores.len(), Ordering::AcqRel) == scores.len() {
+            let scores = self
+                .scores
+                .lock()
+                .map(|mut s| std::mem::take(&mut *s))
+                .unwrap_or_default();
+            let inference = Duration::from_nanos(self.inference_ns.load(Ordering::Relaxed));
+            let total = self.enqueued.elapsed();
+            self.answer(Ok(InferOutput {
+                scores,
+                batch_wait: total.saturating_sub(inference),
+                inference,
+            }));
+        }
+    }
+
+    pub fn fail(&self, error: EngineError) {
+        self.answer(Err(error));
+    }
+
+    fn answer(&self, result: Result<InferOutput, EngineError>) {
+        if let Some(reply) = self.reply.lock().ok().and_then(|mut r| r.take()) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// A request waiting in the batcher, with how many of its pairs were already batched.
+pub(crate) struct Pending {
+    state: Arc<RequestState>,
+    encoded: Arc<[Encoded]>,
+    next: usize,
+}
+
+impl Pending {
+    pub fn new(state: Arc<RequestState>, encoded: Arc<[Encoded]>) -> Self {
+        Self {
+            state,
+            encoded,
+            next: 0,
+        }
+    }
+}
+
+/// Pairs `start..start + len` of one request, inside a batch.
+pub(crate) struct Segment {
+    pub state: Arc<RequestState>,
+    pub start: usize,
+    pub len: usize,
+}
+
+/// A packed batch and the requests its pairs belong to, in batch order.
+pub(crate) struct Work {
+    pub batch: Batch,
+    pub segments: Vec<Segment>,
+}
+
+/// Cuts batches from `queue` and hands them to `out` until the queue closes.
+pub(crate) fn run(
+    queue: crossbeam_channel::Receiver<Pending>,
+    out: crossbeam_channel::Sender<Work>,
+    config: BatchingConfig,
+    padded: bool,
+    counters: Arc<BatchCounters>,
+) {
+    let mut waiting: VecDeque<Pending> = VecDeque::new();
+    let timeout = config.timeout();
+    loop {
+        if waiting.is_empty() {
+            match queue.recv() {
+                Ok(p) => waiting.push_back(p),
+                Err(_) => return,
+            }
+        }
+        if config.enabled {
+            let deadline = waiting
+                .front()
+                .map(|p| p.state.enqueued + timeout)
+                .expect("waiting is not empty here. This is a bug.");
+            loop {
+                waiting.retain(|p| !p.state.is_abandoned());
+                if waiting.is_empty() || is_full(&waiting, &config, padded) {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match queue.recv_timeout(deadline - now) {
+                    Ok(p) => waiting.push_back(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        waiting.retain(|p| !p.state.is_abandoned());
+        let Some(work) = cut(&mut waiting, &config, padded) else {
+            continue;
+        };
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .pairs
+            .fetch_add(work.batch.pairs() as u64, Ordering::Relaxed);
+        counters
+            .real_tokens
+            .fetch_add(work.batch.total_tokens() as u64, Ordering::Relaxed);
+        counters
+            .computed_tokens
+            .fetch_add(cost(&work.batch, padded) as u64, Ordering::Relaxed);
+        if let Err(crossbeam_channel::SendError(work)) = out.send(work) {
+            for s in work.segments {
+                s.state.fail(EngineError::Shutdown);
+            }
+            return;
+        }
+    }
+}
+
+/// Tokens the backend computes for `batch`.
+fn cost(batch: &Batch, padded: bool) -> usize {
+    if padded {
+        batch.padded_tokens()
+    } else {
+        batch.total_tokens()
+    }
+}
+
+/// Whether the waiting pairs already fill a batch (by count or by tokens).
+fn is_full(waiting: &VecDeque<Pending>, config: &BatchingConfig, padded: bool) -> bool {
+    let (mut pairs, mut tokens, mut longest) = (0usize, 0usize, 0usize);
+    for p in waiting {
+        for e in &p.encoded[p.next..] {
+            pairs += 1;
+            tokens += e.ids.len();
+            longest = longest.max(e.ids.len());
+            let cost = if padded { longest * pairs } else { tokens };
+            if pairs >= config.max_batch_size || cost >= config.max_batch_tokens {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Takes the next batch from the front of `waiting`: whole requests while they fit, the first
+/// pairs of one that does not. The first pair always goes, even above the token limit. With
+/// batching disabled a batch holds pairs of one request only.
+fn cut(waiting: &mut VecDeque<Pending>, config: &BatchingConfig, padded: bool) -> Option<Work> {
+    let mut batch = Batch::new();
+    let mut segments = Vec::new();
+    let (mut tokens, mut longest) = (0usize, 0usize);
+    'requests: while let Some(front) = waiting.front_mut() {
+        let start = front.next;
+        while front.next < front.encoded.len() {
+            let e = &front.encoded[front.next];
+            let n = batch.pairs() + 1;
+            let cost = if padded {
+                longest.max(e.ids.len()) * n
+            } else {
+                tokens + e.ids.len()
+            };
+            if n > config.max_batch_size || (n > 1 && cost > config.max_batch_tokens) {
+                break;
+            }
+            batch.push(&e.ids, &e.type_ids);
+            tokens += e.ids.len();
+            longest = longest.max(e.ids.len());
+            front.next += 1;
+        }
+        if front.next > start {
+            segments.push(Segment {
+                state: front.state.clone(),
+                start,
+                len: front.next - start,
+            });
+        }
+        if front.next < front.encoded.len() {
+            break 'requests;
+        }
+        waiting.pop_front();
+        if !config.enabled {
+            break;
+        }
+    }
+    (!batch.is_empty()).then_some(Work { batch, segments })
+}

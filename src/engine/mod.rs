@@ -1,0 +1,448 @@
+//! The engine that both the benchmarks and the server run: a tokenizer pool (T worker threads), one
+//! dynamic batcher per model (a thread cutting packed batches under pair and token limits), and a
+//! model pool (M instance threads per model, each with its own compute thread pool).
+//!
+//! Callers are async: they submit with `try_send` (a full queue answers [`EngineError::Overloaded`]
+//! at once) and await a oneshot reply. A caller that goes away closes its reply channel; the
+//! batcher then drops its request before computing it.
+
+mod batcher;
+mod model_pool;
+#[cfg(test)]
+mod tests;
+mod tokenizer_pool;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::backend::{Backend, BackendError, CandleBackend};
+use crate::model::{parse_device, ModelError, ModelFiles, ModelInfo};
+use crate::tokenize::{Encoded, PairTokenizer, TokenizeError};
+
+pub use batcher::BatchingConfig;
+use batcher::{Pending, RequestState};
+use tokenizer_pool::TokenizerPool;
+pub use tokenizer_pool::TokenizerPoolConfig;
+
+/// Failures of one request. Cloneable: a failed batch fails each of its requests.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown model '{name}'; loaded: {}", .loaded.join(", "))]
+    UnknownModel { name: String, loaded: Vec<String> },
+    #[error("overloaded: the {queue} queue is full ({capacity} requests); retry later")]
+    Overloaded {
+        queue: &'static str,
+        capacity: usize,
+    },
+    #[error("a request needs at least one passage")]
+    Empty,
+    #[error("tokenization failed: {0}")]
+    Tokenize(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("the engine is shutting down")]
+    Shutdown,
+}
+
+/// Failures while starting the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("model '{name}'")]
+    Model {
+        name: String,
+        #[source]
+        source: Box<ModelError>,
+    },
+    #[error("tokenizer of model '{name}'")]
+    Tokenizer {
+        name: String,
+        #[source]
+        source: TokenizeError,
+    },
+    #[error("model '{name}' failed its warm-up batch")]
+    Warmup {
+        name: String,
+        #[source]
+        source: BackendError,
+    },
+    #[error("invalid engine config: {0}")]
+    Config(String),
+}
+
+/// One model of the pool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A local directory or a hub id; requests name the model by it.
+    pub name: String,
+    /// Model instances (threads), each taking batches from this model's batcher.
+    #[serde(default = "one")]
+    pub instances: usize,
+    /// Compute threads per instance; default: the cores divided evenly among all instances.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Truncation length in tokens; default: the model's limit.
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// cpu, cuda[:N] or metal[:N].
+    #[serde(default = "cpu")]
+    pub device: String,
+}
+
+fn one() -> usize {
+    1
+}
+fn cpu() -> String {
+    "cpu".to_string()
+}
+
+impl ModelSpec {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            instances: 1,
+            threads: None,
+            max_length: None,
+            device: cpu(),
+        }
+    }
+}
+
+/// Everything the engine needs to start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EngineConfig {
+    pub models: Vec<ModelSpec>,
+    pub tokenizer_pool: TokenizerPoolConfig,
+    pub batching: BatchingConfig,
+}
+
+/// A query with its passages: one request of N pairs.
+#[derive(Debug, Clone)]
+pub struct RerankInput {
+    pub query: String,
+    pub passages: Vec<String>,
+}
+
+/// Where a request's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Waiting for a tokenizer worker.
+    pub queue: Duration,
+    pub tokenize: Duration,
+    /// In the batcher and waiting for a model instance.
+    pub batch_wait: Duration,
+    /// Forward passes of the batches that held the request's pairs.
+    pub inference: Duration,
+    pub total: Duration,
+}
+
+/// Scores of one request, in passage order.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub scores: Vec<f32>,
+    /// Real tokens of the request's pairs.
+    pub tokens: usize,
+    pub timings: Timings,
+}
+
+/// The output of the tokenize stage.
+#[derive(Debug, Clone)]
+pub struct Tokenized {
+    pub encoded: Vec<Encoded>,
+    pub queue: Duration,
+    pub tokenize: Duration,
+}
+
+/// Counters of the batches formed, for mean batch size and padding efficiency.
+#[derive(Debug, Default)]
+pub struct BatchCounters {
+    pub batches: AtomicU64,
+    pub pairs: AtomicU64,
+    pub real_tokens: AtomicU64,
+    pub computed_tokens: AtomicU64,
+}
+
+/// A snapshot of [`BatchCounters`], summed over models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BatchStats {
+    pub batches: u64,
+    pub pairs: u64,
+    pub real_tokens: u64,
+    pub computed_tokens: u64,
+}
+
+impl BatchStats {
+    pub fn since(&self, earlier: &BatchStats) -> BatchStats {
+        BatchStats {
+            batches: self.batches - earlier.batches,
+            pairs: self.pairs - earlier.pairs,
+            real_tokens: self.real_tokens - earlier.real_tokens,
+            computed_tokens: self.computed_tokens - earlier.computed_tokens,
+        }
+    }
+
+    pub fn mean_batch_size(&self) -> Option<f64> {
+        (self.batches > 0).then(|| self.pairs as f64 / self.batches as f64)
+    }
+
+    /// Real tokens / computed tokens: 1.0 means no padding was computed.
+    pub fn padding_efficiency(&self) -> Option<f64> {
+        (self.computed_tokens > 0).then(|| self.real_tokens as f64 / self.computed_tokens as f64)
+    }
+}
+
+struct ModelHandle {
+    name: String,
+    info: ModelInfo,
+    tokenizer: PairTokenizer,
+    queue: crossbeam_channel::Sender<Pending>,
+    queue_capacity: usize,
+    counters: Arc<BatchCounters>,
+    threads: usize,
+    _pool: model_pool::ModelPool,
+}
+
+/// The running pipeline. Dropping it stops its threads once their queues drain.
+pub struct Engine {
+    models: Vec<ModelHandle>,
+    tokenizers: TokenizerPool,
+}
+
+impl Engine {
+    /// Loads every model, starts the threads and runs one warm-up batch per model.
+    pub fn start(config: &EngineConfig) -> Result<Self, StartError> {
+        Self::start_with(config, |spec| {
+            let files = ModelFiles::resolve(&spec.name)?;
+            let device = parse_device(&spec.device)?;
+            let backend = CandleBackend::load(&files, &device)?;
+            let info = backend.info().clone();
+            Ok((files, info, Arc::new(backend) as Arc<dyn Backend>))
+        })
+    }
+
+    /// [`Engine::start`] with a custom backend loader (tests use mock backends).
+    pub fn start_with(
+        config: &EngineConfig,
+        load: impl Fn(&ModelSpec) -> Result<(ModelFiles, ModelInfo, Arc<dyn Backend>), ModelError>,
+    ) -> Result<Self, StartError> {
+        if config.models.is_empty() {
+            return Err(StartError::Config("the model pool has no models".into()));
+        }
+        config.batching.validate().map_err(StartError::Config)?;
+        config
+            .tokenizer_pool
+            .validate()
+            .map_err(StartError::Config)?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let total_instances: usize = config.models.iter().map(|m| m.instances).sum();
+        let mut models = Vec::with_capacity(config.models.len());
+        for spec in &config.models {
+            if spec.instances == 0 {
+                return Err(StartError::Config(format!(
+                    "model '{}' has 0 instances; use at least 1",
+                    spec.name
+                )));
+            }
+            if config.models.iter().filter(|m| m.name == spec.name).count() > 1 {
+                return Err(StartError::Config(format!(
+                    "model '{}' is listed twice; list it once with more instances",
+                    spec.name
+                )));
+            }
+            let (files, info, backend) = load(spec).map_err(|source| StartError::Model {
+                name: spec.name.clone(),
+                source: Box::new(source),
+            })?;
+            let tokenizer = PairTokenizer::load(&files, info.max_positions, spec.max_length)
+                .map_err(|source| StartError::Tokenizer {
+                    name: spec.name.clone(),
+                    source,
+                })?;
+            backend.health().map_err(|source| StartError::Warmup {
+                name: spec.name.clone(),
+                source,
+            })?;
+            let threads = spec
+                .threads
+                .unwrap_or_else(|| (cores / total_instances).max(1));
+            if spec.instances * threads > cores {
+                tracing::warn!(
+                    model = %spec.name,
+                    instances = spec.instances,
+                    threads,
+                    cores,
+                    "instances × threads exceeds the cores; they will contend"
+                );
+            }
+            tracing::info!(
+                model = %spec.name,
+                instances = spec.instances,
+                threads_per_instance = threads,
+                cores,
+                max_length = tokenizer.max_length(),
+                "model pool"
+            );
+            let counters = Arc::new(BatchCounters::default());
+            let (queue, queue_rx) = crossbeam_channel::bounded(config.batching.queue_capacity);
+            let pool = model_pool::ModelPool::start(
+                &spec.name,
+                backend.clone(),
+                spec.instances,
+                threads,
+                queue_rx,
+                config.batching.clone(),
+                counters.clone(),
+            );
+            models.push(ModelHandle {
+                name: spec.name.clone(),
+                info,
+                tokenizer,
+                queue,
+                queue_capacity: config.batching.queue_capacity,
+                counters,
+                threads,
+                _pool: pool,
+            });
+        }
+        let tokenizers = TokenizerPool::start(
+            &config.tokenizer_pool,
+            models.iter().map(|m| m.tokenizer.clone()).collect(),
+        );
+        tracing::info!(
+            workers = config.tokenizer_pool.workers,
+            parallelism = config.tokenizer_pool.parallelism,
+            "tokenizer pool"
+        );
+        Ok(Self { models, tokenizers })
+    }
+
+    /// Names of the loaded models, in config order (the first is the default).
+    pub fn model_names(&self) -> Vec<String> {
+        self.models.iter().map(|m| m.name.clone()).collect()
+    }
+
+    pub fn model_info(&self, model: Option<&str>) -> Result<&ModelInfo, EngineError> {
+        Ok(&self.models[self.index(model)?].info)
+    }
+
+    /// The tokenizer of a model, for callers that pre-tokenize (the `infer` stage).
+    pub fn tokenizer(&self, model: Option<&str>) -> Result<&PairTokenizer, EngineError> {
+        Ok(&self.models[self.index(model)?].tokenizer)
+    }
+
+    /// Compute threads per instance of a model.
+    pub fn threads_per_instance(&self, model: Option<&str>) -> Result<usize, EngineError> {
+        Ok(self.models[self.index(model)?].threads)
+    }
+
+    /// Batch counters summed over every model.
+    pub fn batch_stats(&self) -> BatchStats {
+        let mut s = BatchStats::default();
+        for m in &self.models {
+            s.batches += m.counters.batches.load(Ordering::Relaxed);
+            s.pairs += m.counters.pairs.load(Ordering::Relaxed);
+            s.real_tokens += m.counters.real_tokens.load(Ordering::Relaxed);
+            s.computed_tokens += m.counters.computed_tokens.load(Ordering::Relaxed);
+        }
+        s
+    }
+
+    fn index(&self, model: Option<&str>) -> Result<usize, EngineError> {
+        match model {
+            None => Ok(0),
+            Some(name) => self
+                .models
+                .iter()
+                .position(|m| m.name == name)
+                .ok_or_else(|| EngineError::UnknownModel {
+                    name: name.to_string(),
+                    loaded: self.model_names(),
+                }),
+        }
+    }
+
+    /// The full pipeline: tokenize, batch, infer. Scores come back in passage order.
+    pub async fn rerank(
+        &self,
+        model: Option<&str>,
+        input: Arc<RerankInput>,
+    ) -> Result<Scored, EngineError> {
+        let started = Instant::now();
+        let m = self.index(model)?;
+        let tokenized = self.tokenize_at(m, input).await?;
+        let encoded: Arc<[Encoded]> = tokenized.encoded.into();
+        let mut scored = self.infer_at(m, encoded).await?;
+        scored.timings.queue = tokenized.queue;
+        scored.timings.tokenize = tokenized.tokenize;
+        scored.timings.total = started.elapsed();
+        Ok(scored)
+    }
+
+    /// The tokenize stage alone.
+    pub async fn tokenize(
+        &self,
+        model: Option<&str>,
+        input: Arc<RerankInput>,
+    ) -> Result<Tokenized, EngineError> {
+        let m = self.index(model)?;
+        self.tokenize_at(m, input).await
+    }
+
+    /// The infer stage alone: pre-tokenized pairs through the batcher and the model pool.
+    pub async fn infer(
+        &self,
+        model: Option<&str>,
+        encoded: Arc<[Encoded]>,
+    ) -> Result<Scored, EngineError> {
+        let started = Instant::now();
+        let m = self.index(model)?;
+        let mut scored = self.infer_at(m, encoded).await?;
+        scored.timings.total = started.elapsed();
+        Ok(scored)
+    }
+
+    async fn tokenize_at(
+        &self,
+        m: usize,
+        input: Arc<RerankInput>,
+    ) -> Result<Tokenized, EngineError> {
+        if input.passages.is_empty() {
+            return Err(EngineError::Empty);
+        }
+        self.tokenizers.submit(m, input).await
+    }
+
+    async fn infer_at(&self, m: usize, encoded: Arc<[Encoded]>) -> Result<Scored, EngineError> {
+        if encoded.is_empty() {
+            return Err(EngineError::Empty);
+        }
+        let handle = &self.models[m];
+        let tokens = encoded.iter().map(|e| e.ids.len()).sum();
+        let (tx, rx) = oneshot::channel();
+        let state = Arc::new(RequestState::new(encoded.len(), tx));
+        let pending = Pending::new(state, encoded);
+        handle.queue.try_send(pending).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => EngineError::Overloaded {
+                queue: "batch",
+                capacity: handle.queue_capacity,
+            },
+            crossbeam_channel::TrySendError::Disconnected(_) => EngineError::Shutdown,
+        })?;
+        let out = rx.await.map_err(|_| EngineError::Shutdown)??;
+        Ok(Scored {
+            scores: out.scores,
+            tokens,
+            timings: Timings {
+                batch_wait: out.batch_wait,
+                inference: out.inference,
+                ..Timings::default()
+            },
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! The model pool of one model: its batcher thread and M instance threads. The instances share one
+//! backend (candle tensors are immutable, so one copy of the weights serves every instance); each
+//! instance runs its forward passes inside its own rayon pool of `threads` compute threads, so the
+//! instances × threads split of the cores is what actually runs.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::batcher::{self, BatchingConfig, Pending, Work};
+use super::{BatchCounters, EngineError};
+use crate::backend::{Backend, BackendError};
+
+pub(crate) struct ModelPool {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ModelPool {
+    pub fn start(
+        name: &str,
+        backend: Arc<dyn Backend>,
+        instances: usize,
+        threads: usize,
+        queue: crossbeam_channel::Receiver<Pending>,
+        config: BatchingConfig,
+        counters: Arc<BatchCounters>,
+    ) -> Self {
+        // One batch in flight per instance plus one ready: the batcher keeps filling the next batch
+        // while every instance is busy.
+        let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(instances);
+        let padded = backend.is_padded();
+        let mut handles = Vec::with_capacity(instances + 1);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("batcher-{}", short(name)))
+                .spawn(move || batcher::run(queue, work_tx, config, padded, counters))
+                .expect("spawning the batcher thread failed. This is a bug."),
+        );
+        for i in 0..instances {
+            let rx = work_rx.clone();
+            let backend = backend.clone();
+            let model = name.to_string();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("model-{}-{i}", short(name)))
+                    .spawn(move || run_instance(&model, i, backend, threads, rx))
+                    .expect("spawning a model instance thread failed. This is a bug."),
+            );
+        }
+        Self { threads: handles }
+    }
+}
+
+impl Drop for ModelPool {
+    fn drop(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn short(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+fn run_instance(
+    model: &str,
+    index: usize,
+    backend: Arc<dyn Backend>,
+    threads: usize,
+    work: crossbeam_channel::Receiver<Work>,
+) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name({
+            let model = short(model).to_string();
+            move |t| format!("compute-{model}-{index}-{t}")
+        })
+        .build();
+    let pool = match pool {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(model, index, error = %e, "no compute pool; using the global one");
+            None
+        }
+    };
+    while let Ok(Work { batch, segments }) = work.recv() {
+        let started = Instant::now();
+        let predict = || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| backend.predict(&batch))).unwrap_or_else(
+                |panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".to_string());
+                    Err(BackendError::Panic(what))
+                },
+            )
+        };
+        let result = match &pool {
+            Some(p) => p.install(predict),
+            None => predict(),
+        };
+        let elapsed = started.elapsed();
+        match result {
+            Ok(scores) if scores.len() == batch.pairs() => {
+                let mut offset = 0;
+                for s in segments {
+                    s.state
+                        .complete(s.start, &scores[offset..offset + s.len], elapsed);
+                    offset += s.len;
+                }
+            }
+            Ok(scores) => {
+                let error = BackendError::Inference(format!(
+                    "the backend returned {} scores for {} pairs",
+                    scores.len(),
+                    batch.pairs()
+                ));
+                tracing::error!(model, index, %error, "batch failed");
+                for s in segments {
+                    s.state.fail(EngineError::Backend(error.clone()));
+                }
+            }
+            Err(error) => {
+                tracing::error!(model, index, %error, "batch failed");
+                for s in segments {
+                    s.state.fail(EngineError::Backend(error.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The engine with a deterministic mock backend: batch limits, the batching timeout, exact
+//! reassembly of scores, overload, dropped callers, failed batches.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::backend::{Backend, BackendError};
+use crate::batch::Batch;
+use crate::testing::TinyBert;
+
+/// Scores a pair by its ids: `sum(ids) + 1000 × len`, so every pair's score is checkable.
+/// Records the shape of every batch; can hold batches at a gate, fail or panic on demand.
+#[derive(Default)]
+struct Mock {
+    padded: bool,
+    batches: Mutex<Vec<(usize, usize, usize)>>, // pairs, real tokens, longest
+    seen_ids: Mutex<Vec<u32>>,
+    gate: Option<Arc<(Mutex<bool>, Condvar)>>,
+    fail_on_id: Option<u32>,
+    panic_on_id: Option<u32>,
+}
+
+fn expected_score(ids: &[u32]) -> f32 {
+    ids.iter().map(|&i| i as f32).sum::<f32>() + 1000.0 * ids.len() as f32
+}
+
+impl Backend for Mock {
+    fn is_padded(&self) -> bool {
+        self.padded
+    }
+    fn health(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
+        if let Some(gate) = &self.gate {
+            let (open, cv) = &**gate;
+            let mut o = open.lock().unwrap();
+            while !*o {
+                o = cv.wait(o).unwrap();
+            }
+        }
+        self.batches
+            .lock()
+            .unwrap()
+            .push((batch.pairs(), batch.total_tokens(), batch.max_length));
+        self.seen_ids.lock().unwrap().extend(&batch.input_ids);
+        if self
+            .fail_on_id
+            .is_some_and(|f| batch.input_ids.contains(&f))
+        {
+            return Err(BackendError::Inference("injected failure".into()));
+        }
+        if self
+            .panic_on_id
+            .is_some_and(|f| batch.input_ids.contains(&f))
+        {
+            panic!("injected panic");
+        }
+        Ok((0..batch.pairs())
+            .map(|i| expected_score(&batch.input_ids[batch.range(i)]))
+            .collect())
+    }
+}
+
+struct Fixture {
+    engine: Engine,
+    mock: Arc<Mock>,
+    _dir: tempfile::TempDir,
+}
+
+fn start(mock: Mock, batching: BatchingConfig, instances: usize) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    TinyBert::default().write(dir.path()).unwrap();
+    let mock = Arc::new(mock);
+    let config = EngineConfig {
+        models: vec![ModelSpec {
+            instances,
+            threads: Some(1),
+            ..ModelSpec::new(dir.path().to_str().unwrap())
+        }],
+        tokenizer_pool: TokenizerPoolConfig::default(),
+        batching,
+    };
+    let backend = mock.clone();
+    let engine = Engine::start_with(&config, move |spec| {
+        let files = ModelFiles::resolve(&spec.name)?;
+        let info = ModelInfo {
+            name: spec.name.clone(),
+            architecture: "mock".into(),
+            num_labels: 1,
+            hidden_size: 8,
+            num_layers: 1,
+            max_positions: 64,
+        };
+        Ok((files, info, backend.clone() as Arc<dyn Backend>))
+    })
+    .unwrap();
+    Fixture {
+        engine,
+        mock,
+        _dir: dir,
+    }
+}
+
+/// A request of `pairs` pairs whose ids encode (request, pair) and whose lengths vary.
+fn request(r: u32, pairs: usize) -> Arc<[Encoded]> {
+    (0..pairs)
+        .map(|p| {
+            let len = 3 + (r as usize * 7 + p * 3) % 9;
+            let ids: Vec<u32> = (0..len as u32).map(|k| r * 100 + p as u32 + k).collect();
+            Encoded {
+                type_ids: vec![0; ids.len()],
+                ids,
+            }
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
+fn batching(max_batch_size: usize, max_batch_tokens: usize, timeout_ms: f64) -> BatchingConfig {
+    BatchingConfig {
+        max_batch_size,
+        max_batch_tokens,
+        timeout_ms,
+        ..BatchingConfig::default()
+    }
+}
+
+async fn send_all(
+    engine: &Arc<Engine>,
+    requests: &[Arc<[Encoded]>],
+) -> Vec<Result<Scored, EngineError>> {
+    let tasks: Vec<_> = requests
+        .iter()
+        .cloned()
+        .map(|r| {
+            let e = engine.clone();
+            tokio::spawn(async move { e.infer(None, r).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_never_exceed_the_pair_and_token_limits() {
+    for padded in [false, true] {
+        let f = start(
+            Mock {
+                padded,
+                ..Mock::default()
+            },
+            batching(4, 40, 20.0),
+            1,
+        );
+        let mock = f.mock.clone();
+        let engine = Arc::new(f.engine);
+        let requests: Vec<_> = (0..12).map(|r| request(r, 1 + r as usize % 6)).collect();
+        for r in send_all(&engine, &requests).await {
+            r.unwrap();
+        }
+        let batches = mock.batches.lock().unwrap().clone();
+        assert!(!batches.is_empty());
+        for (pairs, tokens, longest) in batches {
+            assert!(pairs <= 4, "{pairs} pairs");
+            let cost = if padded { pairs * longest } else { tokens };
+            assert!(
+                cost <= 40 || pairs == 1,
+                "padded={padded}: {pairs} pairs cost {cost} tokens"
+            );
+        }
+        let stats = engine.batch_stats();
+        assert_eq!(
+            stats.pairs,
+            requests.iter().map(|r| r.len() as u64).sum::<u64>()
+        );
+        if !padded {
+            assert_eq!(stats.padding_efficiency(), Some(1.0));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_lone_request_waits_no_longer_than_the_timeout() {
+    let f = start(Mock::default(), batching(32, 16384, 60.0), 1);
+    let started = Instant::now();
+    let scored = f.engine.infer(None, request(1, 2)).await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(55),
+        "it waited for the batch to fill: {elapsed:?}"
+    );
+    assert!(
+        elapsed <= Duration::from_millis(60 + 150),
+        "waited too long: {elapsed:?}"
+    );
+    assert!(scored.timings.batch_wait >= Duration::from_millis(55));
+    // With batching off, nothing waits.
+    let f = start(
+        Mock::default(),
+        BatchingConfig {
+            enabled: false,
+            ..batching(32, 16384, 1000.0)
+        },
+        1,
+    );
+    let started = Instant::now();
+    f.engine.infer(None, request(1, 2)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_come_back_in_order_to_the_right_request_even_when_split() {
+    for (enabled, instances) in [(true, 1), (true, 3), (false, 2)] {
+        let f = start(
+            Mock::default(),
+            BatchingConfig {
+                enabled,
+                ..batching(5, 60, 2.0)
+            },
+            instances,
+        );
+        let engine = Arc::new(f.engine);
+        // Requests of up to 13 pairs are split over several batches of at most 5.
+        let requests: Vec<_> = (0..20)
+            .map(|r| request(r, 1 + (r as usize * 5) % 13))
+            .collect();
+        let results = send_all(&engine, &requests).await;
+        for (req, res) in requests.iter().zip(results) {
+            let scored = res.unwrap();
+            let want: Vec<f32> = req.iter().map(|e| expected_score(&e.ids)).collect();
+            assert_eq!(scored.scores, want);
+            assert_eq!(
+                scored.tokens,
+                req.iter().map(|e| e.ids.len()).sum::<usize>()
+            );
+        }
+    }
+}
+
+fn gate() -> Arc<(Mutex<bool>, Condvar)> {
+    Arc::new((Mutex::new(false), Condvar::new()))
+}
+
+fn open(g: &Arc<(Mutex<bool>, Condvar)>) {
+    *g.0.lock().unwrap() = true;
+    g.1.notify_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_overloaded_at_once() {
+    let g = gate();
+    let f = start(
+        Mock {
+            gate: Some(g.clone()),
+            ..Mock::default()
+        },
+        BatchingConfig {
+            queue_capacity: 2,
+            ..batching(1, 16384, 0.0)
+        },
+        1,
+    );
+    let engine = Arc::new(f.engine);
+    let mut tasks = Vec::new();
+    for r in 0..12 {
+        let e = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = e.infer(None, request(r, 1)).await;
+            (result, started.elapsed())
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The instance is held at the gate: one batch computing, one ready, one in the batcher's
+    // hands, two queued; the rest are refused without waiting.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    open(&g);
+    let (mut overloaded, mut answered) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (
+                Err(EngineError::Overloaded {
+                    queue: "batch",
+                    capacity: 2,
+                }),
+                took,
+            ) => {
+                assert!(took < Duration::from_millis(40), "refusal took {took:?}");
+                overloaded += 1;
+            }
+            (Ok(_), _) => answered += 1,
+            (other, _) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(overloaded >= 5, "{overloaded} overloaded");
+    assert!(answered >= 4, "{answered} answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_callers_request_is_not_computed() {
+    let f = start(Mock::default(), batching(32, 16384, 300.0), 1);
+    let mock = f.mock.clone();
+    let engine = Arc::new(f.engine);
+    // Request 7 waits in the batcher for its batch to fill; its caller gives up after 50 ms.
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(50), engine.infer(None, request(7, 3))).await;
+    assert!(gave_up.is_err());
+    // A later request is computed; request 7's pairs never reach the backend.
+    engine.infer(None, request(8, 1)).await.unwrap();
+    let seen = mock.seen_ids.lock().unwrap().clone();
+    assert!(seen.iter().any(|&i| (800..900).contains(&i)));
+    assert!(
+        !seen.iter().any(|&i| (700..800).contains(&i)),
+        "dropped request was computed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_panicking_batch_fails_only_its_own_requests() {
+    // Request 3's first id is 300; request 4's is 400.
+    let f = start(
+        Mock {
+            fail_on_id: Some(300),
+            panic_on_id: Some(400),
+            ..Mock::default()
+        },
+        BatchingConfig {
+            enabled: false,
+            ..batching(8, 16384, 0.0)
+        },
+        1,
+    );
+    let engine = Arc::new(f.engine);
+    let requests: Vec<_> = (1..7).map(|r| request(r, 2)).collect();
+    let results = send_all(&engine, &requests).await;
+    for (r, res) in (1..7).zip(results) {
+        match (r, res) {
+            (3, Err(EngineError::Backend(BackendError::Inference(m)))) => {
+                assert!(m.contains("injected"))
+            }
+            (4, Err(EngineError::Backend(BackendError::Panic(m)))) => {
+                assert!(m.contains("injected panic"))
+            }
+            (3 | 4, other) => panic!("request {r}: {other:?}"),
+            (_, res) => assert_eq!(res.unwrap().scores.len(), 2),
+        }
+    }
+    // The instance survived its panic and keeps serving.
+    engine.infer(None, request(9, 1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_models_and_empty_requests_are_errors() {
+    let f = start(Mock::default(), BatchingConfig::default(), 1);
+    match f.engine.infer(Some("nope"), request(1, 1)).await {
+        Err(e @ EngineError::UnknownModel { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("unknown model 'nope'; loaded: "), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let empty: Arc<[Encoded]> = Vec::new().into();
+    assert!(matches!(
+        f.engine.infer(None, empty).await,
+        Err(EngineError::Empty)
+    ));
+    let input = Arc::new(RerankInput {
+        query: "q".into(),
+        passages: vec![],
+    });
+    assert!(matches!(
+        f.engine.rerank(None, input).await,
+        Err(EngineError::Empty)
+    ));
+}

@@ -1,0 +1,143 @@
+//! The tokenizer pool: T worker threads, each owning its own copy of every model's tokenizer
+//! (cloned once at start), fed by one bounded channel; replies go back on oneshot channels.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::{EngineError, RerankInput, Tokenized};
+use crate::tokenize::PairTokenizer;
+
+/// The pool's settings (`tokenizer_pool` in the config).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerPoolConfig {
+    /// Worker threads.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// Encode one request's pairs in parallel inside a worker (the tokenizers crate's batch
+    /// encoding; the original's `TOKENIZERS_PARALLELISM=true`), or one after another.
+    #[serde(default)]
+    pub parallelism: bool,
+    /// Requests that may wait for a worker; beyond it submission fails as overloaded.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_queue_capacity() -> usize {
+    1024
+}
+
+impl Default for TokenizerPoolConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            parallelism: false,
+            queue_capacity: default_queue_capacity(),
+        }
+    }
+}
+
+impl TokenizerPoolConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.workers == 0 {
+            return Err("tokenizer_pool.workers must be at least 1".into());
+        }
+        if self.queue_capacity == 0 {
+            return Err("tokenizer_pool.queue_capacity must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+struct Job {
+    model: usize,
+    input: Arc<RerankInput>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Tokenized, EngineError>>,
+}
+
+pub(crate) struct TokenizerPool {
+    jobs: Option<crossbeam_channel::Sender<Job>>,
+    capacity: usize,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl TokenizerPool {
+    pub fn start(config: &TokenizerPoolConfig, tokenizers: Vec<PairTokenizer>) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(config.queue_capacity);
+        let workers = (0..config.workers)
+            .map(|i| {
+                let rx = rx.clone();
+                let tokenizers = tokenizers.clone();
+                let parallel = config.parallelism;
+                std::thread::Builder::new()
+                    .name(format!("tokenizer-{i}"))
+                    .spawn(move || work(rx, tokenizers, parallel))
+                    .expect("spawning a tokenizer thread failed. This is a bug.")
+            })
+            .collect();
+        Self {
+            jobs: Some(tx),
+            capacity: config.queue_capacity,
+            workers,
+        }
+    }
+
+    pub async fn submit(
+        &self,
+        model: usize,
+        input: Arc<RerankInput>,
+    ) -> Result<Tokenized, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            model,
+            input,
+            enqueued: Instant::now(),
+            reply,
+        };
+        let jobs = self.jobs.as_ref().ok_or(EngineError::Shutdown)?;
+        jobs.try_send(job).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => EngineError::Overloaded {
+                queue: "tokenizer",
+                capacity: self.capacity,
+            },
+            crossbeam_channel::TrySendError::Disconnected(_) => EngineError::Shutdown,
+        })?;
+        rx.await.map_err(|_| EngineError::Shutdown)?
+    }
+}
+
+impl Drop for TokenizerPool {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+fn work(jobs: crossbeam_channel::Receiver<Job>, tokenizers: Vec<PairTokenizer>, parallel: bool) {
+    while let Ok(job) = jobs.recv() {
+        if job.reply.is_closed() {
+            continue; // the caller has gone: nothing to compute
+        }
+        let started = Instant::now();
+        let queue: Duration = started - job.enqueued;
+        let result = tokenizers[job.model]
+            .encode_many(&job.input.query, &job.input.passages, parallel)
+            .map(|encoded| Tokenized {
+                encoded,
+                queue,
+                tokenize: started.elapsed(),
+            })
+            .map_err(|e| EngineError::Tokenize(e.to_string()));
+        let _ = job.reply.send(result);
+    }
+}

@@ -1,0 +1,351 @@
+//! The in-process load generator: sends a workload's requests through one stage of the engine under
+//! a closed loop (C clients, each sending its next request when the last one returns) or an open
+//! loop (rate R per second, constant or Poisson arrivals), with a warm-up that is not counted and a
+//! measured window bounded by a request count and a duration.
+//!
+//! Latency is timed from each request's intended send time, so a stalled pipeline shows in the
+//! percentiles; it is recorded in HDR histograms (µs) per client and merged.
+
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{BatchStats, Engine, EngineError, Timings};
+use crate::tokenize::Encoded;
+pub use workload::{GeneratedLengths, Workload};
+
+/// What a run exercises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The tokenizer pool only.
+    Tokenize,
+    /// Pre-tokenized pairs through the batcher and the model pool.
+    Infer,
+    /// Tokenizer pool, batcher and model pool.
+    Full,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Tokenize => "tokenize",
+            Stage::Infer => "infer",
+            Stage::Full => "full",
+        })
+    }
+}
+
+/// How requests are paced.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Load {
+    Closed { concurrency: usize },
+    Open { rate: f64, poisson: bool },
+}
+
+/// One run of the load generator.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub stage: Stage,
+    pub load: Load,
+    /// Model to send to; the engine's first when `None`.
+    pub model: Option<String>,
+    /// Requests sent before measuring (not counted).
+    pub warmup: usize,
+    /// The measured window ends after this many requests ...
+    pub requests: usize,
+    /// ... or this long after it started, whichever comes first.
+    pub duration: Duration,
+    /// Seed of Poisson arrivals.
+    pub seed: u64,
+}
+
+/// What one measured window produced.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub recorder: Recorder,
+    /// From the first intended send to the last answer.
+    pub wall: Duration,
+    /// Batches formed during the window (`None` for the tokenize stage).
+    pub batches: Option<BatchStats>,
+}
+
+/// Latencies (µs, HDR) and stage-time sums of answered requests, and error counts by kind.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    pub latency_us: Histogram<u64>,
+    pub completed: u64,
+    pub queue_us: u128,
+    pub tokenize_us: u128,
+    pub batch_wait_us: u128,
+    pub inference_us: u128,
+    pub errors: BTreeMap<String, u64>,
+    first_intended: Option<Instant>,
+    last_done: Option<Instant>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("fixed histogram bounds are valid. This is a bug."),
+            completed: 0,
+            queue_us: 0,
+            tokenize_us: 0,
+            batch_wait_us: 0,
+            inference_us: 0,
+            errors: BTreeMap::new(),
+            first_intended: None,
+            last_done: None,
+        }
+    }
+}
+
+impl Recorder {
+    fn mark(&mut self, intended: Instant, done: Instant) {
+        self.first_intended = Some(self.first_intended.map_or(intended, |f| f.min(intended)));
+        self.last_done = Some(self.last_done.map_or(done, |l| l.max(done)));
+    }
+
+    pub fn record(&mut self, intended: Instant, done: Instant, t: &Timings) {
+        self.mark(intended, done);
+        let us = (done - intended).as_micros().max(1) as u64;
+        self.latency_us.saturating_record(us);
+        self.completed += 1;
+        self.queue_us += t.queue.as_micros();
+        self.tokenize_us += t.tokenize.as_micros();
+        self.batch_wait_us += t.batch_wait.as_micros();
+        self.inference_us += t.inference.as_micros();
+    }
+
+    pub fn record_error(&mut self, intended: Instant, done: Instant, e: &EngineError) {
+        self.mark(intended, done);
+        *self.errors.entry(error_kind(e).to_string()).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: &Recorder) {
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("histograms with equal bounds merge. This is a bug.");
+        self.completed += other.completed;
+        self.queue_us += other.queue_us;
+        self.tokenize_us += other.tokenize_us;
+        self.batch_wait_us += other.batch_wait_us;
+        self.inference_us += other.inference_us;
+        for (k, v) in &other.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        if let Some(f) = other.first_intended {
+            self.first_intended = Some(self.first_intended.map_or(f, |s| s.min(f)));
+        }
+        if let Some(l) = other.last_done {
+            self.last_done = Some(self.last_done.map_or(l, |s| s.max(l)));
+        }
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    fn wall(&self) -> Duration {
+        match (self.first_intended, self.last_done) {
+            (Some(f), Some(l)) => l.saturating_duration_since(f),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// A short, stable name for an error kind, for counts.
+pub fn error_kind(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::UnknownModel { .. } => "unknown_model",
+        EngineError::Overloaded { .. } => "overloaded",
+        EngineError::Empty => "empty",
+        EngineError::Tokenize(_) => "tokenize",
+        EngineError::Backend(_) => "backend",
+        EngineError::Shutdown => "shutdown",
+    }
+}
+
+/// A request ready to send for the run's stage.
+#[derive(Clone)]
+enum Prepared {
+    Text(Arc<crate::engine::RerankInput>),
+    Tokens(Arc<[Encoded]>),
+}
+
+/// Sends one request through the stage; returns its stage timings.
+async fn send(
+    engine: &Engine,
+    stage: Stage,
+    model: Option<&str>,
+    r: &Prepared,
+) -> Result<Timings, EngineError> {
+    match (stage, r) {
+        (Stage::Tokenize, Prepared::Text(input)) => {
+            let t = engine.tokenize(model, input.clone()).await?;
+            Ok(Timings {
+                queue: t.queue,
+                tokenize: t.tokenize,
+                ..Timings::default()
+            })
+        }
+        (Stage::Full, Prepared::Text(input)) => {
+            Ok(engine.rerank(model, input.clone()).await?.timings)
+        }
+        (Stage::Infer, Prepared::Tokens(tokens)) => {
+            Ok(engine.infer(model, tokens.clone()).await?.timings)
+        }
+        _ => unreachable!("requests are prepared for their stage. This is a bug."),
+    }
+}
+
+/// Runs the warm-up, then the measured window, and returns the window's figures.
+pub async fn run(
+    engine: Arc<Engine>,
+    workload: &Workload,
+    spec: &RunSpec,
+) -> Result<RunOutcome, EngineError> {
+    let model = spec.model.as_deref();
+    let prepared: Vec<Prepared> = match spec.stage {
+        Stage::Infer => {
+            let tokenizer = engine.tokenizer(model)?;
+            workload
+                .requests
+                .iter()
+                .map(|r| {
+                    tokenizer
+                        .encode_many(&r.query, &r.passages, false)
+                        .map(|e| Prepared::Tokens(e.into()))
+                        .map_err(|e| EngineError::Tokenize(e.to_string()))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        _ => workload
+            .requests
+            .iter()
+            .cloned()
+            .map(Prepared::Text)
+            .collect(),
+    };
+    let prepared = Arc::new(prepared);
+    if spec.warmup > 0 {
+        phase(&engine, &prepared, spec, 0, spec.warmup, None).await;
+    }
+    let before = engine.batch_stats();
+    let recorder = phase(
+        &engine,
+        &prepared,
+        spec,
+        spec.warmup,
+        spec.requests,
+        Some(spec.duration),
+    )
+    .await;
+    let batches = (spec.stage != Stage::Tokenize).then(|| engine.batch_stats().since(&before));
+    Ok(RunOutcome {
+        wall: recorder.wall(),
+        recorder,
+        batches,
+    })
+}
+
+/// Sends up to `count` requests (numbered from `offset`, cycling over `prepared`); stops issuing
+/// once `limit` has passed since the first send. Waits for every answer.
+async fn phase(
+    engine: &Arc<Engine>,
+    prepared: &Arc<Vec<Prepared>>,
+    spec: &RunSpec,
+    offset: usize,
+    count: usize,
+    limit: Option<Duration>,
+) -> Recorder {
+    let started = Instant::now();
+    let stop_at = limit.map(|l| started + l);
+    let in_time = move || stop_at.is_none_or(|s| Instant::now() < s);
+    let model = spec.model.clone();
+    let stage = spec.stage;
+    match spec.load {
+        Load::Closed { concurrency } => {
+            let issued = Arc::new(AtomicUsize::new(0));
+            let mut clients = tokio::task::JoinSet::new();
+            for _ in 0..concurrency.max(1) {
+                let (engine, prepared, issued, model) = (
+                    engine.clone(),
+                    prepared.clone(),
+                    issued.clone(),
+                    model.clone(),
+                );
+                clients.spawn(async move {
+                    let mut rec = Recorder::default();
+                    loop {
+                        let k = issued.fetch_add(1, Ordering::Relaxed);
+                        if k >= count || !in_time() {
+                            break;
+                        }
+                        let r = &prepared[(offset + k) % prepared.len()];
+                        let intended = Instant::now();
+                        match send(&engine, stage, model.as_deref(), r).await {
+                            Ok(t) => rec.record(intended, Instant::now(), &t),
+                            Err(e) => rec.record_error(intended, Instant::now(), &e),
+                        }
+                    }
+                    rec
+                });
+            }
+            let mut total = Recorder::default();
+            while let Some(rec) = clients.join_next().await {
+                if let Ok(rec) = rec {
+                    total.merge(&rec);
+                }
+            }
+            total
+        }
+        Load::Open { rate, poisson } => {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
+            type Answer = (Instant, Instant, Result<Timings, EngineError>);
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Answer>();
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut next = Instant::now();
+            for k in 0..count {
+                tokio::time::sleep_until(next.into()).await;
+                if !in_time() {
+                    break;
+                }
+                let intended = next;
+                let (engine, prepared, tx, model) =
+                    (engine.clone(), prepared.clone(), tx.clone(), model.clone());
+                tasks.spawn(async move {
+                    let r = &prepared[(offset + k) % prepared.len()];
+                    let result = send(&engine, stage, model.as_deref(), r).await;
+                    let _ = tx.send((intended, Instant::now(), result));
+                });
+                let gap = if poisson {
+                    -(1.0 - rng.random::<f64>()).ln() / rate
+                } else {
+                    1.0 / rate
+                };
+                next += Duration::from_secs_f64(gap);
+            }
+            drop(tx);
+            // One collector for every open-loop request.
+            let mut total = Recorder::default();
+            while let Some((intended, done, result)) = rx.recv().await {
+                match result {
+                    Ok(t) => total.record(intended, done, &t),
+                    Err(e) => total.record_error(intended, done, &e),
+                }
+            }
+            while tasks.join_next().await.is_some() {}
+            total
+        }
+    }
+}

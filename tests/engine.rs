@@ -1,0 +1,224 @@
+//! The engine on the demo model: scores equal `xbench score`'s whatever the worker counts and
+//! batching, and every stage of the load generator gives a consistent row.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::Device;
+use xbench::engine::{
+    BatchingConfig, Engine, EngineConfig, ModelSpec, RerankInput, TokenizerPoolConfig,
+};
+use xbench::loadgen::{self, Load, RunSpec, Stage, Workload};
+use xbench::report::{BenchRow, CellLabels};
+use xbench::score::{read_pairs, Pair, Scorer};
+
+fn demo() -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo-minilm-l6");
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "run ./scripts/fetch_demo_model.sh"
+    );
+    dir.to_str().unwrap().to_string()
+}
+
+fn sample(n: usize) -> Vec<Pair> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample_pairs.jsonl");
+    let pairs = read_pairs(std::io::BufReader::new(std::fs::File::open(path).unwrap())).unwrap();
+    pairs.into_iter().take(n).collect()
+}
+
+fn config(
+    model: &str,
+    tok: usize,
+    parallel: bool,
+    inst: usize,
+    batching: BatchingConfig,
+) -> EngineConfig {
+    EngineConfig {
+        models: vec![ModelSpec {
+            instances: inst,
+            ..ModelSpec::new(model)
+        }],
+        tokenizer_pool: TokenizerPoolConfig {
+            workers: tok,
+            parallelism: parallel,
+            ..TokenizerPoolConfig::default()
+        },
+        batching,
+    }
+}
+
+#[test]
+fn engine_scores_equal_xbench_score_for_any_workers_and_batching() {
+    let model = demo();
+    let pairs = sample(24);
+    let want = Scorer::load(&model, &Device::Cpu, None)
+        .unwrap()
+        .score(&pairs, 32)
+        .unwrap();
+    let configs = [
+        config(&model, 1, false, 1, BatchingConfig::default()),
+        config(
+            &model,
+            2,
+            true,
+            2,
+            BatchingConfig {
+                max_batch_size: 5,
+                ..BatchingConfig::default()
+            },
+        ),
+        config(
+            &model,
+            1,
+            true,
+            1,
+            BatchingConfig {
+                enabled: false,
+                max_batch_size: 7,
+                ..BatchingConfig::default()
+            },
+        ),
+        config(
+            &model,
+            2,
+            false,
+            1,
+            BatchingConfig {
+                max_batch_tokens: 900,
+                timeout_ms: 20.0,
+                ..BatchingConfig::default()
+            },
+        ),
+    ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for cfg in configs {
+        let engine = Arc::new(Engine::start(&cfg).unwrap());
+        // Requests of 1 to 6 passages, sent concurrently so the batcher mixes them.
+        let mut requests = Vec::new();
+        let mut at = 0;
+        while at < pairs.len() {
+            let n = (1 + requests.len() % 6).min(pairs.len() - at);
+            requests.push((at, n));
+            at += n;
+        }
+        let got: Vec<Vec<f32>> = runtime.block_on(async {
+            let tasks: Vec<_> = requests
+                .iter()
+                .map(|&(at, n)| {
+                    let engine = engine.clone();
+                    // Every pair keeps its own query: one request per query run.
+                    let chunk: Vec<Pair> = pairs[at..at + n].to_vec();
+                    tokio::spawn(async move {
+                        let mut scores = Vec::new();
+                        let mut i = 0;
+                        while i < chunk.len() {
+                            let q = &chunk[i].query;
+                            let j = i + chunk[i..].iter().take_while(|p| &p.query == q).count();
+                            let input = Arc::new(RerankInput {
+                                query: q.clone(),
+                                passages: chunk[i..j].iter().map(|p| p.passage.clone()).collect(),
+                            });
+                            scores.extend(engine.rerank(None, input).await.unwrap().scores);
+                            i = j;
+                        }
+                        scores
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        });
+        let got: Vec<f32> = got.into_iter().flatten().collect();
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5,
+                "{cfg:?}: pair {i}: engine {g}, xbench score {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_stage_gives_a_consistent_row() {
+    let model = demo();
+    let engine =
+        Arc::new(Engine::start(&config(&model, 2, false, 1, BatchingConfig::default())).unwrap());
+    let workload = Workload::from_pairs(&sample(40), 4);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    for (stage, load) in [
+        (Stage::Tokenize, Load::Closed { concurrency: 2 }),
+        (Stage::Infer, Load::Closed { concurrency: 2 }),
+        (
+            Stage::Full,
+            Load::Open {
+                rate: 20.0,
+                poisson: true,
+            },
+        ),
+    ] {
+        let spec = RunSpec {
+            stage,
+            load,
+            model: None,
+            warmup: 1,
+            requests: 6,
+            duration: Duration::from_secs(120),
+            seed: 1,
+        };
+        let out = runtime
+            .block_on(loadgen::run(engine.clone(), &workload, &spec))
+            .unwrap();
+        let labels = CellLabels {
+            stage,
+            model: model.clone(),
+            tokenizer_workers: 2,
+            model_workers: 1,
+            threads_per_worker: engine.threads_per_instance(None).unwrap(),
+            parallelism: false,
+            pairs_per_request: 4,
+            max_batch_size: 32,
+            timeout_ms: 5.0,
+            load,
+        };
+        let row = BenchRow::new(&labels, &out);
+        assert_eq!(row.requests, 6, "{stage}: {row:?}");
+        assert!(row.errors.is_empty(), "{stage}: {:?}", row.errors);
+        assert!(row.rps > 0.0 && row.duration_s > 0.0);
+        assert!((row.qps - row.rps * 4.0).abs() <= 1e-9 * row.qps.max(1.0));
+        let l = row.latency_ms;
+        assert!(
+            0.0 < l.p50 && l.p50 <= l.p95 && l.p95 <= l.p99 && l.p99 <= l.max,
+            "{l:?}"
+        );
+        assert!(l.mean > 0.0 && l.mean <= l.max);
+        let s = row.stages_ms;
+        match stage {
+            Stage::Tokenize => {
+                assert!(s.tokenize > 0.0 && s.inference == 0.0);
+                assert!(row.mean_batch_size.is_none() && row.model_workers.is_none());
+            }
+            Stage::Infer => {
+                assert!(s.tokenize == 0.0 && s.inference > 0.0);
+                assert!(row.tokenizer_workers.is_none());
+            }
+            Stage::Full => assert!(s.tokenize > 0.0 && s.inference > 0.0),
+        }
+        if stage != Stage::Tokenize {
+            let b = row.mean_batch_size.unwrap();
+            assert!((1.0..=32.0).contains(&b), "{b}");
+            let p = row.padding_efficiency.unwrap();
+            assert!(p > 0.0 && p <= 1.0, "{p}");
+            // The stages account for the request's time (within the client's own overhead).
+            assert!(s.queue + s.tokenize + s.batch_wait + s.inference <= l.mean * 1.01 + 0.5);
+        }
+    }
+}
