@@ -210,7 +210,7 @@ pub fn markdown(rows: &[BenchRow]) -> String {
             (_, Some(rate)) => format!("{rate}/s"),
             _ => "-".into(),
         },
-        rps: format!("{:.1}", r.rps),
+        rps: format!("{:.2}", r.rps),
         qps: format!("{:.1}", r.qps),
         mean: millis(r.latency_ms.mean),
         p50: millis(r.latency_ms.p50),
