@@ -222,3 +222,79 @@ fn every_stage_gives_a_consistent_row() {
         }
     }
 }
+
+#[test]
+fn several_models_in_one_pool_route_by_name() {
+    let dirs: Vec<tempfile::TempDir> = [3u64, 4]
+        .iter()
+        .map(|&seed| {
+            let d = tempfile::tempdir().unwrap();
+            xbench::testing::TinyBert {
+                seed,
+                ..Default::default()
+            }
+            .write(d.path())
+            .unwrap();
+            d
+        })
+        .collect();
+    let names: Vec<String> = dirs
+        .iter()
+        .map(|d| d.path().to_str().unwrap().to_string())
+        .collect();
+    let cfg = EngineConfig {
+        models: vec![
+            ModelSpec {
+                instances: 2,
+                ..ModelSpec::new(&names[0])
+            },
+            ModelSpec::new(&names[1]),
+        ],
+        tokenizer_pool: TokenizerPoolConfig::default(),
+        batching: BatchingConfig::default(),
+    };
+    let engine = Engine::start(&cfg).unwrap();
+    assert_eq!(engine.model_names(), names);
+    let passages = vec![
+        "rust is a language".to_string(),
+        "bake the bread".to_string(),
+    ];
+    let pairs: Vec<Pair> = passages
+        .iter()
+        .map(|p| Pair::new("what is rust", p.clone()))
+        .collect();
+    let input = Arc::new(RerankInput {
+        query: "what is rust".into(),
+        passages,
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut all = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let want = Scorer::load(name, &Device::Cpu, None)
+            .unwrap()
+            .score(&pairs, 1)
+            .unwrap();
+        let got = runtime
+            .block_on(engine.rerank(Some(name), input.clone()))
+            .unwrap()
+            .scores;
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-5, "model {i}: {g} vs {w}");
+        }
+        all.push(got);
+    }
+    assert_ne!(all[0], all[1], "the two models differ");
+    // Without a name, the first model answers; an unknown name lists the loaded ones.
+    let first = runtime
+        .block_on(engine.rerank(None, input.clone()))
+        .unwrap()
+        .scores;
+    assert_eq!(first, all[0]);
+    let err = runtime
+        .block_on(engine.rerank(Some("other"), input))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&names[0]) && err.contains(&names[1]), "{err}");
+}
