@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod batch;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod loadgen;
 pub mod model;
