@@ -22,6 +22,21 @@ pub struct Composed {
     pub choices: BTreeMap<String, Option<String>>,
     /// Command-line overrides as written.
     pub overrides: Vec<String>,
+    /// Dotted key → where its value was last set (a file, or "the command line").
+    pub sources: BTreeMap<String, String>,
+}
+
+impl Composed {
+    /// Where a key (or, failing that, its nearest parent) was set.
+    pub fn source_of(&self, key: &str) -> Option<&str> {
+        let mut k = key;
+        loop {
+            if let Some(s) = self.sources.get(k) {
+                return Some(s);
+            }
+            k = k.rsplit_once('.')?.0;
+        }
+    }
 }
 
 /// One entry of a defaults list.
@@ -145,15 +160,18 @@ pub fn compose(
     }
 
     let mut out = Value::Object(Map::new());
-    merge_node(root, &primary_node, &top, &choices, &mut out)?;
+    let mut sources = BTreeMap::new();
+    merge_node(root, &primary_node, &top, &choices, &mut out, &mut sources)?;
     for o in key_ovs {
         tree::apply(&mut out, o)?;
+        sources.insert(o.key.clone(), "the command line".to_string());
     }
     let tree = tree::interpolate(&out)?;
     Ok(Composed {
         tree,
         choices,
         overrides: overrides.iter().map(|o| o.text.clone()).collect(),
+        sources,
     })
 }
 
@@ -210,13 +228,25 @@ fn merge_node(
     entries: &[Entry],
     choices: &BTreeMap<String, Option<String>>,
     out: &mut Value,
+    sources: &mut BTreeMap<String, String>,
 ) -> Result<(), ConfigError> {
     let has_self = entries.contains(&Entry::SelfEntry);
     let self_entry = [Entry::SelfEntry];
     let tail: &[Entry] = if has_self { &[] } else { &self_entry };
     for e in entries.iter().chain(tail) {
         match e {
-            Entry::SelfEntry => merge_at(out, &node.package, node.body.clone())?,
+            Entry::SelfEntry => {
+                let file = node.file.display().to_string();
+                for key in tree::keys(&node.body) {
+                    let full = if node.package.is_empty() {
+                        key
+                    } else {
+                        format!("{}.{key}", node.package)
+                    };
+                    sources.insert(full, file.clone());
+                }
+                merge_at(out, &node.package, node.body.clone())?
+            }
             Entry::Group {
                 is_override: true, ..
             } => {}
@@ -227,7 +257,7 @@ fn merge_node(
                     continue;
                 };
                 if let Some(child) = load_option(root, group, option, *optional)? {
-                    merge_node(root, &child, &child.defaults, choices, out)?;
+                    merge_node(root, &child, &child.defaults, choices, out, sources)?;
                 }
             }
         }

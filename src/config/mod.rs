@@ -5,10 +5,13 @@
 
 pub mod compose;
 pub mod overrides;
+pub mod schema;
+pub mod sweep;
 pub mod tree;
 
 pub use compose::{compose, Composed};
 pub use overrides::{Override, OverrideKind, OverrideValue};
+pub use schema::XbenchConfig;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
@@ -32,6 +35,12 @@ pub enum ConfigError {
     NotAMap { key: String, wanted: String },
     #[error("cannot resolve the interpolation at '{key}': {why}")]
     Interpolation { key: String, why: String },
+    #[error("config key '{key}'{}: {why}", .file.as_ref().map(|f| format!(" (set in {f})")).unwrap_or_default())]
+    Schema {
+        key: String,
+        why: String,
+        file: Option<String>,
+    },
     #[error("{}: {why}", .file.display())]
     Compose {
         file: std::path::PathBuf,

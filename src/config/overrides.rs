@@ -99,7 +99,11 @@ impl Override {
 
 fn valid_key(key: &str) -> bool {
     !key.is_empty()
-        && key.split(['.', '/']).all(|seg| {
+        && key.split(['.', '/']).enumerate().all(|(i, seg)| {
+            // A numeric segment indexes a list (not first).
+            if i > 0 && !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+                return true;
+            }
             let mut chars = seg.chars();
             chars
                 .next()

@@ -8,46 +8,50 @@ use serde_json::{Map, Value};
 use super::overrides::{Override, OverrideKind, OverrideValue};
 use super::ConfigError;
 
-/// The value at a dotted key.
+/// The value at a dotted key; a numeric segment indexes a list (`model_pool.instances.0.name`).
 pub fn get<'a>(tree: &'a Value, key: &str) -> Option<&'a Value> {
-    key.split('.')
-        .try_fold(tree, |node, seg| node.as_object()?.get(seg))
+    key.split('.').try_fold(tree, |node, seg| match node {
+        Value::Array(items) => items.get(seg.parse::<usize>().ok()?),
+        other => other.as_object()?.get(seg),
+    })
 }
 
-/// Sets a dotted key, creating the maps on the way.
+/// Sets a dotted key, creating the maps on the way; a numeric segment indexes an existing list
+/// element.
 pub fn set(tree: &mut Value, key: &str, value: Value) -> Result<(), ConfigError> {
-    let mut node = tree;
     let segments: Vec<&str> = key.split('.').collect();
-    let (last, parents) = segments
-        .split_last()
-        .expect("split yields at least one segment");
-    for (i, seg) in parents.iter().enumerate() {
+    let not_a_map = |upto: usize| ConfigError::NotAMap {
+        key: segments[..upto].join("."),
+        wanted: key.to_string(),
+    };
+    let mut node = tree;
+    for (i, seg) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
         if node.is_null() {
             *node = Value::Object(Map::new());
         }
-        let Value::Object(map) = node else {
-            return Err(ConfigError::NotAMap {
-                key: segments[..i].join("."),
-                wanted: key.to_string(),
-            });
+        let slot = match node {
+            Value::Object(map) if last => {
+                map.insert(seg.to_string(), value);
+                return Ok(());
+            }
+            Value::Object(map) => map
+                .entry(seg.to_string())
+                .or_insert_with(|| Value::Object(Map::new())),
+            Value::Array(items) => seg
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| items.get_mut(n))
+                .ok_or_else(|| not_a_map(i))?,
+            _ => return Err(not_a_map(i)),
         };
-        node = map
-            .entry(seg.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
-    if node.is_null() {
-        *node = Value::Object(Map::new());
-    }
-    match node {
-        Value::Object(map) => {
-            map.insert(last.to_string(), value);
-            Ok(())
+        if last {
+            *slot = value;
+            return Ok(());
         }
-        _ => Err(ConfigError::NotAMap {
-            key: parents.join("."),
-            wanted: key.to_string(),
-        }),
+        node = slot;
     }
+    unreachable!("the loop returns at the last segment. This is a bug.")
 }
 
 /// Removes a dotted key; returns what was there.
@@ -324,6 +328,8 @@ mod tests {
             json!({"enabled": false, "max_batch_size": 64, "max_batch_tokens": 8192})
         );
         assert_eq!(t["server"]["api_key"], json!("secret"));
+        apply(&mut t, &ov("model_pool.instances.0.name=other")).unwrap();
+        assert_eq!(t["model_pool"]["instances"][0]["name"], json!("other"));
         apply(&mut t, &ov("~name=demo")).unwrap();
         assert!(get(&t, "name").is_none());
     }

@@ -1,0 +1,388 @@
+//! The typed, validated form of a composed config. Every key is listed here with its type and
+//! default; unknown keys are rejected with their dotted path and the valid keys beside them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Composed, ConfigError};
+use crate::engine::{BatchingConfig, EngineConfig, ModelSpec, TokenizerPoolConfig};
+use crate::loadgen::Stage;
+
+/// The whole config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct XbenchConfig {
+    /// Human-readable name of the experiment.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub model_pool: ModelPoolConfig,
+    #[serde(default)]
+    pub batching: BatchingConfig,
+    #[serde(default)]
+    pub tokenizer_pool: TokenizerPoolConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub workload: WorkloadConfig,
+    #[serde(default)]
+    pub experiment: ExperimentConfig,
+}
+
+/// `model_pool`: the models served, each with its instances.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPoolConfig {
+    pub instances: Vec<InstanceConfig>,
+}
+
+/// One entry of `model_pool.instances`. Listing the same model twice adds a worker, as in the
+/// original; `workers` says the same in one entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// A local model directory or a hub id.
+    pub name: String,
+    /// Inference backend: `candle`.
+    #[serde(default = "candle")]
+    pub backend: String,
+    /// `cpu`, `cuda[:N]`, `metal[:N]`.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// Weight precision: `fp32` (others arrive with the precision work).
+    #[serde(default = "fp32")]
+    pub quantization: String,
+    /// Truncation length in tokens; default the model's limit.
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// Model workers (instances) of this entry.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// Compute threads per worker; default the cores divided among all workers.
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+fn candle() -> String {
+    "candle".into()
+}
+fn cpu() -> String {
+    "cpu".into()
+}
+fn fp32() -> String {
+    "fp32".into()
+}
+fn one() -> usize {
+    1
+}
+
+/// `server`: where `xbench serve` listens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "localhost")]
+    pub host: String,
+    #[serde(default = "port")]
+    pub port: u16,
+}
+
+fn localhost() -> String {
+    "127.0.0.1".into()
+}
+fn port() -> u16 {
+    8080
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: localhost(),
+            port: port(),
+        }
+    }
+}
+
+/// `workload`: the pairs the load generator sends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// JSON lines of pairs; ignored when `generate` is true.
+    #[serde(default = "pairs_file")]
+    pub input: String,
+    /// Generate seeded text instead of reading `input`.
+    #[serde(default)]
+    pub generate: bool,
+    /// Seed of generated text and Poisson arrivals.
+    #[serde(default = "seed")]
+    pub seed: u64,
+}
+
+fn pairs_file() -> String {
+    "data/pairs.jsonl".into()
+}
+fn seed() -> u64 {
+    42
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        Self {
+            input: pairs_file(),
+            generate: false,
+            seed: seed(),
+        }
+    }
+}
+
+/// `experiment`: the load and the axes of a sweep.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// `tokenize`, `infer` or `full`.
+    #[serde(default = "full")]
+    pub stage: Stage,
+    /// Axis: pairs per request (the original's name).
+    #[serde(default = "batch_sizes")]
+    pub batch_sizes: Vec<usize>,
+    /// Axis: closed-loop clients. Ignored for cells with an open-loop `rate`.
+    #[serde(default = "concurrency_levels")]
+    pub concurrency_levels: Vec<usize>,
+    /// Open-loop arrival rate (requests/s, Poisson); `null` = closed loop.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// More axes: dotted key → list of values (any key of this config), in declared order.
+    #[serde(default)]
+    pub sweep: serde_json::Map<String, Value>,
+    /// Measured requests per cell (the window ends here or at `duration_s`).
+    #[serde(default = "requests")]
+    pub requests: usize,
+    /// Longest measured window per cell, seconds.
+    #[serde(default = "duration_s")]
+    pub duration_s: f64,
+    /// Requests before measuring, per cell.
+    #[serde(default = "warmup")]
+    pub warmup: usize,
+    /// Runs of each cell.
+    #[serde(default = "one")]
+    pub repeats: usize,
+}
+
+fn full() -> Stage {
+    Stage::Full
+}
+fn batch_sizes() -> Vec<usize> {
+    vec![32]
+}
+fn concurrency_levels() -> Vec<usize> {
+    vec![1]
+}
+fn requests() -> usize {
+    50
+}
+fn duration_s() -> f64 {
+    30.0
+}
+fn warmup() -> usize {
+    2
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        Self {
+            stage: full(),
+            batch_sizes: batch_sizes(),
+            concurrency_levels: concurrency_levels(),
+            rate: None,
+            sweep: serde_json::Map::new(),
+            requests: requests(),
+            duration_s: duration_s(),
+            warmup: warmup(),
+            repeats: 1,
+        }
+    }
+}
+
+impl XbenchConfig {
+    /// Typed extraction of a composed config; errors name the key and the file that set it.
+    pub fn from_composed(composed: &Composed) -> Result<Self, ConfigError> {
+        Self::from_tree(&composed.tree).map_err(|e| match e {
+            ConfigError::Schema { key, why, .. } => ConfigError::Schema {
+                file: composed.source_of(&key).map(str::to_string),
+                key,
+                why,
+            },
+            other => other,
+        })
+    }
+
+    /// Typed extraction of a tree; errors name the key.
+    pub fn from_tree(tree: &Value) -> Result<Self, ConfigError> {
+        let config: Self = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let path = e.path().to_string();
+            let why = e.into_inner().to_string();
+            schema_error(&path, &why)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| ConfigError::Schema {
+            key: key.to_string(),
+            why,
+            file: None,
+        };
+        if self.model_pool.instances.is_empty() {
+            return Err(bad(
+                "model_pool.instances",
+                "list at least one model".into(),
+            ));
+        }
+        for (i, m) in self.model_pool.instances.iter().enumerate() {
+            let key = |k: &str| format!("model_pool.instances[{i}].{k}");
+            if m.backend != "candle" {
+                return Err(bad(
+                    &key("backend"),
+                    format!("'{}' is not a backend; available: candle", m.backend),
+                ));
+            }
+            if m.quantization != "fp32" {
+                return Err(bad(
+                    &key("quantization"),
+                    format!(
+                        "'{}' is not supported by backend candle yet; supported: fp32",
+                        m.quantization
+                    ),
+                ));
+            }
+            if m.workers == 0 {
+                return Err(bad(&key("workers"), "must be at least 1".into()));
+            }
+            if m.threads == Some(0) {
+                return Err(bad(&key("threads"), "must be at least 1".into()));
+            }
+        }
+        self.batching
+            .validate()
+            .map_err(|why| bad("batching", why))?;
+        self.tokenizer_pool
+            .validate()
+            .map_err(|why| bad("tokenizer_pool", why))?;
+        let e = &self.experiment;
+        if e.batch_sizes.is_empty() || e.batch_sizes.contains(&0) {
+            return Err(bad(
+                "experiment.batch_sizes",
+                "list pair counts of at least 1".into(),
+            ));
+        }
+        if e.concurrency_levels.is_empty() || e.concurrency_levels.contains(&0) {
+            return Err(bad(
+                "experiment.concurrency_levels",
+                "list client counts of at least 1".into(),
+            ));
+        }
+        if e.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err(bad(
+                "experiment.rate",
+                "must be a positive number of requests/s".into(),
+            ));
+        }
+        if e.requests == 0 || e.repeats == 0 {
+            return Err(bad(
+                "experiment",
+                "requests and repeats must be at least 1".into(),
+            ));
+        }
+        if !(e.duration_s > 0.0 && e.duration_s.is_finite()) {
+            return Err(bad(
+                "experiment.duration_s",
+                "must be a positive number of seconds".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The engine this config describes. Entries naming the same model with the same settings add
+    /// up their workers.
+    pub fn engine_config(&self) -> Result<EngineConfig, ConfigError> {
+        let mut models: Vec<ModelSpec> = Vec::new();
+        for m in &self.model_pool.instances {
+            let spec = ModelSpec {
+                name: m.name.clone(),
+                instances: m.workers,
+                threads: m.threads,
+                max_length: m.max_length,
+                device: m.device.clone(),
+            };
+            match models.iter_mut().find(|s| s.name == spec.name) {
+                Some(s) if ModelSpec { instances: s.instances, ..spec.clone() } == *s => {
+                    s.instances += spec.instances
+                }
+                Some(_) => {
+                    return Err(ConfigError::Schema {
+                        file: None,
+                        key: "model_pool.instances".into(),
+                        why: format!(
+                            "model '{}' is listed twice with different settings; give each entry the same device, max_length and threads",
+                            spec.name
+                        ),
+                    })
+                }
+                None => models.push(spec),
+            }
+        }
+        Ok(EngineConfig {
+            models,
+            tokenizer_pool: self.tokenizer_pool.clone(),
+            batching: self.batching.clone(),
+        })
+    }
+}
+
+/// Turns serde's message into a key and a fix: an unknown field becomes its full dotted key, with
+/// the nearest valid name suggested.
+fn schema_error(path: &str, why: &str) -> ConfigError {
+    let path = if path == "." { "" } else { path };
+    let join = |field: &str| {
+        if path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        }
+    };
+    if let Some(rest) = why.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
+        let nearest = expected
+            .iter()
+            .filter(|c| strsim::damerau_levenshtein(field, c) <= 2.max(field.len() / 4))
+            .min_by_key(|c| strsim::damerau_levenshtein(field, c));
+        let why = match nearest {
+            Some(n) => format!(
+                "unknown key (did you mean '{n}'?); valid keys here: {}",
+                expected.join(", ")
+            ),
+            None => format!("unknown key; valid keys here: {}", expected.join(", ")),
+        };
+        return ConfigError::Schema {
+            key: join(field),
+            why,
+            file: None,
+        };
+    }
+    if let Some(rest) = why.strip_prefix("missing field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        return ConfigError::Schema {
+            key: join(field),
+            why: "missing; this key is required".into(),
+            file: None,
+        };
+    }
+    ConfigError::Schema {
+        key: path.to_string(),
+        why: why.to_string(),
+        file: None,
+    }
+}
