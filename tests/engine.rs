@@ -168,7 +168,7 @@ fn every_stage_gives_a_consistent_row() {
         let spec = RunSpec {
             stage,
             load,
-            model: None,
+            models: Vec::new(),
             warmup: 1,
             requests: 6,
             duration: Duration::from_secs(120),

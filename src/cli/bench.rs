@@ -165,7 +165,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let spec = RunSpec {
         stage: args.stage,
         load,
-        model: None,
+        models: Vec::new(),
         warmup: args.warmup,
         requests: args.requests,
         duration: Duration::from_secs_f64(args.duration),

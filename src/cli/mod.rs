@@ -1,6 +1,7 @@
 //! The command line: one subcommand per file. Results go to stdout, logs (tracing) to stderr.
 
 mod bench;
+mod run;
 mod score;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,21 @@ pub enum Command {
     Score(ScoreArgs),
     /// Run one cell of the in-process pipeline (tokenize, infer or full) under load; print its row.
     Bench(BenchArgs),
+    /// Run one experiment of conf/experiment/ (every cell of its sweep); write its result files.
+    Run(run::RunArgs),
+    /// Run several experiments in order (`all`: every one in conf/experiment/).
+    Sweep(run::SweepArgs),
+    /// Show the composed config.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// List the experiments with their descriptions and cell counts.
+    List(run::ListArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the composed config of an experiment (with overrides) as YAML.
+    Show(run::ConfigShowArgs),
 }
 
 /// Runs one parsed command line.
@@ -35,6 +51,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Score(args) => score::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Sweep(args) => run::sweep_cmd(args),
+        Command::Config(ConfigCommand::Show(args)) => run::config_show(args),
+        Command::List(args) => run::list(args),
     }
 }
 

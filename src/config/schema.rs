@@ -346,7 +346,9 @@ impl XbenchConfig {
 fn schema_error(path: &str, why: &str) -> ConfigError {
     let path = if path == "." { "" } else { path };
     let join = |field: &str| {
-        if path.is_empty() {
+        if path.rsplit('.').next() == Some(field) {
+            path.to_string()
+        } else if path.is_empty() {
             field.to_string()
         } else {
             format!("{path}.{field}")
@@ -384,5 +386,68 @@ fn schema_error(path: &str, why: &str) -> ConfigError {
         key: path.to_string(),
         why: why.to_string(),
         file: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{compose, Override};
+
+    fn conf(batching: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let w = |path: &str, text: &str| {
+            let p = d.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        w("config.yaml", "defaults:\n  - batching: default\n  - _self_\nmodel_pool:\n  instances:\n    - name: m\n");
+        w("batching/default.yaml", batching);
+        d
+    }
+
+    #[test]
+    fn unknown_keys_in_files_name_the_file_the_key_and_the_nearest() {
+        let d = conf("enabled: true\nmax_bach_size: 8\n");
+        let composed = compose(d.path(), "config", &[]).unwrap();
+        let err = XbenchConfig::from_composed(&composed)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config key 'batching.max_bach_size'"), "{err}");
+        assert!(err.contains("batching/default.yaml"), "{err}");
+        assert!(err.contains("did you mean 'max_batch_size'?"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_and_bad_values_name_the_key() {
+        let d = conf("max_batch_size: lots\n");
+        let err = XbenchConfig::from_composed(&compose(d.path(), "config", &[]).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("batching.max_batch_size") && err.contains("invalid type"),
+            "{err}"
+        );
+        let d = conf("max_batch_size: 8\n");
+        let o = [Override::parse("++model_pool.instances.0.quantization=int3").unwrap()];
+        let err = XbenchConfig::from_composed(&compose(d.path(), "config", &o).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model_pool.instances[0].quantization"),
+            "{err}"
+        );
+        assert!(err.contains("supported: fp32"), "{err}");
+    }
+
+    #[test]
+    fn the_same_model_listed_twice_adds_workers() {
+        let d = conf("max_batch_size: 8\n");
+        let o =
+            [Override::parse("model_pool.instances=[{name: m}, {name: m, workers: 2}]").unwrap()];
+        let c = XbenchConfig::from_composed(&compose(d.path(), "config", &o).unwrap()).unwrap();
+        let e = c.engine_config().unwrap();
+        assert_eq!(e.models.len(), 1);
+        assert_eq!(e.models[0].instances, 3);
     }
 }

@@ -56,8 +56,9 @@ pub enum Load {
 pub struct RunSpec {
     pub stage: Stage,
     pub load: Load,
-    /// Model to send to; the engine's first when `None`.
-    pub model: Option<String>,
+    /// Models the requests alternate between (request k goes to `models[k % len]`); empty: the
+    /// engine's first model.
+    pub models: Vec<String>,
     /// Requests sent before measuring (not counted).
     pub warmup: usize,
     /// The measured window ends after this many requests ...
@@ -208,34 +209,54 @@ async fn send(
     }
 }
 
+/// Request number `k`: its model (they alternate) and its prepared request (cycling).
+fn pick(prepared: &[(Option<String>, Vec<Prepared>)], k: usize) -> (Option<&str>, &Prepared) {
+    let (model, requests) = &prepared[k % prepared.len()];
+    (
+        model.as_deref(),
+        &requests[(k / prepared.len()) % requests.len()],
+    )
+}
+
 /// Runs the warm-up, then the measured window, and returns the window's figures.
 pub async fn run(
     engine: Arc<Engine>,
     workload: &Workload,
     spec: &RunSpec,
 ) -> Result<RunOutcome, EngineError> {
-    let model = spec.model.as_deref();
-    let prepared: Vec<Prepared> = match spec.stage {
-        Stage::Infer => {
-            let tokenizer = engine.tokenizer(model)?;
-            workload
-                .requests
-                .iter()
-                .map(|r| {
-                    tokenizer
-                        .encode_many(&r.query, &r.passages, false)
-                        .map(|e| Prepared::Tokens(e.into()))
-                        .map_err(|e| EngineError::Tokenize(e.to_string()))
-                })
-                .collect::<Result<_, _>>()?
-        }
-        _ => workload
-            .requests
-            .iter()
-            .cloned()
-            .map(Prepared::Text)
-            .collect(),
+    let targets: Vec<Option<String>> = if spec.models.is_empty() {
+        vec![None]
+    } else {
+        spec.models.iter().cloned().map(Some).collect()
     };
+    let mut prepared: Vec<(Option<String>, Vec<Prepared>)> = Vec::new();
+    for target in targets {
+        let requests = match spec.stage {
+            Stage::Infer => {
+                let tokenizer = engine.tokenizer(target.as_deref())?;
+                workload
+                    .requests
+                    .iter()
+                    .map(|r| {
+                        tokenizer
+                            .encode_many(&r.query, &r.passages, false)
+                            .map(|e| Prepared::Tokens(e.into()))
+                            .map_err(|e| EngineError::Tokenize(e.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            _ => {
+                engine.model_info(target.as_deref())?;
+                workload
+                    .requests
+                    .iter()
+                    .cloned()
+                    .map(Prepared::Text)
+                    .collect()
+            }
+        };
+        prepared.push((target, requests));
+    }
     let prepared = Arc::new(prepared);
     if spec.warmup > 0 {
         phase(&engine, &prepared, spec, 0, spec.warmup, None).await;
@@ -262,7 +283,7 @@ pub async fn run(
 /// once `limit` has passed since the first send. Waits for every answer.
 async fn phase(
     engine: &Arc<Engine>,
-    prepared: &Arc<Vec<Prepared>>,
+    prepared: &Arc<Vec<(Option<String>, Vec<Prepared>)>>,
     spec: &RunSpec,
     offset: usize,
     count: usize,
@@ -271,19 +292,13 @@ async fn phase(
     let started = Instant::now();
     let stop_at = limit.map(|l| started + l);
     let in_time = move || stop_at.is_none_or(|s| Instant::now() < s);
-    let model = spec.model.clone();
     let stage = spec.stage;
     match spec.load {
         Load::Closed { concurrency } => {
             let issued = Arc::new(AtomicUsize::new(0));
             let mut clients = tokio::task::JoinSet::new();
             for _ in 0..concurrency.max(1) {
-                let (engine, prepared, issued, model) = (
-                    engine.clone(),
-                    prepared.clone(),
-                    issued.clone(),
-                    model.clone(),
-                );
+                let (engine, prepared, issued) = (engine.clone(), prepared.clone(), issued.clone());
                 clients.spawn(async move {
                     let mut rec = Recorder::default();
                     loop {
@@ -291,9 +306,9 @@ async fn phase(
                         if k >= count || !in_time() {
                             break;
                         }
-                        let r = &prepared[(offset + k) % prepared.len()];
+                        let (model, r) = pick(&prepared, offset + k);
                         let intended = Instant::now();
-                        match send(&engine, stage, model.as_deref(), r).await {
+                        match send(&engine, stage, model, r).await {
                             Ok(t) => rec.record(intended, Instant::now(), &t),
                             Err(e) => rec.record_error(intended, Instant::now(), &e),
                         }
@@ -321,11 +336,10 @@ async fn phase(
                     break;
                 }
                 let intended = next;
-                let (engine, prepared, tx, model) =
-                    (engine.clone(), prepared.clone(), tx.clone(), model.clone());
+                let (engine, prepared, tx) = (engine.clone(), prepared.clone(), tx.clone());
                 tasks.spawn(async move {
-                    let r = &prepared[(offset + k) % prepared.len()];
-                    let result = send(&engine, stage, model.as_deref(), r).await;
+                    let (model, r) = pick(&prepared, offset + k);
+                    let result = send(&engine, stage, model, r).await;
                     let _ = tx.send((intended, Instant::now(), result));
                 });
                 let gap = if poisson {

@@ -2,6 +2,8 @@
 //! parallelism, RPS, QPS, latency percentiles) plus the stage breakdown and batch figures, rendered
 //! as a markdown table or JSON.
 
+pub mod results;
+
 use serde::Serialize;
 use tabled::settings::Style;
 use tabled::{Table, Tabled};

@@ -1,0 +1,290 @@
+//! `xbench run`, `xbench sweep`, `xbench config show` and `xbench list`: experiments from `conf/`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sha2::Digest;
+
+use crate::config::sweep::{self, Cell};
+use crate::config::{compose, Override, XbenchConfig};
+use crate::engine::Engine;
+use crate::loadgen::{self, GeneratedLengths, Load, RunSpec, Workload};
+use crate::model::ModelFiles;
+use crate::report::results::{utc_now, CellResult, Provenance, Results};
+use crate::report::{BenchRow, CellLabels};
+use crate::score::read_pairs;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Experiment: a file name in conf/experiment/ without .yaml.
+    pub name: String,
+    /// Hydra-style overrides: key=value, +key=value, ++key=value, ~key, group=option, key=a,b,c.
+    pub overrides: Vec<String>,
+    /// Where the result files go.
+    #[arg(long, default_value = "experiments/results")]
+    pub output_dir: PathBuf,
+    /// Mark the cell with the most QPS whose p99 is within this many ms.
+    #[arg(long)]
+    pub p99_budget_ms: Option<f64>,
+    /// The config folder.
+    #[arg(long, default_value = "conf")]
+    pub conf: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Experiments to run in order, or `all` for every file in conf/experiment/.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    #[arg(long, default_value = "experiments/results")]
+    pub output_dir: PathBuf,
+    #[arg(long)]
+    pub p99_budget_ms: Option<f64>,
+    #[arg(long, default_value = "conf")]
+    pub conf: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigShowArgs {
+    /// Experiment to compose (none: the primary config alone).
+    pub name: Option<String>,
+    /// Overrides, as for `xbench run`.
+    pub overrides: Vec<String>,
+    #[arg(long, default_value = "conf")]
+    pub conf: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[arg(long, default_value = "conf")]
+    pub conf: PathBuf,
+}
+
+fn parse_overrides(list: &[String]) -> anyhow::Result<Vec<Override>> {
+    Ok(list
+        .iter()
+        .map(|o| Override::parse(o))
+        .collect::<Result<_, _>>()?)
+}
+
+fn experiments(conf: &Path) -> Vec<String> {
+    crate::config::compose::options(&conf.join("experiment"))
+}
+
+/// Prints the composed config as YAML.
+pub fn config_show(args: ConfigShowArgs) -> anyhow::Result<()> {
+    let mut overrides = parse_overrides(&args.overrides)?;
+    if let Some(name) = &args.name {
+        overrides.insert(0, Override::parse(&format!("+experiment={name}"))?);
+    }
+    let composed = compose(&args.conf, "config", &overrides)?;
+    XbenchConfig::from_composed(&composed)?;
+    print!("{}", serde_yaml_ng::to_string(&composed.tree)?);
+    Ok(())
+}
+
+/// Lists the experiments with their descriptions and cell counts.
+pub fn list(args: ListArgs) -> anyhow::Result<()> {
+    for name in experiments(&args.conf) {
+        match sweep::expand(&args.conf, Some(&name), &[]) {
+            Ok((_, cells)) => {
+                let c = &cells[0].config;
+                println!("{name:24} {:3} cells  {}", cells.len(), c.description);
+            }
+            Err(e) => println!("{name:24} invalid: {e}"),
+        }
+    }
+    Ok(())
+}
+
+pub fn sweep_cmd(args: SweepArgs) -> anyhow::Result<()> {
+    let names = if args.names == ["all"] {
+        experiments(&args.conf)
+    } else {
+        args.names.clone()
+    };
+    for name in names {
+        run(RunArgs {
+            name,
+            overrides: Vec::new(),
+            output_dir: args.output_dir.clone(),
+            p99_budget_ms: args.p99_budget_ms,
+            conf: args.conf.clone(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs every cell of an experiment and writes its result files after each.
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let overrides = parse_overrides(&args.overrides)?;
+    let (axes, cells) = sweep::expand(&args.conf, Some(&args.name), &overrides)?;
+    let shown_axes: Vec<String> = axes
+        .iter()
+        .filter(|a| a.values.len() > 1 || a.key == "pairs_per_request")
+        .map(|a| a.key.clone())
+        .collect();
+    let first = &cells[0].config;
+    let mut results = Results {
+        provenance: provenance(&args.name, first, &args.overrides, &cells)?,
+        axes: shown_axes,
+        p99_budget_ms: args.p99_budget_ms,
+        cells: Vec::new(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut workloads: HashMap<(String, bool, u64, usize), Workload> = HashMap::new();
+    let total = cells.len();
+    for (i, cell) in cells.iter().enumerate() {
+        let c = &cell.config;
+        let w = &c.workload;
+        let key = (w.input.clone(), w.generate, w.seed, cell.pairs_per_request);
+        if !workloads.contains_key(&key) {
+            workloads.insert(key.clone(), workload(c, cell.pairs_per_request)?);
+        }
+        let engine_config = c.engine_config()?;
+        let engine = Arc::new(Engine::start(&engine_config)?);
+        let spec = RunSpec {
+            stage: c.experiment.stage,
+            load: match c.experiment.rate {
+                Some(rate) => Load::Open {
+                    rate,
+                    poisson: true,
+                },
+                None => Load::Closed {
+                    concurrency: cell.concurrency,
+                },
+            },
+            models: engine.model_names(),
+            warmup: c.experiment.warmup,
+            requests: c.experiment.requests,
+            duration: Duration::from_secs_f64(c.experiment.duration_s),
+            seed: w.seed,
+        };
+        let outcome = runtime.block_on(loadgen::run(engine.clone(), &workloads[&key], &spec))?;
+        let labels = CellLabels {
+            stage: spec.stage,
+            model: engine.model_names().join(" + "),
+            tokenizer_workers: c.tokenizer_pool.workers,
+            model_workers: engine_config.models.iter().map(|m| m.instances).sum(),
+            threads_per_worker: engine.threads_per_instance(None)?,
+            parallelism: c.tokenizer_pool.parallelism,
+            pairs_per_request: cell.pairs_per_request,
+            max_batch_size: c.batching.max_batch_size,
+            timeout_ms: c.batching.timeout_ms,
+            load: spec.load,
+        };
+        let row = BenchRow::new(&labels, &outcome);
+        tracing::info!(
+            cell = format!("{}/{total}", i + 1),
+            axes = %cell.axes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+            qps = format!("{:.1}", row.qps),
+            p50_ms = format!("{:.1}", row.latency_ms.p50),
+            requests = row.requests,
+            "cell done"
+        );
+        results.cells.push(CellResult {
+            axes: cell.axes.clone(),
+            row,
+            config: cell.composed.tree.clone(),
+        });
+        let paths = results
+            .write(&args.output_dir)
+            .with_context(|| format!("cannot write results into {}", args.output_dir.display()))?;
+        if i + 1 == total {
+            println!("{}", results.markdown());
+            for p in paths {
+                eprintln!("wrote {}", p.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn workload(c: &XbenchConfig, pairs_per_request: usize) -> anyhow::Result<Workload> {
+    let w = &c.workload;
+    if w.generate {
+        return Ok(Workload::generate(
+            w.seed,
+            GeneratedLengths::default(),
+            pairs_per_request,
+            64,
+        ));
+    }
+    let file = File::open(&w.input)
+        .with_context(|| format!("cannot open workload {} (workload.input)", w.input))?;
+    let pairs = read_pairs(BufReader::new(file)).with_context(|| w.input.clone())?;
+    anyhow::ensure!(!pairs.is_empty(), "workload {} has no pairs", w.input);
+    Ok(Workload::from_pairs(&pairs, pairs_per_request))
+}
+
+fn provenance(
+    experiment: &str,
+    c: &XbenchConfig,
+    overrides: &[String],
+    cells: &[Cell],
+) -> anyhow::Result<Provenance> {
+    let mut models: Vec<(String, String)> = Vec::new();
+    for cell in cells {
+        for m in &cell.config.model_pool.instances {
+            if models.iter().any(|(n, _)| *n == m.name) {
+                continue;
+            }
+            let files = ModelFiles::resolve(&m.name)?;
+            let mut hasher = sha2::Sha256::new();
+            for path in &files.weights {
+                let mut f = File::open(path).with_context(|| path.display().to_string())?;
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+            }
+            models.push((m.name.clone(), format!("{:x}", hasher.finalize())));
+        }
+    }
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    Ok(Provenance {
+        experiment: experiment.to_string(),
+        name: c.name.clone(),
+        description: c.description.clone(),
+        overrides: overrides.to_vec(),
+        git_sha: git(&["rev-parse", "HEAD"]),
+        git_dirty: git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+        cpu,
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        xbench_version: env!("CARGO_PKG_VERSION").to_string(),
+        models,
+        seed: c.workload.seed,
+        date: utc_now(),
+    })
+}

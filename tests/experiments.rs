@@ -1,0 +1,92 @@
+//! The shipped experiment suite composes and validates; a small experiment runs end to end and its
+//! markdown, JSON and CSV agree.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use xbench::config::sweep;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_shipped_experiment_composes_and_validates() {
+    let conf = root().join("conf");
+    let names = xbench::config::compose::options(&conf.join("experiment"));
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let (_, cells) =
+            sweep::expand(&conf, Some(&name), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!cells.is_empty(), "{name}");
+        for cell in &cells {
+            cell.config.engine_config().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_small_experiment_runs_end_to_end_and_its_files_agree() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_xbench"))
+        .current_dir(root())
+        .args([
+            "run",
+            "01_tokenizer_only",
+            "tokenizer_pool.workers=1,2",
+            "experiment.sweep={tokenizer_pool.parallelism: [false, true]}",
+            "experiment.requests=12",
+            "--p99-budget-ms",
+            "1000",
+            "--output-dir",
+        ])
+        .arg(out.path())
+        .assert()
+        .success();
+    let stdout = String::from_utf8(run.get_output().stdout.clone()).unwrap();
+    let md = std::fs::read_to_string(out.path().join("01_tokenizer_only_results.md")).unwrap();
+    assert_eq!(stdout.trim(), md.trim());
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("01_tokenizer_only_results.json")).unwrap(),
+    )
+    .unwrap();
+    let csv = std::fs::read_to_string(out.path().join("01_tokenizer_only_results.csv")).unwrap();
+    let cells = json["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 4);
+    let csv_rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(csv_rows.len(), 4);
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let qps_col = header.iter().position(|h| *h == "qps").unwrap();
+    let table_rows: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| Tokenizer Only"))
+        .collect();
+    assert_eq!(table_rows.len(), 4);
+    for ((cell, csv_row), md_row) in cells.iter().zip(&csv_rows).zip(&table_rows) {
+        let qps = cell["row"]["qps"].as_f64().unwrap();
+        let csv_qps: f64 = csv_row.split(',').nth(qps_col).unwrap().parse().unwrap();
+        assert!(
+            (qps - csv_qps).abs() < 1e-3 * qps.max(1.0),
+            "{qps} vs {csv_qps}"
+        );
+        assert!(
+            md_row.contains(&format!("| {qps:.1} |")),
+            "{md_row} lacks {qps:.1}"
+        );
+        assert_eq!(cell["row"]["requests"], 12);
+        // 12 requests are too few for p99: the table says so.
+        assert!(md_row.contains("n/a (n=12)"), "{md_row}");
+    }
+    assert_eq!(
+        json["axes"],
+        serde_json::json!([
+            "tokenizer_pool.parallelism",
+            "tokenizer_pool.workers",
+            "pairs_per_request"
+        ])
+    );
+    assert_eq!(json["provenance"]["experiment"], "01_tokenizer_only");
+    assert!(json["provenance"]["models"][0][1].as_str().unwrap().len() == 64);
+    assert!(md.contains("## Key insights"));
+    assert!(md.contains("No cell kept p99 within 1000 ms with at least 100 measured requests"));
+}
