@@ -163,9 +163,6 @@ pub struct ExperimentConfig {
     /// Requests before measuring, per cell.
     #[serde(default = "warmup")]
     pub warmup: usize,
-    /// Runs of each cell.
-    #[serde(default = "one")]
-    pub repeats: usize,
 }
 
 fn full() -> Stage {
@@ -198,7 +195,6 @@ impl Default for ExperimentConfig {
             requests: requests(),
             duration_s: duration_s(),
             warmup: warmup(),
-            repeats: 1,
         }
     }
 }
@@ -289,11 +285,8 @@ impl XbenchConfig {
                 "must be a positive number of requests/s".into(),
             ));
         }
-        if e.requests == 0 || e.repeats == 0 {
-            return Err(bad(
-                "experiment",
-                "requests and repeats must be at least 1".into(),
-            ));
+        if e.requests == 0 {
+            return Err(bad("experiment.requests", "must be at least 1".into()));
         }
         if !(e.duration_s > 0.0 && e.duration_s.is_finite()) {
             return Err(bad(
