@@ -20,12 +20,9 @@ use crate::report::results::{utc_now, CellResult, Provenance, Results};
 use crate::report::{BenchRow, CellLabels};
 use crate::score::read_pairs;
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Experiment: a file name in conf/experiment/ without .yaml.
-    pub name: String,
-    /// Hydra-style overrides: key=value, +key=value, ++key=value, ~key, group=option, key=a,b,c.
-    pub overrides: Vec<String>,
+/// Where results go and how the best cell is chosen; shared by `run` and `sweep`.
+#[derive(Debug, Clone, Args)]
+pub struct RunOptions {
     /// Where the result files go.
     #[arg(long, default_value = "experiments/results")]
     pub output_dir: PathBuf,
@@ -38,16 +35,22 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Experiment: a file name in conf/experiment/ without .yaml.
+    pub name: String,
+    /// Hydra-style overrides: key=value, +key=value, ++key=value, ~key, group=option, key=a,b,c.
+    pub overrides: Vec<String>,
+    #[command(flatten)]
+    pub options: RunOptions,
+}
+
+#[derive(Debug, Args)]
 pub struct SweepArgs {
     /// Experiments to run in order, or `all` for every file in conf/experiment/.
     #[arg(required = true)]
     pub names: Vec<String>,
-    #[arg(long, default_value = "experiments/results")]
-    pub output_dir: PathBuf,
-    #[arg(long)]
-    pub p99_budget_ms: Option<f64>,
-    #[arg(long, default_value = "conf")]
-    pub conf: PathBuf,
+    #[command(flatten)]
+    pub options: RunOptions,
 }
 
 #[derive(Debug, Args)]
@@ -105,7 +108,7 @@ pub fn list(args: ListArgs) -> anyhow::Result<()> {
 
 pub fn sweep_cmd(args: SweepArgs) -> anyhow::Result<()> {
     let names = if args.names == ["all"] {
-        experiments(&args.conf)
+        experiments(&args.options.conf)
     } else {
         args.names.clone()
     };
@@ -113,9 +116,7 @@ pub fn sweep_cmd(args: SweepArgs) -> anyhow::Result<()> {
         run(RunArgs {
             name,
             overrides: Vec::new(),
-            output_dir: args.output_dir.clone(),
-            p99_budget_ms: args.p99_budget_ms,
-            conf: args.conf.clone(),
+            options: args.options.clone(),
         })?;
     }
     Ok(())
@@ -124,7 +125,8 @@ pub fn sweep_cmd(args: SweepArgs) -> anyhow::Result<()> {
 /// Runs every cell of an experiment and writes its result files after each.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let overrides = parse_overrides(&args.overrides)?;
-    let (axes, cells) = sweep::expand(&args.conf, Some(&args.name), &overrides)?;
+    let opts = &args.options;
+    let (axes, cells) = sweep::expand(&opts.conf, Some(&args.name), &overrides)?;
     let shown_axes: Vec<String> = axes
         .iter()
         .filter(|a| a.values.len() > 1 || a.key == "pairs_per_request")
@@ -134,7 +136,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut results = Results {
         provenance: provenance(&args.name, first, &args.overrides, &cells)?,
         axes: shown_axes,
-        p99_budget_ms: args.p99_budget_ms,
+        p99_budget_ms: opts.p99_budget_ms,
         cells: Vec::new(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -143,6 +145,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let mut workloads: HashMap<(String, bool, u64, usize), Workload> = HashMap::new();
     let total = cells.len();
+    // A progress bar on a terminal; the per-cell log lines otherwise.
+    let progress = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] cell {pos}/{len}  {msg}  ETA {eta}",
+        )
+        .expect("a fixed template parses. This is a bug.")
+        .progress_chars("=> "),
+    );
+    progress.set_prefix(args.name.clone());
     for (i, cell) in cells.iter().enumerate() {
         let c = &cell.config;
         let w = &c.workload;
@@ -183,6 +199,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             load: spec.load,
         };
         let row = BenchRow::new(&labels, &outcome);
+        progress.set_message(format!(
+            "last: {:.1} pairs/s, p50 {:.1} ms",
+            row.qps, row.latency_ms.p50
+        ));
+        progress.inc(1);
         tracing::info!(
             cell = format!("{}/{total}", i + 1),
             axes = %cell.axes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
@@ -197,9 +218,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             config: cell.composed.tree.clone(),
         });
         let paths = results
-            .write(&args.output_dir)
-            .with_context(|| format!("cannot write results into {}", args.output_dir.display()))?;
+            .write(&opts.output_dir)
+            .with_context(|| format!("cannot write results into {}", opts.output_dir.display()))?;
         if i + 1 == total {
+            progress.finish_and_clear();
             println!("{}", results.markdown());
             for p in paths {
                 eprintln!("wrote {}", p.display());

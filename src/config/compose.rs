@@ -433,46 +433,17 @@ mod tests {
 
     /// A config folder shaped like xbench's `conf/`.
     fn conf() -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        let w = |path: &str, text: &str| {
-            let p = d.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        };
-        w(
-            "config.yaml",
-            "defaults:\n  - model_pool: default\n  - batching: default\n  - _self_\nname: base\nbatching:\n  timeout_ms: 5.0\nport: ${oc.env:XBENCH_SURELY_UNSET_PORT,8080}\n",
-        );
-        w(
-            "model_pool/default.yaml",
-            "instances:\n  - name: models/demo-minilm-l6\n    quantization: fp32\n",
-        );
-        w(
-            "model_pool/multi.yaml",
-            "instances:\n  - name: models/demo-minilm-l6\n  - name: models/demo-minilm-l3\n",
-        );
-        w(
-            "batching/default.yaml",
-            "enabled: true\nmax_batch_size: 32\ntimeout_ms: 50.0\n",
-        );
-        w("batching/off.yaml", "enabled: false\nmax_batch_size: 32\n");
-        w(
-            "experiment/multi.yaml",
-            "# @package _global_\ndefaults:\n  - override /model_pool: multi\nname: Multi\nbatching:\n  max_batch_size: 64\nlabel: ${name}-${batching.max_batch_size}\n",
-        );
-        w(
-            "experiment/bad_order.yaml",
-            "# @package _global_\ndefaults:\n  - override /model_pool: multi\n  - /batching: off\n",
-        );
-        w(
-            "experiment/twice.yaml",
-            "# @package _global_\ndefaults:\n  - /model_pool: multi\n",
-        );
-        w(
-            "experiment/typo.yaml",
-            "# @package _global_\ndefaults:\n  - override /model_pool: mutli\n",
-        );
-        d
+        crate::config::test_conf(&[
+            ("config.yaml", "defaults:\n  - model_pool: default\n  - batching: default\n  - _self_\nname: base\nbatching:\n  timeout_ms: 5.0\nport: ${oc.env:XBENCH_SURELY_UNSET_PORT,8080}\n"),
+            ("model_pool/default.yaml", "instances:\n  - name: models/demo-minilm-l6\n    quantization: fp32\n"),
+            ("model_pool/multi.yaml", "instances:\n  - name: models/demo-minilm-l6\n  - name: models/demo-minilm-l3\n"),
+            ("batching/default.yaml", "enabled: true\nmax_batch_size: 32\ntimeout_ms: 50.0\n"),
+            ("batching/off.yaml", "enabled: false\nmax_batch_size: 32\n"),
+            ("experiment/multi.yaml", "# @package _global_\ndefaults:\n  - override /model_pool: multi\nname: Multi\nbatching:\n  max_batch_size: 64\nlabel: ${name}-${batching.max_batch_size}\n"),
+            ("experiment/bad_order.yaml", "# @package _global_\ndefaults:\n  - override /model_pool: multi\n  - /batching: off\n"),
+            ("experiment/twice.yaml", "# @package _global_\ndefaults:\n  - /model_pool: multi\n"),
+            ("experiment/typo.yaml", "# @package _global_\ndefaults:\n  - override /model_pool: mutli\n"),
+        ])
     }
 
     fn ovs(list: &[&str]) -> Vec<Override> {

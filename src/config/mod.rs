@@ -53,3 +53,15 @@ pub enum ConfigError {
         available: Vec<String>,
     },
 }
+
+/// A config folder made of `(relative path, text)` files, for tests.
+#[cfg(test)]
+pub(crate) fn test_conf(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("a file has a parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+    dir
+}

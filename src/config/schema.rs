@@ -388,15 +388,10 @@ mod tests {
     use crate::config::{compose, Override};
 
     fn conf(batching: &str) -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        let w = |path: &str, text: &str| {
-            let p = d.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        };
-        w("config.yaml", "defaults:\n  - batching: default\n  - _self_\nmodel_pool:\n  instances:\n    - name: m\n");
-        w("batching/default.yaml", batching);
-        d
+        crate::config::test_conf(&[
+            ("config.yaml", "defaults:\n  - batching: default\n  - _self_\nmodel_pool:\n  instances:\n    - name: m\n"),
+            ("batching/default.yaml", batching),
+        ])
     }
 
     #[test]

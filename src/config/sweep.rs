@@ -187,31 +187,14 @@ mod tests {
     use super::*;
 
     fn conf() -> tempfile::TempDir {
-        let d = tempfile::tempdir().unwrap();
-        let w = |path: &str, text: &str| {
-            let p = d.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        };
-        w(
-            "config.yaml",
-            "defaults:\n  - model_pool: default\n  - tokenizer_pool: default\n  - _self_\n",
-        );
-        w("model_pool/default.yaml", "instances:\n  - name: m\n");
-        w("model_pool/other.yaml", "instances:\n  - name: n\n");
-        w(
-            "tokenizer_pool/default.yaml",
-            "workers: 1\nparallelism: false\n",
-        );
-        w(
-            "experiment/grid.yaml",
-            "# @package _global_\nexperiment:\n  batch_sizes: [8, 32]\n  concurrency_levels: [1, 2]\n  sweep:\n    tokenizer_pool.workers: [1, 2]\n    tokenizer_pool.parallelism: [false, true]\n",
-        );
-        w(
-            "experiment/typo.yaml",
-            "# @package _global_\nexperiment:\n  sweep:\n    tokenizer_pool.worker: [1, 2]\n",
-        );
-        d
+        crate::config::test_conf(&[
+            ("config.yaml", "defaults:\n  - model_pool: default\n  - tokenizer_pool: default\n  - _self_\n"),
+            ("model_pool/default.yaml", "instances:\n  - name: m\n"),
+            ("model_pool/other.yaml", "instances:\n  - name: n\n"),
+            ("tokenizer_pool/default.yaml", "workers: 1\nparallelism: false\n"),
+            ("experiment/grid.yaml", "# @package _global_\nexperiment:\n  batch_sizes: [8, 32]\n  concurrency_levels: [1, 2]\n  sweep:\n    tokenizer_pool.workers: [1, 2]\n    tokenizer_pool.parallelism: [false, true]\n"),
+            ("experiment/typo.yaml", "# @package _global_\nexperiment:\n  sweep:\n    tokenizer_pool.worker: [1, 2]\n"),
+        ])
     }
 
     fn ovs(list: &[&str]) -> Vec<Override> {

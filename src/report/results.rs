@@ -265,6 +265,36 @@ impl Results {
                 ));
             }
         }
+        // Open loop: the highest arrival rate the pipeline kept up with (answered ≥ 90% of the
+        // offered rate, no errors), within the p99 budget when there is one.
+        let open: Vec<&&CellResult> = done.iter().filter(|c| c.row.rate.is_some()).collect();
+        if !open.is_empty() {
+            let sustained = |c: &CellResult| {
+                let rate = c.row.rate.unwrap_or(f64::INFINITY);
+                c.row.rps >= 0.9 * rate
+                    && c.row.errors.is_empty()
+                    && self.p99_budget_ms.is_none_or(|b| {
+                        c.row.requests >= MIN_SAMPLES_P99 && c.row.latency_ms.p99 <= b
+                    })
+            };
+            let within = match self.p99_budget_ms {
+                Some(b) => format!(" with p99 within {b} ms"),
+                None => String::new(),
+            };
+            match open
+                .iter()
+                .filter(|c| sustained(c))
+                .max_by(|a, b| a.row.rate.unwrap_or(0.0).total_cmp(&b.row.rate.unwrap_or(0.0)))
+            {
+                Some(c) => lines.push(format!(
+                    "- Highest arrival rate sustained{within}: {} requests/s ({:.1} pairs/s, p50 {:.1} ms).",
+                    c.row.rate.unwrap_or(0.0),
+                    c.row.qps,
+                    c.row.latency_ms.p50
+                )),
+                None => lines.push(format!("- No arrival rate was sustained{within}.")),
+            }
+        }
         match (self.p99_budget_ms, self.best_within_budget()) {
             (Some(b), Some(i)) => lines.push(format!(
                 "- Within a p99 budget of {b} ms, the best cell is {}: {:.1} pairs/s at p99 {:.1} ms.",
