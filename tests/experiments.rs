@@ -59,7 +59,7 @@ fn a_small_experiment_runs_end_to_end_and_its_files_agree() {
     let qps_col = header.iter().position(|h| *h == "qps").unwrap();
     let table_rows: Vec<&str> = md
         .lines()
-        .filter(|l| l.starts_with("| Tokenizer Only"))
+        .filter(|l| l.contains(". Tokenizer Only"))
         .collect();
     assert_eq!(table_rows.len(), 4);
     for ((cell, csv_row), md_row) in cells.iter().zip(&csv_rows).zip(&table_rows) {
@@ -88,5 +88,13 @@ fn a_small_experiment_runs_end_to_end_and_its_files_agree() {
     assert_eq!(json["provenance"]["experiment"], "01_tokenizer_only");
     assert!(json["provenance"]["models"][0][1].as_str().unwrap().len() == 64);
     assert!(md.contains("## Key insights"));
+    let svg = std::fs::read_to_string(out.path().join("01_tokenizer_only_results.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{}",
+        &svg[..80.min(svg.len())]
+    );
+    // 4 p50 points and the two legend markers; no p99 points from 12 requests.
+    assert_eq!(svg.matches("<circle").count(), 4 + 2);
     assert!(md.contains("No cell kept p99 within 1000 ms with at least 100 measured requests"));
 }

@@ -2,6 +2,7 @@
 //! parallelism, RPS, QPS, latency percentiles) plus the stage breakdown and batch figures, rendered
 //! as a markdown table or JSON.
 
+pub mod plot;
 pub mod results;
 
 use serde::Serialize;

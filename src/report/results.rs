@@ -1,6 +1,6 @@
 //! Result files of an experiment run: `NAME_results.md` (the original's table plus the swept values
 //! and key insights), `NAME_results.json` (every figure and what produced it) and
-//! `NAME_results.csv`. All are rewritten after every cell, each through a temporary file and a
+//! `NAME_results.csv`, and `NAME_results.svg` (throughput against latency). All are rewritten after every cell, each through a temporary file and a
 //! rename, so a failure late in a sweep keeps the finished cells.
 
 use std::io::Write;
@@ -77,6 +77,10 @@ impl Results {
                 serde_json::to_string_pretty(self).map_err(std::io::Error::other)? + "\n",
             ),
             (format!("{stem}_results.csv"), self.csv()),
+            (
+                format!("{stem}_results.svg"),
+                super::plot::svg(self).map_err(std::io::Error::other)?,
+            ),
         ];
         let mut paths = Vec::new();
         for (name, text) in files {
@@ -157,7 +161,8 @@ impl Results {
             };
             let mut cells = vec![
                 format!(
-                    "{}{}",
+                    "{}. {}{}",
+                    i + 1,
                     stage_name(r.stage),
                     if best == Some(i) {
                         " **best within budget**"
