@@ -68,8 +68,13 @@ pub fn expand(
     let base_config = XbenchConfig::from_composed(&base)?;
     let e = &base_config.experiment;
 
+    // The command line wins: a key it sets or sweeps is no longer swept by the experiment file.
+    let cli_keys: Vec<&str> = overrides.iter().map(|o| o.key.as_str()).collect();
     let mut axes: Vec<Axis> = Vec::new();
     for (key, values) in &e.sweep {
+        if cli_keys.contains(&key.as_str()) {
+            continue;
+        }
         let Value::Array(values) = values else {
             return Err(ConfigError::Schema {
                 key: format!("experiment.sweep.{key}"),
@@ -254,6 +259,33 @@ mod tests {
         assert_eq!(c.config.model_pool.instances[0].name, "n");
         assert_eq!((c.pairs_per_request, c.concurrency), (32, 2));
         assert_eq!(c.composed.tree["tokenizer_pool"]["workers"], json!(2));
+    }
+
+    #[test]
+    fn the_command_line_replaces_a_file_axis_on_the_same_key() {
+        let d = conf();
+        let (axes, cells) = expand(
+            d.path(),
+            Some("grid"),
+            &ovs(&["tokenizer_pool.workers=3,4,5"]),
+        )
+        .unwrap();
+        let keys: Vec<&str> = axes.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tokenizer_pool.parallelism",
+                "tokenizer_pool.workers",
+                "pairs_per_request",
+                "concurrency"
+            ]
+        );
+        assert_eq!(cells.len(), 2 * 3 * 2 * 2);
+        assert_eq!(cells[4].config.tokenizer_pool.workers, 4);
+        let (_, cells) =
+            expand(d.path(), Some("grid"), &ovs(&["tokenizer_pool.workers=2"])).unwrap();
+        assert_eq!(cells.len(), 2 * 2 * 2);
+        assert!(cells.iter().all(|c| c.config.tokenizer_pool.workers == 2));
     }
 
     #[test]
