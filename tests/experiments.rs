@@ -6,6 +6,16 @@ use std::path::Path;
 use assert_cmd::Command;
 use xbench::config::sweep;
 
+fn decode(b64: &str) -> hdrhistogram::Histogram<u64> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    hdrhistogram::serialization::Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .unwrap()
+}
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -36,6 +46,8 @@ fn a_small_experiment_runs_end_to_end_and_its_files_agree() {
             "tokenizer_pool.workers=1,2",
             "experiment.sweep={tokenizer_pool.parallelism: [false, true]}",
             "experiment.requests=12",
+            "--repeats",
+            "2",
             "--p99-budget-ms",
             "1000",
             "--output-dir",
@@ -69,13 +81,22 @@ fn a_small_experiment_runs_end_to_end_and_its_files_agree() {
             (qps - csv_qps).abs() < 1e-3 * qps.max(1.0),
             "{qps} vs {csv_qps}"
         );
+        // Two repeats: the row merges both (24 requests); the table gives mean ± sd of QPS.
+        let reps = cell["repeats"].as_array().unwrap();
+        assert_eq!(reps.len(), 2);
+        let mean = (reps[0]["qps"].as_f64().unwrap() + reps[1]["qps"].as_f64().unwrap()) / 2.0;
         assert!(
-            md_row.contains(&format!("| {qps:.1} |")),
-            "{md_row} lacks {qps:.1}"
+            md_row.contains(&format!("| {mean:.1} ± ")),
+            "{md_row} lacks {mean:.1} ±"
         );
-        assert_eq!(cell["row"]["requests"], 12);
-        // 12 requests are too few for p99: the table says so.
-        assert!(md_row.contains("n/a (n=12)"), "{md_row}");
+        assert_eq!(cell["row"]["requests"], 24);
+        // 24 requests are too few for p99: the table says so.
+        assert!(md_row.contains("n/a (n=24)"), "{md_row}");
+        // The merged histogram is in the JSON, and its percentiles are the row's.
+        let hist = decode(cell["latency_histogram"].as_str().unwrap());
+        assert_eq!(hist.len(), 24);
+        let p50_ms = hist.value_at_quantile(0.5) as f64 / 1000.0;
+        assert!((p50_ms - cell["row"]["latency_ms"]["p50"].as_f64().unwrap()).abs() < 1e-9);
     }
     assert_eq!(
         json["axes"],
@@ -94,7 +115,7 @@ fn a_small_experiment_runs_end_to_end_and_its_files_agree() {
         "{}",
         &svg[..80.min(svg.len())]
     );
-    // 4 p50 points and the two legend markers; no p99 points from 12 requests.
+    // 4 p50 points and the two legend markers; no p99 points from 24 requests.
     assert_eq!(svg.matches("<circle").count(), 4 + 2);
     assert!(md.contains("No cell kept p99 within 1000 ms with at least 100 measured requests"));
 }

@@ -16,7 +16,9 @@ use crate::config::{compose, Override, XbenchConfig};
 use crate::engine::Engine;
 use crate::loadgen::{self, GeneratedLengths, Load, RunSpec, Workload};
 use crate::model::ModelFiles;
-use crate::report::results::{utc_now, CellResult, Provenance, Results};
+use crate::report::results::{
+    encode_histogram, utc_now, CellResult, Provenance, RepeatFigures, Results,
+};
 use crate::report::{BenchRow, CellLabels};
 use crate::score::read_pairs;
 
@@ -32,6 +34,9 @@ pub struct RunOptions {
     /// The config folder.
     #[arg(long, default_value = "conf")]
     pub conf: PathBuf,
+    /// Run each cell this many times; the table shows mean ± standard deviation of QPS and p99.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: u32,
 }
 
 #[derive(Debug, Args)]
@@ -185,7 +190,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             duration: Duration::from_secs_f64(c.experiment.duration_s),
             seed: w.seed,
         };
-        let outcome = runtime.block_on(loadgen::run(engine.clone(), &workloads[&key], &spec))?;
         let labels = CellLabels {
             stage: spec.stage,
             model: engine.model_names().join(" + "),
@@ -198,6 +202,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             timeout_ms: c.batching.timeout_ms,
             load: spec.load,
         };
+        // Each repeat runs the cell again (warm-up included); the row merges them all.
+        let mut merged: Option<loadgen::RunOutcome> = None;
+        let mut repeats = Vec::new();
+        for _ in 0..opts.repeats {
+            let outcome =
+                runtime.block_on(loadgen::run(engine.clone(), &workloads[&key], &spec))?;
+            let one = BenchRow::new(&labels, &outcome);
+            repeats.push(RepeatFigures {
+                qps: one.qps,
+                p99_ms: one.latency_ms.p99,
+                requests: one.requests,
+            });
+            merged = Some(match merged {
+                None => outcome,
+                Some(mut m) => {
+                    m.recorder.merge(&outcome.recorder);
+                    m.wall += outcome.wall;
+                    m.batches = m.batches.zip(outcome.batches).map(|(a, b)| a.plus(&b));
+                    m
+                }
+            });
+        }
+        let outcome = merged.expect("at least one repeat runs. This is a bug.");
         let row = BenchRow::new(&labels, &outcome);
         progress.set_message(format!(
             "last: {:.1} pairs/s, p50 {:.1} ms",
@@ -215,6 +242,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         results.cells.push(CellResult {
             axes: cell.axes.clone(),
             row,
+            repeats,
+            latency_histogram: encode_histogram(&outcome.recorder.latency_us)
+                .map_err(|e| anyhow::anyhow!("cannot encode the latency histogram: {e}"))?,
             config: cell.composed.tree.clone(),
         });
         let paths = results

@@ -185,6 +185,15 @@ impl BatchStats {
         }
     }
 
+    pub fn plus(&self, other: &BatchStats) -> BatchStats {
+        BatchStats {
+            batches: self.batches + other.batches,
+            pairs: self.pairs + other.pairs,
+            real_tokens: self.real_tokens + other.real_tokens,
+            computed_tokens: self.computed_tokens + other.computed_tokens,
+        }
+    }
+
     pub fn mean_batch_size(&self) -> Option<f64> {
         (self.batches > 0).then(|| self.pairs as f64 / self.batches as f64)
     }

@@ -35,14 +35,47 @@ pub struct Provenance {
     pub date: String,
 }
 
+/// The headline figures of one repeat of a cell.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct RepeatFigures {
+    pub qps: f64,
+    pub p99_ms: f64,
+    pub requests: u64,
+}
+
 /// One finished cell.
 #[derive(Debug, Clone, Serialize)]
 pub struct CellResult {
     /// Axis key → value, in axis order.
     pub axes: Vec<(String, Value)>,
+    /// Figures over all repeats together (latency histograms merged, windows added up).
     pub row: BenchRow,
+    /// Each repeat's own figures (one entry when the cell ran once).
+    pub repeats: Vec<RepeatFigures>,
+    /// The merged latency histogram (µs) in HdrHistogram's V2 deflate encoding, base64: the
+    /// percentiles can be recomputed from it with any HdrHistogram library.
+    pub latency_histogram: String,
     /// The cell's composed config.
     pub config: Value,
+}
+
+/// HdrHistogram's V2 deflate serialization of `h`, base64 ("HISTFAAA...").
+pub fn encode_histogram(h: &hdrhistogram::Histogram<u64>) -> Result<String, String> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Serializer as _;
+    let mut bytes = Vec::new();
+    hdrhistogram::serialization::V2DeflateSerializer::new()
+        .serialize(h, &mut bytes)
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// Mean and sample standard deviation.
+fn mean_sd(xs: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
+    let n = xs.clone().count() as f64;
+    let mean = xs.clone().sum::<f64>() / n;
+    let var = xs.map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
 }
 
 /// Everything a results file holds.
@@ -175,11 +208,21 @@ impl Results {
                 r.parallelism
                     .map_or("-".into(), |p| if p { "on".into() } else { "off".into() }),
                 format!("{:.2}", r.rps),
-                format!("{:.1}", r.qps),
+                if c.repeats.len() > 1 {
+                    let (m, sd) = mean_sd(c.repeats.iter().map(|x| x.qps));
+                    format!("{m:.1} ± {sd:.1}")
+                } else {
+                    format!("{:.1}", r.qps)
+                },
                 format!("{:.1}ms", r.latency_ms.mean),
                 format!("{:.1}ms", r.latency_ms.p50),
                 pct(r.latency_ms.p95, MIN_SAMPLES_P95),
-                pct(r.latency_ms.p99, MIN_SAMPLES_P99),
+                if c.repeats.len() > 1 && c.repeats.iter().all(|x| x.requests >= MIN_SAMPLES_P99) {
+                    let (m, sd) = mean_sd(c.repeats.iter().map(|x| x.p99_ms));
+                    format!("{m:.1} ± {sd:.1}ms")
+                } else {
+                    pct(r.latency_ms.p99, MIN_SAMPLES_P99)
+                },
             ];
             cells.extend(swept.iter().map(|a| Self::axis_value(c, a)));
             cells.push(r.mean_batch_size.map_or("-".into(), |b| format!("{b:.1}")));
@@ -423,4 +466,120 @@ pub fn utc_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::engine::{BatchStats, Timings};
+    use crate::loadgen::{Load, Recorder, RunOutcome};
+    use crate::report::CellLabels;
+
+    /// Two cells with fixed figures: 120 requests of 1..=120 ms each, 10 s windows.
+    fn results() -> Results {
+        let t0 = Instant::now();
+        let t = Timings {
+            queue: Duration::from_micros(100),
+            tokenize: Duration::from_micros(900),
+            batch_wait: Duration::from_micros(1_000),
+            inference: Duration::from_micros(8_000),
+            total: Duration::from_micros(10_000),
+        };
+        let cell = |workers: usize, scale: u64| {
+            let mut recorder = Recorder::default();
+            for i in 1..=120u64 {
+                recorder.record(t0, t0 + Duration::from_millis(i * scale), &t);
+            }
+            let outcome = RunOutcome {
+                recorder,
+                wall: Duration::from_secs(10),
+                batches: Some(BatchStats {
+                    batches: 60,
+                    pairs: 480,
+                    real_tokens: 40_000,
+                    computed_tokens: 50_000,
+                }),
+            };
+            let labels = CellLabels {
+                stage: Stage::Full,
+                model: "models/demo-minilm-l6".into(),
+                tokenizer_workers: workers,
+                model_workers: 1,
+                threads_per_worker: 2,
+                parallelism: false,
+                pairs_per_request: 4,
+                max_batch_size: 32,
+                timeout_ms: 5.0,
+                load: Load::Closed { concurrency: 2 },
+            };
+            let row = BenchRow::new(&labels, &outcome);
+            CellResult {
+                axes: vec![
+                    ("tokenizer_pool.workers".into(), json!(workers)),
+                    ("pairs_per_request".into(), json!(4)),
+                ],
+                repeats: vec![RepeatFigures {
+                    qps: row.qps,
+                    p99_ms: row.latency_ms.p99,
+                    requests: row.requests,
+                }],
+                latency_histogram: encode_histogram(&outcome.recorder.latency_us).unwrap(),
+                row,
+                config: json!({"tokenizer_pool": {"workers": workers}}),
+            }
+        };
+        Results {
+            provenance: Provenance {
+                experiment: "03_full_pipeline".into(),
+                name: "Full Pipeline".into(),
+                description: "test".into(),
+                overrides: vec!["tokenizer_pool.workers=1,2".into()],
+                git_sha: Some("0123abc".into()),
+                git_dirty: Some(false),
+                cpu: "Test CPU".into(),
+                cores: 2,
+                xbench_version: "0.1.0".into(),
+                models: vec![("models/demo-minilm-l6".into(), "ab".repeat(32))],
+                seed: 42,
+                date: "2026-11-29T10:00:00Z".into(),
+            },
+            axes: vec!["tokenizer_pool.workers".into(), "pairs_per_request".into()],
+            p99_budget_ms: Some(200.0),
+            cells: vec![cell(1, 2), cell(2, 1)],
+        }
+    }
+
+    #[test]
+    fn the_json_schema_is_pinned() {
+        insta::assert_json_snapshot!(results());
+    }
+
+    #[test]
+    fn the_report_marks_the_best_cell_within_budget_and_explains_it() {
+        let r = results();
+        // Cell 2 is twice as fast with half the latency: p99 119 ms (≤ 200) vs 238 ms.
+        assert_eq!(r.best_within_budget(), Some(1));
+        let md = r.markdown();
+        assert!(
+            md.contains("| 2. Full Pipeline **best within budget** |"),
+            "{md}"
+        );
+        let insights = r.insights().join("\n");
+        assert!(
+            insights.contains("tokenizer_pool.workers: 2 gives 1.00× the throughput of"),
+            "{insights}"
+        );
+        assert!(
+            insights.contains(
+                "Within a p99 budget of 200 ms, the best cell is tokenizer_pool.workers=2"
+            ),
+            "{insights}"
+        );
+        assert_eq!(r.csv().lines().count(), 3);
+        assert!(utc_now().ends_with('Z') && utc_now().len() == 20);
+    }
 }
