@@ -1,7 +1,5 @@
 //! `xbench bench`: one cell of the in-process pipeline under load, printed as one result row.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +10,6 @@ use clap::{Args, ValueEnum};
 use crate::engine::{BatchingConfig, Engine, EngineConfig, ModelSpec, TokenizerPoolConfig};
 use crate::loadgen::{self, GeneratedLengths, Load, RunSpec, Stage, Workload};
 use crate::report::{self, BenchRow, CellLabels};
-use crate::score::read_pairs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Arrivals {
@@ -125,20 +122,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             64,
         )
     } else {
-        let file = File::open(&args.input).with_context(|| {
-            format!(
-                "cannot open workload {} (or pass --generate)",
-                args.input.display()
-            )
-        })?;
-        let pairs =
-            read_pairs(BufReader::new(file)).with_context(|| args.input.display().to_string())?;
-        anyhow::ensure!(
-            !pairs.is_empty(),
-            "workload {} has no pairs",
-            args.input.display()
-        );
-        Workload::from_pairs(&pairs, args.pairs_per_request)
+        Workload::from_jsonl(&args.input, args.pairs_per_request)
+            .context("--input (or pass --generate for a generated workload)")?
     };
     let config = EngineConfig {
         models: vec![ModelSpec {

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,6 @@ use crate::report::results::{
     encode_histogram, utc_now, CellResult, Provenance, RepeatFigures, Results,
 };
 use crate::report::{BenchRow, CellLabels};
-use crate::score::read_pairs;
 
 /// Where results go and how the best cell is chosen; shared by `run` and `sweep`.
 #[derive(Debug, Clone, Args)]
@@ -271,11 +270,8 @@ fn workload(c: &XbenchConfig, pairs_per_request: usize) -> anyhow::Result<Worklo
             64,
         ));
     }
-    let file = File::open(&w.input)
-        .with_context(|| format!("cannot open workload {} (workload.input)", w.input))?;
-    let pairs = read_pairs(BufReader::new(file)).with_context(|| w.input.clone())?;
-    anyhow::ensure!(!pairs.is_empty(), "workload {} has no pairs", w.input);
-    Ok(Workload::from_pairs(&pairs, pairs_per_request))
+    Workload::from_jsonl(Path::new(&w.input), pairs_per_request)
+        .context("workload.input (or set workload.generate=true)")
 }
 
 fn provenance(

@@ -1,12 +1,31 @@
 //! Workloads: the requests a load generator sends, built from a JSON-lines file of pairs or
 //! generated with a fixed seed from a length distribution.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 
 use crate::engine::RerankInput;
-use crate::score::Pair;
+use crate::score::{read_pairs, InputError, Pair};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("cannot open workload {}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("workload {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: InputError,
+    },
+    #[error("workload {} has no pairs", .path.display())]
+    Empty { path: PathBuf },
+}
 
 /// The requests of a run, each a query with `pairs_per_request` passages; runs cycle through them.
 #[derive(Debug, Clone)]
@@ -189,6 +208,26 @@ const WORDS: &[&str] = &[
 ];
 
 impl Workload {
+    /// Reads a JSON-lines file of pairs (as `xbench score` does) into requests of
+    /// `pairs_per_request` pairs; see [`Workload::from_pairs`].
+    pub fn from_jsonl(path: &Path, pairs_per_request: usize) -> Result<Self, WorkloadError> {
+        let file = std::fs::File::open(path).map_err(|source| WorkloadError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let pairs =
+            read_pairs(std::io::BufReader::new(file)).map_err(|source| WorkloadError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if pairs.is_empty() {
+            return Err(WorkloadError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self::from_pairs(&pairs, pairs_per_request))
+    }
+
     /// Requests of `pairs_per_request` consecutive pairs (cycling over `pairs`), enough requests to
     /// use every pair at least once; each request takes the query of its first pair.
     pub fn from_pairs(pairs: &[Pair], pairs_per_request: usize) -> Self {

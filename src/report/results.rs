@@ -479,7 +479,8 @@ mod tests {
     use crate::loadgen::{Load, Recorder, RunOutcome};
     use crate::report::CellLabels;
 
-    /// Two cells with fixed figures: 120 requests of 1..=120 ms each, 10 s windows.
+    /// Two cells with fixed figures: 120 requests each; cell 1 twice as slow as cell 2 (latency and
+    /// window).
     fn results() -> Results {
         let t0 = Instant::now();
         let t = Timings {
@@ -496,7 +497,7 @@ mod tests {
             }
             let outcome = RunOutcome {
                 recorder,
-                wall: Duration::from_secs(10),
+                wall: Duration::from_secs(10 * scale),
                 batches: Some(BatchStats {
                     batches: 60,
                     pairs: 480,
@@ -570,12 +571,12 @@ mod tests {
         );
         let insights = r.insights().join("\n");
         assert!(
-            insights.contains("tokenizer_pool.workers: 2 gives 1.00× the throughput of"),
+            insights.contains("tokenizer_pool.workers: 2 gives 2.00× the throughput of 1"),
             "{insights}"
         );
         assert!(
             insights.contains(
-                "Within a p99 budget of 200 ms, the best cell is tokenizer_pool.workers=2"
+                "Within a p99 budget of 200 ms, the best cell is tokenizer_pool.workers=2, pairs_per_request=4: 48.0 pairs/s"
             ),
             "{insights}"
         );
