@@ -13,7 +13,7 @@ DURATION="${1:-60}"
 (( DURATION >= 30 )) || { echo "DURATION must be at least 30 seconds" >&2; exit 2; }
 cargo build --release --locked >&2
 ./target/release/xbench bench --stage full --tokenizer-workers 2 --model-workers 1 \
-  --pairs-per-request 8 --concurrency 4 --warmup 0 --requests 1000000 --duration "$DURATION" \
+  --pairs-per-request 8 --concurrency 4 --warmup 0 --min-requests 1 --duration "$DURATION" --max-duration "$DURATION" \
   > /tmp/xbench-check-memory.out 2>/dev/null &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT

@@ -9,7 +9,7 @@ use candle_core::Device;
 use xbench::engine::{
     BatchingConfig, Engine, EngineConfig, ModelSpec, RerankInput, TokenizerPoolConfig,
 };
-use xbench::loadgen::{self, Load, RunSpec, Stage, Workload};
+use xbench::loadgen::{self, Load, RunSpec, Stage, Window, Workload};
 use xbench::report::{BenchRow, CellLabels};
 use xbench::score::{read_pairs, Pair, Scorer};
 
@@ -170,8 +170,7 @@ fn every_stage_gives_a_consistent_row() {
             load,
             models: Vec::new(),
             warmup: 1,
-            requests: 6,
-            duration: Duration::from_secs(120),
+            window: Window::count(6, Duration::from_secs(120)),
             seed: 1,
         };
         let out = runtime
@@ -221,6 +220,71 @@ fn every_stage_gives_a_consistent_row() {
             assert!(s.queue + s.tokenize + s.batch_wait + s.inference <= l.mean * 1.01 + 0.5);
         }
     }
+}
+
+/// The measured window lasts its time budget AND its minimum count, and the hard cap stops it.
+#[test]
+fn the_window_lasts_its_budget_and_count_and_stops_at_the_cap() {
+    let model = demo();
+    let engine =
+        Arc::new(Engine::start(&config(&model, 1, false, 1, BatchingConfig::default())).unwrap());
+    let workload = Workload::from_pairs(&sample(40), 4);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let run = |load: Load, window: Window| {
+        let spec = RunSpec {
+            stage: Stage::Tokenize,
+            load,
+            models: Vec::new(),
+            warmup: 0,
+            window,
+            seed: 3,
+        };
+        let out = runtime
+            .block_on(loadgen::run(engine.clone(), &workload, &spec))
+            .unwrap();
+        (out.recorder.latency_us.len(), out.wall)
+    };
+    let closed = Load::Closed { concurrency: 2 };
+    let secs = Duration::from_secs_f64;
+    // Count only: exactly the minimum.
+    assert_eq!(run(closed, Window::count(7, secs(60.0))).0, 7);
+    // Budget of 0.3 s: tokenizing 4 pairs takes well under a millisecond, so the budget, not the
+    // minimum, ends the window.
+    let (n, wall) = run(
+        closed,
+        Window {
+            duration: secs(0.3),
+            min_requests: 3,
+            max_duration: secs(60.0),
+        },
+    );
+    assert!(wall >= secs(0.3) && n > 3, "{n} requests in {wall:?}");
+    // A minimum that cannot be reached: the cap stops it.
+    let (n, wall) = run(
+        closed,
+        Window {
+            duration: Duration::ZERO,
+            min_requests: usize::MAX,
+            max_duration: secs(0.2),
+        },
+    );
+    assert!(wall < secs(5.0) && n > 0, "{n} requests in {wall:?}");
+    // Open loop, constant 10/s: a 0.55 s budget issues 6 (at 0, 100, ..., 500 ms); a minimum of
+    // 9 keeps it going to 800 ms.
+    let open = Load::Open {
+        rate: 10.0,
+        poisson: false,
+    };
+    let window = |min| Window {
+        duration: secs(0.55),
+        min_requests: min,
+        max_duration: secs(60.0),
+    };
+    assert_eq!(run(open, window(1)).0, 6);
+    assert_eq!(run(open, window(9)).0, 9);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::engine::{BatchingConfig, Engine, EngineConfig, ModelSpec, TokenizerPoolConfig};
-use crate::loadgen::{self, GeneratedLengths, Load, RunSpec, Stage, Workload};
+use crate::loadgen::{self, GeneratedLengths, Load, RunSpec, Stage, Window, Workload};
 use crate::report::{self, BenchRow, CellLabels};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,12 +60,15 @@ pub struct BenchArgs {
     /// Open-loop arrivals.
     #[arg(long, value_enum, default_value_t = Arrivals::Poisson)]
     pub arrivals: Arrivals,
-    /// Measured requests (the window ends at this count or --duration, whichever first).
-    #[arg(long, default_value_t = 200)]
-    pub requests: usize,
-    /// Longest measured window, seconds.
-    #[arg(long, default_value_t = 60.0)]
+    /// Time budget of the measured window, seconds (0: count --min-requests only).
+    #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// The window also lasts at least this many measured requests ...
+    #[arg(long, default_value_t = 20)]
+    pub min_requests: usize,
+    /// ... but stops issuing after this many seconds in any case.
+    #[arg(long, default_value_t = 120.0)]
+    pub max_duration: f64,
     /// Requests sent before measuring.
     #[arg(long, default_value_t = 4)]
     pub warmup: usize,
@@ -94,10 +97,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.pairs_per_request > 0,
         "--pairs-per-request must be at least 1"
     );
-    anyhow::ensure!(args.requests > 0, "--requests must be at least 1");
+    anyhow::ensure!(args.min_requests > 0, "--min-requests must be at least 1");
     anyhow::ensure!(
-        args.duration > 0.0 && args.duration.is_finite(),
-        "--duration must be a positive number of seconds"
+        args.duration >= 0.0 && args.duration.is_finite(),
+        "--duration must be a number of seconds, 0 or more"
+    );
+    anyhow::ensure!(
+        args.max_duration > 0.0
+            && args.max_duration.is_finite()
+            && args.max_duration >= args.duration,
+        "--max-duration must be a number of seconds of at least --duration ({} s)",
+        args.duration
     );
     let load = match (args.concurrency, args.rate) {
         (_, Some(rate)) => {
@@ -152,8 +162,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         load,
         models: Vec::new(),
         warmup: args.warmup,
-        requests: args.requests,
-        duration: Duration::from_secs_f64(args.duration),
+        window: Window {
+            duration: Duration::from_secs_f64(args.duration),
+            min_requests: args.min_requests,
+            max_duration: Duration::from_secs_f64(args.max_duration),
+        },
         seed: args.seed,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -14,7 +14,7 @@ use sha2::Digest;
 use crate::config::sweep::{self, Cell};
 use crate::config::{compose, Override, XbenchConfig};
 use crate::engine::Engine;
-use crate::loadgen::{self, GeneratedLengths, Load, RunSpec, Workload};
+use crate::loadgen::{self, GeneratedLengths, Load, RunSpec, Window, Workload};
 use crate::model::ModelFiles;
 use crate::report::results::{
     encode_histogram, utc_now, CellResult, Provenance, RepeatFigures, Results,
@@ -185,8 +185,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             models: engine.model_names(),
             warmup: c.experiment.warmup,
-            requests: c.experiment.requests,
-            duration: Duration::from_secs_f64(c.experiment.duration_s),
+            window: Window {
+                duration: Duration::from_secs_f64(c.experiment.duration_s),
+                min_requests: c.experiment.min_requests,
+                max_duration: Duration::from_secs_f64(c.experiment.max_duration_s),
+            },
             seed: w.seed,
         };
         let labels = CellLabels {

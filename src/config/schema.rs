@@ -154,12 +154,15 @@ pub struct ExperimentConfig {
     /// More axes: dotted key → list of values (any key of this config), in declared order.
     #[serde(default)]
     pub sweep: serde_json::Map<String, Value>,
-    /// Measured requests per cell (the window ends here or at `duration_s`).
-    #[serde(default = "requests")]
-    pub requests: usize,
-    /// Longest measured window per cell, seconds.
+    /// Time budget of a cell's measured window, seconds (0: count requests only) ...
     #[serde(default = "duration_s")]
     pub duration_s: f64,
+    /// ... which also lasts at least this many measured requests ...
+    #[serde(default = "min_requests")]
+    pub min_requests: usize,
+    /// ... but stops issuing after this many seconds in any case (the hard cap).
+    #[serde(default = "max_duration_s")]
+    pub max_duration_s: f64,
     /// Requests before measuring, per cell.
     #[serde(default = "warmup")]
     pub warmup: usize,
@@ -174,11 +177,14 @@ fn batch_sizes() -> Vec<usize> {
 fn concurrency_levels() -> Vec<usize> {
     vec![1]
 }
-fn requests() -> usize {
-    50
-}
 fn duration_s() -> f64 {
-    30.0
+    10.0
+}
+fn min_requests() -> usize {
+    8
+}
+fn max_duration_s() -> f64 {
+    120.0
 }
 fn warmup() -> usize {
     2
@@ -192,8 +198,9 @@ impl Default for ExperimentConfig {
             concurrency_levels: concurrency_levels(),
             rate: None,
             sweep: serde_json::Map::new(),
-            requests: requests(),
             duration_s: duration_s(),
+            min_requests: min_requests(),
+            max_duration_s: max_duration_s(),
             warmup: warmup(),
         }
     }
@@ -285,13 +292,28 @@ impl XbenchConfig {
                 "must be a positive number of requests/s".into(),
             ));
         }
-        if e.requests == 0 {
-            return Err(bad("experiment.requests", "must be at least 1".into()));
+        if e.min_requests == 0 {
+            return Err(bad("experiment.min_requests", "must be at least 1".into()));
         }
-        if !(e.duration_s > 0.0 && e.duration_s.is_finite()) {
+        if !(e.duration_s >= 0.0 && e.duration_s.is_finite()) {
             return Err(bad(
                 "experiment.duration_s",
+                "must be a number of seconds, 0 or more".into(),
+            ));
+        }
+        if !(e.max_duration_s > 0.0 && e.max_duration_s.is_finite()) {
+            return Err(bad(
+                "experiment.max_duration_s",
                 "must be a positive number of seconds".into(),
+            ));
+        }
+        if e.max_duration_s < e.duration_s {
+            return Err(bad(
+                "experiment.max_duration_s",
+                format!(
+                    "the hard cap ({} s) is shorter than the time budget experiment.duration_s ({} s): raise it or lower the budget",
+                    e.max_duration_s, e.duration_s
+                ),
             ));
         }
         Ok(())
@@ -426,6 +448,18 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("supported: fp32"), "{err}");
+        let o = [
+            Override::parse("++experiment.duration_s=30").unwrap(),
+            Override::parse("++experiment.max_duration_s=20").unwrap(),
+        ];
+        let err = XbenchConfig::from_composed(&compose(d.path(), "config", &o).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("experiment.max_duration_s")
+                && err.contains("shorter than the time budget"),
+            "{err}"
+        );
     }
 
     #[test]

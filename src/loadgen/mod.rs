@@ -1,7 +1,8 @@
 //! The in-process load generator: sends a workload's requests through one stage of the engine under
 //! a closed loop (C clients, each sending its next request when the last one returns) or an open
 //! loop (rate R per second, constant or Poisson arrivals), with a warm-up that is not counted and a
-//! measured window bounded by a request count and a duration.
+//! measured [`Window`]: at least a time budget and a minimum number of requests, never longer than a
+//! hard cap.
 //!
 //! Latency is timed from each request's intended send time, so a stalled pipeline shows in the
 //! percentiles; it is recorded in HDR histograms (µs) per client and merged.
@@ -61,12 +62,40 @@ pub struct RunSpec {
     pub models: Vec<String>,
     /// Requests sent before measuring (not counted).
     pub warmup: usize,
-    /// The measured window ends after this many requests ...
-    pub requests: usize,
-    /// ... or this long after it started, whichever comes first.
-    pub duration: Duration,
+    /// How long, and how many requests, the measured window lasts.
+    pub window: Window,
     /// Seed of Poisson arrivals.
     pub seed: u64,
+}
+
+/// The measured window: it stops issuing requests once it has run for `duration` AND issued
+/// `min_requests`, or once `max_duration` has passed, whichever comes first; then it waits for every
+/// answer. `duration` zero makes it a count of exactly `min_requests` (unless the cap cuts it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// Time budget: measure at least this long ...
+    pub duration: Duration,
+    /// ... and at least this many requests ...
+    pub min_requests: usize,
+    /// ... but stop issuing after this long in any case (keeps every run bounded).
+    pub max_duration: Duration,
+}
+
+impl Window {
+    /// A window of exactly `n` requests (no time budget), capped at `max_duration`.
+    pub fn count(n: usize, max_duration: Duration) -> Self {
+        Self {
+            duration: Duration::ZERO,
+            min_requests: n,
+            max_duration,
+        }
+    }
+
+    /// Whether a window that started at `started` may issue its request number `issued` (0-based).
+    fn may_issue(&self, started: Instant, issued: usize) -> bool {
+        let elapsed = started.elapsed();
+        elapsed < self.max_duration && (issued < self.min_requests || elapsed < self.duration)
+    }
 }
 
 /// What one measured window produced.
@@ -259,18 +288,11 @@ pub async fn run(
     }
     let prepared = Arc::new(prepared);
     if spec.warmup > 0 {
-        phase(&engine, &prepared, spec, 0, spec.warmup, None).await;
+        let warmup = Window::count(spec.warmup, spec.window.max_duration);
+        phase(&engine, &prepared, spec, 0, warmup).await;
     }
     let before = engine.batch_stats();
-    let recorder = phase(
-        &engine,
-        &prepared,
-        spec,
-        spec.warmup,
-        spec.requests,
-        Some(spec.duration),
-    )
-    .await;
+    let recorder = phase(&engine, &prepared, spec, spec.warmup, spec.window).await;
     let batches = (spec.stage != Stage::Tokenize).then(|| engine.batch_stats().since(&before));
     Ok(RunOutcome {
         wall: recorder.wall(),
@@ -279,19 +301,16 @@ pub async fn run(
     })
 }
 
-/// Sends up to `count` requests (numbered from `offset`, cycling over `prepared`); stops issuing
-/// once `limit` has passed since the first send. Waits for every answer.
+/// Sends requests (numbered from `offset`, cycling over `prepared`) while `window` lets it, then
+/// waits for every answer.
 async fn phase(
     engine: &Arc<Engine>,
     prepared: &Arc<Vec<(Option<String>, Vec<Prepared>)>>,
     spec: &RunSpec,
     offset: usize,
-    count: usize,
-    limit: Option<Duration>,
+    window: Window,
 ) -> Recorder {
     let started = Instant::now();
-    let stop_at = limit.map(|l| started + l);
-    let in_time = move || stop_at.is_none_or(|s| Instant::now() < s);
     let stage = spec.stage;
     match spec.load {
         Load::Closed { concurrency } => {
@@ -302,10 +321,14 @@ async fn phase(
                 clients.spawn(async move {
                     let mut rec = Recorder::default();
                     loop {
-                        let k = issued.fetch_add(1, Ordering::Relaxed);
-                        if k >= count || !in_time() {
+                        // Claim a number only when the window lets it be sent.
+                        let Ok(k) =
+                            issued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
+                                window.may_issue(started, k).then_some(k + 1)
+                            })
+                        else {
                             break;
-                        }
+                        };
                         let (model, r) = pick(&prepared, offset + k);
                         let intended = Instant::now();
                         match send(&engine, stage, model, r).await {
@@ -330,9 +353,9 @@ async fn phase(
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Answer>();
             let mut tasks = tokio::task::JoinSet::new();
             let mut next = Instant::now();
-            for k in 0..count {
+            for k in 0.. {
                 tokio::time::sleep_until(next.into()).await;
-                if !in_time() {
+                if !window.may_issue(started, k) {
                     break;
                 }
                 let intended = next;
