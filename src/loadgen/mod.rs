@@ -320,15 +320,13 @@ async fn phase(
                 let (engine, prepared, issued) = (engine.clone(), prepared.clone(), issued.clone());
                 clients.spawn(async move {
                     let mut rec = Recorder::default();
-                    loop {
-                        // Claim a number only when the window lets it be sent.
-                        let Ok(k) =
-                            issued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
-                                window.may_issue(started, k).then_some(k + 1)
-                            })
-                        else {
-                            break;
-                        };
+                    // Claim a number only when the window lets it be sent.
+                    let claim = || {
+                        issued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
+                            window.may_issue(started, k).then_some(k + 1)
+                        })
+                    };
+                    while let Ok(k) = claim() {
                         let (model, r) = pick(&prepared, offset + k);
                         let intended = Instant::now();
                         match send(&engine, stage, model, r).await {
