@@ -11,5 +11,6 @@ pub mod loadgen;
 pub mod model;
 pub mod report;
 pub mod score;
+pub mod server;
 pub mod testing;
 pub mod tokenize;

@@ -20,6 +20,26 @@ pub enum TokenizeError {
     MaxLengthTooSmall(usize),
     #[error("cannot tokenize pair: {0}")]
     Encode(String),
+    #[error("pair {index} has {tokens} tokens, more than max_length {max_length}; shorten it or let it be truncated")]
+    TooLong {
+        index: usize,
+        tokens: usize,
+        max_length: usize,
+    },
+}
+
+/// How a request's pairs are cut to `max_length`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Truncation {
+    /// As the model's tokenizer config says (`truncation_side`, right when unset).
+    #[default]
+    Model,
+    /// Drop tokens from the end of the longer text.
+    Right,
+    /// Drop tokens from the start of the longer text.
+    Left,
+    /// No truncation: a pair longer than `max_length` is an error.
+    Off,
 }
 
 /// The smallest `max_length` accepted: `[CLS] q [SEP] p [SEP]` with one token of each text.
@@ -41,10 +61,17 @@ pub struct Encoded {
     pub type_ids: Vec<u32>,
 }
 
-/// A tokenizer for (query, passage) pairs with truncation fixed at load time.
+/// A tokenizer for (query, passage) pairs, truncating to a `max_length` fixed at load time: from the
+/// model's side by default, or as a request asks (one prepared tokenizer per way).
 #[derive(Clone)]
 pub struct PairTokenizer {
+    /// Truncates from the model's side.
     tokenizer: Tokenizer,
+    /// Truncates from the other side.
+    other_side: Tokenizer,
+    model_direction: TruncationDirection,
+    /// Truncates nothing.
+    untruncated: Tokenizer,
     max_length: usize,
 }
 
@@ -77,27 +104,51 @@ impl PairTokenizer {
             Some("left") => TruncationDirection::Left,
             _ => TruncationDirection::Right,
         };
-        let mut tokenizer =
-            Tokenizer::from_file(&files.tokenizer).map_err(|e| TokenizeError::Load {
-                path: files.tokenizer.clone(),
-                reason: e.to_string(),
-            })?;
-        tokenizer
-            .with_truncation(Some(TruncationParams {
+        let load_error = |e: tokenizers::Error| TokenizeError::Load {
+            path: files.tokenizer.clone(),
+            reason: e.to_string(),
+        };
+        let mut untruncated = Tokenizer::from_file(&files.tokenizer).map_err(load_error)?;
+        untruncated.with_padding(None);
+        untruncated.with_truncation(None).map_err(load_error)?;
+        let truncating = |direction| -> Result<Tokenizer, TokenizeError> {
+            let mut t = untruncated.clone();
+            t.with_truncation(Some(TruncationParams {
                 direction,
                 max_length,
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
             }))
-            .map_err(|e| TokenizeError::Load {
-                path: files.tokenizer.clone(),
-                reason: e.to_string(),
-            })?;
-        tokenizer.with_padding(None);
+            .map_err(load_error)?;
+            Ok(t)
+        };
+        let other = match direction {
+            TruncationDirection::Left => TruncationDirection::Right,
+            TruncationDirection::Right => TruncationDirection::Left,
+        };
         Ok(Self {
-            tokenizer,
+            tokenizer: truncating(direction)?,
+            other_side: truncating(other)?,
+            model_direction: direction,
+            untruncated,
             max_length,
         })
+    }
+
+    fn for_truncation(&self, truncation: Truncation) -> &Tokenizer {
+        let side = |d: TruncationDirection| {
+            if d == self.model_direction {
+                &self.tokenizer
+            } else {
+                &self.other_side
+            }
+        };
+        match truncation {
+            Truncation::Model => &self.tokenizer,
+            Truncation::Right => side(TruncationDirection::Right),
+            Truncation::Left => side(TruncationDirection::Left),
+            Truncation::Off => &self.untruncated,
+        }
     }
 
     /// The truncation length in force, special tokens included.
@@ -117,32 +168,58 @@ impl PairTokenizer {
         })
     }
 
-    /// Encodes one query with each passage. `parallel` uses the tokenizers crate's batch encoding
-    /// (rayon, the original's `TOKENIZERS_PARALLELISM=true`); otherwise pairs are encoded in turn.
+    /// Encodes one query with each passage, truncated as the model says. `parallel` uses the
+    /// tokenizers crate's batch encoding (rayon, the original's `TOKENIZERS_PARALLELISM=true`);
+    /// otherwise pairs are encoded in turn.
     pub fn encode_many(
         &self,
         query: &str,
         passages: &[String],
         parallel: bool,
     ) -> Result<Vec<Encoded>, TokenizeError> {
-        if !parallel || passages.len() < 2 {
-            return passages.iter().map(|p| self.encode(query, p)).collect();
+        self.encode_many_with(query, passages, parallel, Truncation::Model)
+    }
+
+    /// [`Self::encode_many`] with the truncation a request asks for. With [`Truncation::Off`] a
+    /// pair over `max_length` fails the request ([`TokenizeError::TooLong`]).
+    pub fn encode_many_with(
+        &self,
+        query: &str,
+        passages: &[String],
+        parallel: bool,
+        truncation: Truncation,
+    ) -> Result<Vec<Encoded>, TokenizeError> {
+        let tokenizer = self.for_truncation(truncation);
+        let encodings = if !parallel || passages.len() < 2 {
+            passages
+                .iter()
+                .map(|p| tokenizer.encode_fast((query, p.as_str()), true))
+                .collect::<Result<Vec<_>, _>>()
+        } else {
+            let inputs: Vec<tokenizers::EncodeInput> = passages
+                .iter()
+                .map(|p| (query, p.as_str()).into())
+                .collect();
+            tokenizer.encode_batch_fast(inputs, true)
         }
-        let inputs: Vec<tokenizers::EncodeInput> = passages
-            .iter()
-            .map(|p| (query, p.as_str()).into())
-            .collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch_fast(inputs, true)
-            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
-        Ok(encodings
+        .map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        encodings
             .into_iter()
-            .map(|e| Encoded {
-                ids: e.get_ids().to_vec(),
-                type_ids: e.get_type_ids().to_vec(),
+            .enumerate()
+            .map(|(index, e)| {
+                if e.len() > self.max_length {
+                    return Err(TokenizeError::TooLong {
+                        index,
+                        tokens: e.len(),
+                        max_length: self.max_length,
+                    });
+                }
+                Ok(Encoded {
+                    ids: e.get_ids().to_vec(),
+                    type_ids: e.get_type_ids().to_vec(),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Encodes pairs one by one into a packed batch.

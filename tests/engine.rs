@@ -116,10 +116,10 @@ fn engine_scores_equal_xbench_score_for_any_workers_and_batching() {
                         while i < chunk.len() {
                             let q = &chunk[i].query;
                             let j = i + chunk[i..].iter().take_while(|p| &p.query == q).count();
-                            let input = Arc::new(RerankInput {
-                                query: q.clone(),
-                                passages: chunk[i..j].iter().map(|p| p.passage.clone()).collect(),
-                            });
+                            let input = Arc::new(RerankInput::new(
+                                q.clone(),
+                                chunk[i..j].iter().map(|p| p.passage.clone()).collect(),
+                            ));
                             scores.extend(engine.rerank(None, input).await.unwrap().scores);
                             i = j;
                         }
@@ -327,10 +327,7 @@ fn several_models_in_one_pool_route_by_name() {
         .iter()
         .map(|p| Pair::new("what is rust", p.clone()))
         .collect();
-    let input = Arc::new(RerankInput {
-        query: "what is rust".into(),
-        passages,
-    });
+    let input = Arc::new(RerankInput::new("what is rust", passages));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -8,8 +8,9 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::engine::{BatchingConfig, Engine, EngineConfig, ModelSpec, TokenizerPoolConfig};
-use crate::loadgen::{self, GeneratedLengths, Load, RunSpec, Stage, Window, Workload};
+use crate::loadgen::{self, GeneratedLengths, HttpTarget, Load, RunSpec, Stage, Window, Workload};
 use crate::report::{self, BenchRow, CellLabels};
+use crate::server::api::InfoResponse;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Arrivals {
@@ -19,9 +20,10 @@ pub enum Arrivals {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Model: a local directory in Hugging Face layout or a hub id.
-    #[arg(long, default_value = "models/demo-minilm-l6")]
-    pub model: String,
+    /// Model: a local directory in Hugging Face layout or a hub id [default: models/demo-minilm-l6;
+    /// with --target: the server's default model].
+    #[arg(long)]
+    pub model: Option<String>,
     /// What to exercise: tokenize (tokenizer pool), infer (pre-tokenized pairs), full (both).
     #[arg(long, value_enum, default_value_t = Stage::Full)]
     pub stage: Stage,
@@ -90,6 +92,40 @@ pub struct BenchArgs {
     /// Print the row as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Measure a server over HTTP instead (its POST /rerank): `xbench serve` or any
+    /// TEI-compatible server. The engine options are then the server's; `--model` is sent as the
+    /// request's `model` only when given explicitly.
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+    /// Bearer token for --target.
+    #[arg(long, env = "XBENCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Most requests in flight over HTTP (the bound of the connection pool).
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+}
+
+/// The labels of a cell measured over HTTP: the server's own settings when it is xbench (from
+/// `/info`), what the command line says otherwise.
+pub(crate) fn http_labels(info: Option<&InfoResponse>, fallback: CellLabels) -> CellLabels {
+    match info {
+        Some(i) if !i.models.is_empty() => CellLabels {
+            model: i
+                .models
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" + "),
+            tokenizer_workers: i.tokenizer_workers,
+            model_workers: i.models.iter().map(|m| m.instances).sum(),
+            threads_per_worker: i.models[0].threads_per_instance,
+            parallelism: i.tokenizer_parallelism,
+            max_batch_size: i.limits.max_batch_size,
+            timeout_ms: i.limits.batching_timeout_ms,
+            ..fallback
+        },
+        _ => fallback,
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -135,9 +171,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Workload::from_jsonl(&args.input, args.pairs_per_request)
             .context("--input (or pass --generate for a generated workload)")?
     };
+    let model = args
+        .model
+        .clone()
+        .unwrap_or_else(|| "models/demo-minilm-l6".to_string());
     let config = EngineConfig {
         models: vec![ModelSpec {
-            name: args.model.clone(),
+            name: model.clone(),
             instances: args.model_workers,
             threads: args.threads,
             max_length: args.max_length,
@@ -156,8 +196,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             ..BatchingConfig::default()
         },
     };
-    let engine = Arc::new(Engine::start(&config)?);
-    let spec = RunSpec {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut spec = RunSpec {
         stage: args.stage,
         load,
         models: Vec::new(),
@@ -169,22 +212,55 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
         seed: args.seed,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .context("cannot start the async runtime")?;
-    let outcome = runtime.block_on(loadgen::run(engine.clone(), &workload, &spec))?;
-    let labels = CellLabels {
+    let mut labels = CellLabels {
         stage: args.stage,
-        model: args.model.clone(),
+        model: model.clone(),
         tokenizer_workers: args.tokenizer_workers,
         model_workers: args.model_workers,
-        threads_per_worker: engine.threads_per_instance(None)?,
+        threads_per_worker: args.threads.unwrap_or(0),
         parallelism: args.parallelism,
         pairs_per_request: args.pairs_per_request,
         max_batch_size: args.max_batch_size,
         timeout_ms: args.timeout_ms,
         load,
+    };
+    let outcome = match &args.target {
+        Some(url) => {
+            anyhow::ensure!(
+                args.stage == Stage::Full,
+                "--target measures a server end to end: use --stage full"
+            );
+            anyhow::ensure!(
+                args.max_connections > 0,
+                "--max-connections must be at least 1"
+            );
+            if let Some(m) = &args.model {
+                spec.models = vec![m.clone()];
+            }
+            let http = Arc::new(HttpTarget::new(
+                url,
+                args.api_key.clone(),
+                args.max_connections,
+                Duration::from_secs_f64(args.max_duration.max(60.0)),
+            )?);
+            runtime.block_on(async {
+                http.wait_ready(Duration::from_secs(60)).await?;
+                let info = http.info().await;
+                labels = http_labels(
+                    info.as_ref(),
+                    CellLabels {
+                        model: url.clone(),
+                        ..labels.clone()
+                    },
+                );
+                anyhow::Ok(loadgen::run(http.clone(), &workload, &spec).await?)
+            })?
+        }
+        None => {
+            let engine = Arc::new(Engine::start(&config)?);
+            labels.threads_per_worker = engine.threads_per_instance(None)?;
+            runtime.block_on(loadgen::run(engine.clone(), &workload, &spec))?
+        }
     };
     let row = BenchRow::new(&labels, &outcome);
     if args.json {

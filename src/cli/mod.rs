@@ -3,6 +3,7 @@
 mod bench;
 mod run;
 mod score;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,8 @@ pub enum Command {
     Config(ConfigCommand),
     /// List the experiments with their descriptions and cell counts.
     List(run::ListArgs),
+    /// Serve the rerank HTTP API (TEI-compatible /rerank, Cohere-compatible /v1/rerank).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sweep(args) => run::sweep_cmd(args),
         Command::Config(ConfigCommand::Show(args)) => run::config_show(args),
         Command::List(args) => run::list(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -11,15 +11,17 @@ use anyhow::Context;
 use clap::Args;
 use sha2::Digest;
 
+use crate::cli::bench::http_labels;
 use crate::config::sweep::{self, Cell};
 use crate::config::{compose, Override, XbenchConfig};
 use crate::engine::Engine;
-use crate::loadgen::{self, GeneratedLengths, Load, RunSpec, Window, Workload};
+use crate::loadgen::{self, GeneratedLengths, HttpTarget, Load, RunSpec, Target, Window, Workload};
 use crate::model::ModelFiles;
 use crate::report::results::{
     encode_histogram, utc_now, CellResult, Provenance, RepeatFigures, Results,
 };
 use crate::report::{BenchRow, CellLabels};
+use crate::server::{BackgroundServer, ServerSettings};
 
 /// Where results go and how the best cell is chosen; shared by `run` and `sweep`.
 #[derive(Debug, Clone, Args)]
@@ -144,7 +146,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         cells: Vec::new(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let mut workloads: HashMap<(String, bool, u64, usize), Workload> = HashMap::new();
@@ -171,7 +173,44 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             workloads.insert(key.clone(), workload(c, cell.pairs_per_request)?);
         }
         let engine_config = c.engine_config()?;
-        let engine = Arc::new(Engine::start(&engine_config)?);
+        let model_names: Vec<String> = engine_config
+            .models
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        // The engine in this process, or a server (this cell's own, or the configured URL).
+        let (target, server) = match c.experiment.target.as_deref() {
+            None => (
+                Target::Engine(Arc::new(Engine::start(&engine_config)?)),
+                None,
+            ),
+            Some(t) => {
+                let server = if t == "self" {
+                    let settings = ServerSettings {
+                        host: "127.0.0.1".into(),
+                        port: 0,
+                        ..c.server.clone()
+                    };
+                    Some(BackgroundServer::start(settings, engine_config.clone())?)
+                } else {
+                    None
+                };
+                let url = server.as_ref().map_or_else(|| t.to_string(), |s| s.url());
+                let api_key = c
+                    .server
+                    .api_key
+                    .clone()
+                    .or_else(|| std::env::var("XBENCH_API_KEY").ok());
+                let connections = match c.experiment.rate {
+                    Some(_) => 256,
+                    None => cell.concurrency,
+                };
+                let timeout = Duration::from_secs_f64(c.experiment.max_duration_s.max(60.0));
+                let http = Arc::new(HttpTarget::new(&url, api_key, connections, timeout)?);
+                runtime.block_on(http.wait_ready(Duration::from_secs(300)))?;
+                (Target::Http(http), server)
+            }
+        };
         let spec = RunSpec {
             stage: c.experiment.stage,
             load: match c.experiment.rate {
@@ -183,7 +222,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     concurrency: cell.concurrency,
                 },
             },
-            models: engine.model_names(),
+            models: if c.experiment.target.as_deref().is_some_and(|t| t != "self") {
+                Vec::new() // a server elsewhere serves its own default model
+            } else {
+                model_names.clone()
+            },
             warmup: c.experiment.warmup,
             window: Window {
                 duration: Duration::from_secs_f64(c.experiment.duration_s),
@@ -192,24 +235,33 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             seed: w.seed,
         };
-        let labels = CellLabels {
+        let mut labels = CellLabels {
             stage: spec.stage,
-            model: engine.model_names().join(" + "),
+            model: model_names.join(" + "),
             tokenizer_workers: c.tokenizer_pool.workers,
             model_workers: engine_config.models.iter().map(|m| m.instances).sum(),
-            threads_per_worker: engine.threads_per_instance(None)?,
+            threads_per_worker: 0,
             parallelism: c.tokenizer_pool.parallelism,
             pairs_per_request: cell.pairs_per_request,
             max_batch_size: c.batching.max_batch_size,
             timeout_ms: c.batching.timeout_ms,
             load: spec.load,
         };
+        match &target {
+            Target::Engine(engine) => {
+                labels.threads_per_worker = engine.threads_per_instance(None)?
+            }
+            Target::Http(http) => {
+                let info = runtime.block_on(http.info());
+                labels = http_labels(info.as_ref(), labels);
+            }
+        }
         // Each repeat runs the cell again (warm-up included); the row merges them all.
         let mut merged: Option<loadgen::RunOutcome> = None;
         let mut repeats = Vec::new();
         for _ in 0..opts.repeats {
             let outcome =
-                runtime.block_on(loadgen::run(engine.clone(), &workloads[&key], &spec))?;
+                runtime.block_on(loadgen::run(target.clone(), &workloads[&key], &spec))?;
             let one = BenchRow::new(&labels, &outcome);
             repeats.push(RepeatFigures {
                 qps: one.qps,
@@ -227,6 +279,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             });
         }
         let outcome = merged.expect("at least one repeat runs. This is a bug.");
+        drop(target);
+        if let Some(server) = server {
+            let summary = server.stop()?;
+            tracing::debug!(
+                accepted = summary.accepted,
+                answered = summary.answered,
+                "cell server stopped"
+            );
+        }
         let row = BenchRow::new(&labels, &outcome);
         progress.set_message(format!(
             "last: {:.1} pairs/s, p50 {:.1} ms",
@@ -328,7 +389,16 @@ fn provenance(
         description: c.description.clone(),
         overrides: overrides.to_vec(),
         git_sha: git(&["rev-parse", "HEAD"]),
-        git_dirty: git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+        // Result files that runs rewrite do not count as changes to what produced them.
+        git_dirty: git(&[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":(exclude)experiments/results",
+        ])
+        .map(|s| !s.is_empty()),
         cpu,
         cores: std::thread::available_parallelism()
             .map(|n| n.get())

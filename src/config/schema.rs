@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::{Composed, ConfigError};
 use crate::engine::{BatchingConfig, EngineConfig, ModelSpec, TokenizerPoolConfig};
 use crate::loadgen::Stage;
+use crate::server::ServerSettings;
 
 /// The whole config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -23,7 +24,7 @@ pub struct XbenchConfig {
     #[serde(default)]
     pub tokenizer_pool: TokenizerPoolConfig,
     #[serde(default)]
-    pub server: ServerConfig,
+    pub server: ServerSettings,
     #[serde(default)]
     pub workload: WorkloadConfig,
     #[serde(default)]
@@ -75,32 +76,6 @@ fn fp32() -> String {
 }
 fn one() -> usize {
     1
-}
-
-/// `server`: where `xbench serve` listens.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    #[serde(default = "localhost")]
-    pub host: String,
-    #[serde(default = "port")]
-    pub port: u16,
-}
-
-fn localhost() -> String {
-    "127.0.0.1".into()
-}
-fn port() -> u16 {
-    8080
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            host: localhost(),
-            port: port(),
-        }
-    }
 }
 
 /// `workload`: the pairs the load generator sends.
@@ -163,6 +138,11 @@ pub struct ExperimentConfig {
     /// ... but stops issuing after this many seconds in any case (the hard cap).
     #[serde(default = "max_duration_s")]
     pub max_duration_s: f64,
+    /// Where requests go: `null` = the engine in this process; `self` = an xbench server started
+    /// for each cell (127.0.0.1, a free port) and measured over HTTP; a URL = that server
+    /// (`POST /rerank`, TEI-compatible).
+    #[serde(default)]
+    pub target: Option<String>,
     /// Requests before measuring, per cell.
     #[serde(default = "warmup")]
     pub warmup: usize,
@@ -201,6 +181,7 @@ impl Default for ExperimentConfig {
             duration_s: duration_s(),
             min_requests: min_requests(),
             max_duration_s: max_duration_s(),
+            target: None,
             warmup: warmup(),
         }
     }
@@ -237,6 +218,14 @@ impl XbenchConfig {
             why,
             file: None,
         };
+        if let Err(why) = self.server.validate() {
+            let key = why
+                .split_whitespace()
+                .next()
+                .unwrap_or("server")
+                .to_string();
+            return Err(bad(&key, why));
+        }
         if self.model_pool.instances.is_empty() {
             return Err(bad(
                 "model_pool.instances",
@@ -291,6 +280,20 @@ impl XbenchConfig {
                 "experiment.rate",
                 "must be a positive number of requests/s".into(),
             ));
+        }
+        if let Some(t) = &e.target {
+            if t != "self" && !t.starts_with("http://") && !t.starts_with("https://") {
+                return Err(bad(
+                    "experiment.target",
+                    format!("'{t}' is neither null (in process), self (a server per cell) nor an http:// URL"),
+                ));
+            }
+            if e.stage != Stage::Full {
+                return Err(bad(
+                    "experiment.target",
+                    "a server is measured end to end: set experiment.stage to full".into(),
+                ));
+            }
         }
         if e.min_requests == 0 {
             return Err(bad("experiment.min_requests", "must be at least 1".into()));

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use crate::backend::{Backend, BackendError, CandleBackend};
 use crate::model::{parse_device, ModelError, ModelFiles, ModelInfo};
-use crate::tokenize::{Encoded, PairTokenizer, TokenizeError};
+use crate::tokenize::{Encoded, PairTokenizer, TokenizeError, Truncation};
 
 pub use batcher::BatchingConfig;
 use batcher::{Pending, RequestState};
@@ -42,6 +42,12 @@ pub enum EngineError {
     Empty,
     #[error("tokenization failed: {0}")]
     Tokenize(String),
+    #[error("passage {index}: the pair has {tokens} tokens, more than max_length {max_length}; shorten it or allow truncation")]
+    TooLong {
+        index: usize,
+        tokens: usize,
+        max_length: usize,
+    },
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("the engine is shutting down")]
@@ -125,6 +131,19 @@ pub struct EngineConfig {
 pub struct RerankInput {
     pub query: String,
     pub passages: Vec<String>,
+    /// How pairs over `max_length` are cut (or refused).
+    pub truncation: Truncation,
+}
+
+impl RerankInput {
+    /// A request truncated as the model says.
+    pub fn new(query: impl Into<String>, passages: Vec<String>) -> Self {
+        Self {
+            query: query.into(),
+            passages,
+            truncation: Truncation::Model,
+        }
+    }
 }
 
 /// Where a request's time went.
@@ -211,6 +230,7 @@ struct ModelHandle {
     queue: crossbeam_channel::Sender<Pending>,
     queue_capacity: usize,
     counters: Arc<BatchCounters>,
+    instances: usize,
     threads: usize,
     _pool: model_pool::ModelPool,
 }
@@ -315,6 +335,7 @@ impl Engine {
                 queue,
                 queue_capacity: config.batching.queue_capacity,
                 counters,
+                instances: spec.instances,
                 threads,
                 _pool: pool,
             });
@@ -348,6 +369,24 @@ impl Engine {
     /// Compute threads per instance of a model.
     pub fn threads_per_instance(&self, model: Option<&str>) -> Result<usize, EngineError> {
         Ok(self.models[self.index(model)?].threads)
+    }
+
+    /// Requests waiting for a tokenizer worker (all models share the pool).
+    pub fn tokenizer_queue_depth(&self) -> usize {
+        self.tokenizers.depth()
+    }
+
+    /// Requests waiting in each model's batcher queue, in config order.
+    pub fn batch_queue_depths(&self) -> Vec<(String, usize)> {
+        self.models
+            .iter()
+            .map(|m| (m.name.clone(), m.queue.len()))
+            .collect()
+    }
+
+    /// Model instances of a model.
+    pub fn instances(&self, model: Option<&str>) -> Result<usize, EngineError> {
+        Ok(self.models[self.index(model)?].instances)
     }
 
     /// Batch counters summed over every model.

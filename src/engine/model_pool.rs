@@ -85,7 +85,27 @@ fn run_instance(
             None
         }
     };
+    let labels = [
+        ("model", model.to_string()),
+        ("instance", index.to_string()),
+    ];
+    let batches = metrics::counter!("xbench_batches_total", &labels);
+    let failures = metrics::counter!("xbench_batch_failures_total", &labels);
+    let sizes = metrics::histogram!("xbench_batch_size", &labels);
+    let efficiency = metrics::histogram!("xbench_batch_padding_efficiency", &labels);
+    let durations = metrics::histogram!("xbench_batch_duration_seconds", &labels);
+    let padded = backend.is_padded();
     while let Ok(Work { batch, segments }) = work.recv() {
+        let computed = if padded {
+            batch.pairs() * batch.max_length
+        } else {
+            batch.total_tokens()
+        };
+        batches.increment(1);
+        sizes.record(batch.pairs() as f64);
+        if computed > 0 {
+            efficiency.record(batch.total_tokens() as f64 / computed as f64);
+        }
         let started = Instant::now();
         let predict = || {
             std::panic::catch_unwind(AssertUnwindSafe(|| backend.predict(&batch))).unwrap_or_else(
@@ -104,6 +124,10 @@ fn run_instance(
             None => predict(),
         };
         let elapsed = started.elapsed();
+        durations.record(elapsed.as_secs_f64());
+        if !matches!(&result, Ok(scores) if scores.len() == batch.pairs()) {
+            failures.increment(1);
+        }
         match result {
             Ok(scores) if scores.len() == batch.pairs() => {
                 let mut offset = 0;

@@ -369,10 +369,7 @@ async fn unknown_models_and_empty_requests_are_errors() {
         f.engine.infer(None, empty).await,
         Err(EngineError::Empty)
     ));
-    let input = Arc::new(RerankInput {
-        query: "q".into(),
-        passages: vec![],
-    });
+    let input = Arc::new(RerankInput::new("q", vec![]));
     assert!(matches!(
         f.engine.rerank(None, input).await,
         Err(EngineError::Empty)

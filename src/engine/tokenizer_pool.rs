@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{EngineError, RerankInput, Tokenized};
-use crate::tokenize::PairTokenizer;
+use crate::tokenize::{PairTokenizer, TokenizeError};
 
 /// The pool's settings (`tokenizer_pool` in the config).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,6 +90,11 @@ impl TokenizerPool {
         }
     }
 
+    /// Requests waiting for a worker.
+    pub fn depth(&self) -> usize {
+        self.jobs.as_ref().map_or(0, |j| j.len())
+    }
+
     pub async fn submit(
         &self,
         model: usize,
@@ -130,14 +135,26 @@ fn work(jobs: crossbeam_channel::Receiver<Job>, tokenizers: Vec<PairTokenizer>, 
         }
         let started = Instant::now();
         let queue: Duration = started - job.enqueued;
+        let input = &job.input;
         let result = tokenizers[job.model]
-            .encode_many(&job.input.query, &job.input.passages, parallel)
+            .encode_many_with(&input.query, &input.passages, parallel, input.truncation)
             .map(|encoded| Tokenized {
                 encoded,
                 queue,
                 tokenize: started.elapsed(),
             })
-            .map_err(|e| EngineError::Tokenize(e.to_string()));
+            .map_err(|e| match e {
+                TokenizeError::TooLong {
+                    index,
+                    tokens,
+                    max_length,
+                } => EngineError::TooLong {
+                    index,
+                    tokens,
+                    max_length,
+                },
+                e => EngineError::Tokenize(e.to_string()),
+            });
         let _ = job.reply.send(result);
     }
 }

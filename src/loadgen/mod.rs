@@ -7,6 +7,7 @@
 //! Latency is timed from each request's intended send time, so a stalled pipeline shows in the
 //! percentiles; it is recorded in HDR histograms (µs) per client and merged.
 
+pub mod http;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{BatchStats, Engine, EngineError, Timings};
 use crate::tokenize::Encoded;
+pub use http::{HttpTarget, HttpTargetError};
 pub use workload::{GeneratedLengths, Workload};
 
 /// What a run exercises.
@@ -156,9 +158,9 @@ impl Recorder {
         self.inference_us += t.inference.as_micros();
     }
 
-    pub fn record_error(&mut self, intended: Instant, done: Instant, e: &EngineError) {
+    pub fn record_error(&mut self, intended: Instant, done: Instant, kind: &str) {
         self.mark(intended, done);
-        *self.errors.entry(error_kind(e).to_string()).or_default() += 1;
+        *self.errors.entry(kind.to_string()).or_default() += 1;
     }
 
     pub fn merge(&mut self, other: &Recorder) {
@@ -200,8 +202,30 @@ pub fn error_kind(e: &EngineError) -> &'static str {
         EngineError::Overloaded { .. } => "overloaded",
         EngineError::Empty => "empty",
         EngineError::Tokenize(_) => "tokenize",
+        EngineError::TooLong { .. } => "too_long",
         EngineError::Backend(_) => "backend",
         EngineError::Shutdown => "shutdown",
+    }
+}
+
+/// Where a run sends its requests.
+#[derive(Clone)]
+pub enum Target {
+    /// The engine in this process (any stage).
+    Engine(Arc<Engine>),
+    /// A server over HTTP (`POST /rerank`; the full stage only).
+    Http(Arc<HttpTarget>),
+}
+
+impl From<Arc<Engine>> for Target {
+    fn from(engine: Arc<Engine>) -> Self {
+        Target::Engine(engine)
+    }
+}
+
+impl From<Arc<HttpTarget>> for Target {
+    fn from(target: Arc<HttpTarget>) -> Self {
+        Target::Http(target)
     }
 }
 
@@ -210,31 +234,40 @@ pub fn error_kind(e: &EngineError) -> &'static str {
 enum Prepared {
     Text(Arc<crate::engine::RerankInput>),
     Tokens(Arc<[Encoded]>),
+    Body(Arc<Vec<u8>>),
 }
 
-/// Sends one request through the stage; returns its stage timings.
+/// Sends one request through the stage; returns its stage timings, or the kind of its failure.
 async fn send(
-    engine: &Engine,
+    target: &Target,
     stage: Stage,
     model: Option<&str>,
     r: &Prepared,
-) -> Result<Timings, EngineError> {
-    match (stage, r) {
-        (Stage::Tokenize, Prepared::Text(input)) => {
-            let t = engine.tokenize(model, input.clone()).await?;
+) -> Result<Timings, String> {
+    let kind = |e: EngineError| error_kind(&e).to_string();
+    match (target, stage, r) {
+        (Target::Engine(engine), Stage::Tokenize, Prepared::Text(input)) => {
+            let t = engine.tokenize(model, input.clone()).await.map_err(kind)?;
             Ok(Timings {
                 queue: t.queue,
                 tokenize: t.tokenize,
                 ..Timings::default()
             })
         }
-        (Stage::Full, Prepared::Text(input)) => {
-            Ok(engine.rerank(model, input.clone()).await?.timings)
+        (Target::Engine(engine), Stage::Full, Prepared::Text(input)) => Ok(engine
+            .rerank(model, input.clone())
+            .await
+            .map_err(kind)?
+            .timings),
+        (Target::Engine(engine), Stage::Infer, Prepared::Tokens(tokens)) => Ok(engine
+            .infer(model, tokens.clone())
+            .await
+            .map_err(kind)?
+            .timings),
+        (Target::Http(http), Stage::Full, Prepared::Body(body)) => {
+            http.rerank(body.as_ref().clone()).await
         }
-        (Stage::Infer, Prepared::Tokens(tokens)) => {
-            Ok(engine.infer(model, tokens.clone()).await?.timings)
-        }
-        _ => unreachable!("requests are prepared for their stage. This is a bug."),
+        _ => unreachable!("requests are prepared for their target and stage. This is a bug."),
     }
 }
 
@@ -247,19 +280,45 @@ fn pick(prepared: &[(Option<String>, Vec<Prepared>)], k: usize) -> (Option<&str>
     )
 }
 
+/// Failures before any request is sent.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("an HTTP target runs the full stage only (it got '{0}')")]
+    HttpStage(Stage),
+}
+
 /// Runs the warm-up, then the measured window, and returns the window's figures.
 pub async fn run(
-    engine: Arc<Engine>,
+    target: impl Into<Target>,
     workload: &Workload,
     spec: &RunSpec,
-) -> Result<RunOutcome, EngineError> {
-    let targets: Vec<Option<String>> = if spec.models.is_empty() {
+) -> Result<RunOutcome, RunError> {
+    let target = target.into();
+    let models: Vec<Option<String>> = if spec.models.is_empty() {
         vec![None]
     } else {
         spec.models.iter().cloned().map(Some).collect()
     };
     let mut prepared: Vec<(Option<String>, Vec<Prepared>)> = Vec::new();
-    for target in targets {
+    for model in models {
+        let engine = match &target {
+            Target::Engine(e) => e,
+            Target::Http(_) if spec.stage != Stage::Full => {
+                return Err(RunError::HttpStage(spec.stage))
+            }
+            Target::Http(_) => {
+                let bodies = workload
+                    .requests
+                    .iter()
+                    .map(|r| Prepared::Body(Arc::new(HttpTarget::body(model.as_deref(), r))))
+                    .collect();
+                prepared.push((model, bodies));
+                continue;
+            }
+        };
+        let target = model;
         let requests = match spec.stage {
             Stage::Infer => {
                 let tokenizer = engine.tokenizer(target.as_deref())?;
@@ -289,11 +348,18 @@ pub async fn run(
     let prepared = Arc::new(prepared);
     if spec.warmup > 0 {
         let warmup = Window::count(spec.warmup, spec.window.max_duration);
-        phase(&engine, &prepared, spec, 0, warmup).await;
+        phase(&target, &prepared, spec, 0, warmup).await;
     }
-    let before = engine.batch_stats();
-    let recorder = phase(&engine, &prepared, spec, spec.warmup, spec.window).await;
-    let batches = (spec.stage != Stage::Tokenize).then(|| engine.batch_stats().since(&before));
+    let stats = || match &target {
+        Target::Engine(e) => Some(e.batch_stats()),
+        Target::Http(_) => None,
+    };
+    let before = stats();
+    let recorder = phase(&target, &prepared, spec, spec.warmup, spec.window).await;
+    let batches = match (before, stats()) {
+        (Some(b), Some(a)) if spec.stage != Stage::Tokenize => Some(a.since(&b)),
+        _ => None,
+    };
     Ok(RunOutcome {
         wall: recorder.wall(),
         recorder,
@@ -304,7 +370,7 @@ pub async fn run(
 /// Sends requests (numbered from `offset`, cycling over `prepared`) while `window` lets it, then
 /// waits for every answer.
 async fn phase(
-    engine: &Arc<Engine>,
+    target: &Target,
     prepared: &Arc<Vec<(Option<String>, Vec<Prepared>)>>,
     spec: &RunSpec,
     offset: usize,
@@ -317,7 +383,7 @@ async fn phase(
             let issued = Arc::new(AtomicUsize::new(0));
             let mut clients = tokio::task::JoinSet::new();
             for _ in 0..concurrency.max(1) {
-                let (engine, prepared, issued) = (engine.clone(), prepared.clone(), issued.clone());
+                let (target, prepared, issued) = (target.clone(), prepared.clone(), issued.clone());
                 clients.spawn(async move {
                     let mut rec = Recorder::default();
                     // Claim a number only when the window lets it be sent.
@@ -329,7 +395,7 @@ async fn phase(
                     while let Ok(k) = claim() {
                         let (model, r) = pick(&prepared, offset + k);
                         let intended = Instant::now();
-                        match send(&engine, stage, model, r).await {
+                        match send(&target, stage, model, r).await {
                             Ok(t) => rec.record(intended, Instant::now(), &t),
                             Err(e) => rec.record_error(intended, Instant::now(), &e),
                         }
@@ -347,7 +413,7 @@ async fn phase(
         }
         Load::Open { rate, poisson } => {
             let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
-            type Answer = (Instant, Instant, Result<Timings, EngineError>);
+            type Answer = (Instant, Instant, Result<Timings, String>);
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Answer>();
             let mut tasks = tokio::task::JoinSet::new();
             let mut next = Instant::now();
@@ -357,10 +423,10 @@ async fn phase(
                     break;
                 }
                 let intended = next;
-                let (engine, prepared, tx) = (engine.clone(), prepared.clone(), tx.clone());
+                let (target, prepared, tx) = (target.clone(), prepared.clone(), tx.clone());
                 tasks.spawn(async move {
                     let (model, r) = pick(&prepared, offset + k);
-                    let result = send(&engine, stage, model, r).await;
+                    let result = send(&target, stage, model, r).await;
                     let _ = tx.send((intended, Instant::now(), result));
                 });
                 let gap = if poisson {

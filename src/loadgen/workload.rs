@@ -239,12 +239,12 @@ impl Workload {
         let requests = (0..count)
             .map(|r| {
                 let at = |k: usize| &pairs[(r * pairs_per_request + k) % pairs.len()];
-                Arc::new(RerankInput {
-                    query: at(0).query.clone(),
-                    passages: (0..pairs_per_request)
+                Arc::new(RerankInput::new(
+                    at(0).query.clone(),
+                    (0..pairs_per_request)
                         .map(|k| at(k).passage.clone())
                         .collect(),
-                })
+                ))
             })
             .collect();
         Self {
@@ -274,7 +274,7 @@ impl Workload {
                 let passages = (0..pairs_per_request)
                     .map(|_| text(lengths.passage_words))
                     .collect();
-                Arc::new(RerankInput { query, passages })
+                Arc::new(RerankInput::new(query, passages))
             })
             .collect();
         Self {

@@ -1,0 +1,120 @@
+//! One JSON error envelope, `{error, error_type}`, for every failure, including the framework's own
+//! rejections (unknown route, wrong method, body too large), with the status table of the README.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::api::ErrorResponse;
+use crate::engine::EngineError;
+
+/// A failed request: its status, message and kind.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        }
+    }
+
+    /// The engine's failure as the client should see it.
+    pub fn from_engine(e: EngineError, retry_after: u64) -> Self {
+        match &e {
+            EngineError::UnknownModel { .. } => Self::not_found(e.to_string()),
+            EngineError::Overloaded { .. } => Self {
+                retry_after: Some(retry_after),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
+            },
+            EngineError::Empty => Self::bad_request(e.to_string()),
+            EngineError::TooLong { .. } => Self::validation(e.to_string()),
+            EngineError::Tokenize(_) | EngineError::Backend(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+            EngineError::Shutdown => Self::unavailable(e.to_string(), retry_after),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, error = %self.message, "request failed");
+        } else {
+            tracing::debug!(status = %self.status, error = %self.message, "request refused");
+        }
+        let mut response = (
+            self.status,
+            Json(ErrorResponse {
+                error: self.message,
+                error_type: self.kind.to_string(),
+            }),
+        )
+            .into_response();
+        if let Some(s) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}
+
+/// Reads a JSON body: a body that is not JSON is 400, JSON of the wrong shape is 422 with the
+/// path of the offending field.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let at = if path == "." {
+                String::new()
+            } else {
+                format!("at '{path}': ")
+            };
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    Err(ApiError::validation(format!("{at}{inner}")))
+                }
+                _ => Err(ApiError::bad_request(format!(
+                    "the body is not valid JSON: {inner}"
+                ))),
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! `xbench serve`: the HTTP server (axum on tokio) in front of the same [`Engine`] that the
+//! benchmarks measure.
+//!
+//! The listener binds first and answers `/health` with 503 while the models load and run their
+//! warm-up batch; then every route opens. On shutdown it stops accepting, finishes every request
+//! in flight, then drops the engine (whose threads finish their queues).
+
+pub mod api;
+mod errors;
+mod routes;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+pub use errors::ApiError;
+
+use crate::engine::{Engine, EngineConfig, StartError};
+
+/// The server's own settings (`server` in the config, less what the CLI adds).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Bind address; loopback unless told otherwise.
+    #[serde(default = "localhost")]
+    pub host: String,
+    /// 0 picks a free port.
+    #[serde(default = "port")]
+    pub port: u16,
+    /// Most texts (documents) per request; more is 413.
+    #[serde(default = "max_client_batch_size")]
+    pub max_client_batch_size: usize,
+    /// Largest request body in bytes; more is 413.
+    #[serde(default = "payload_limit_bytes")]
+    pub payload_limit_bytes: usize,
+    /// Bearer token required on every route but /health (and /metrics unless
+    /// `metrics_require_api_key`); `null`: no key. `XBENCH_API_KEY` or `--api-key` set it too.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Whether /metrics needs the API key too.
+    #[serde(default)]
+    pub metrics_require_api_key: bool,
+    /// `Retry-After` seconds sent with 429 and 503.
+    #[serde(default = "retry_after_s")]
+    pub retry_after_s: u64,
+}
+
+fn localhost() -> String {
+    "127.0.0.1".into()
+}
+fn port() -> u16 {
+    8080
+}
+fn max_client_batch_size() -> usize {
+    1024
+}
+fn payload_limit_bytes() -> usize {
+    2_000_000
+}
+fn retry_after_s() -> u64 {
+    1
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: localhost(),
+            port: port(),
+            max_client_batch_size: max_client_batch_size(),
+            payload_limit_bytes: payload_limit_bytes(),
+            api_key: None,
+            metrics_require_api_key: false,
+            retry_after_s: retry_after_s(),
+        }
+    }
+}
+
+impl ServerSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_client_batch_size == 0 {
+            return Err("server.max_client_batch_size must be at least 1".into());
+        }
+        if self.payload_limit_bytes < 1024 {
+            return Err("server.payload_limit_bytes must be at least 1024".into());
+        }
+        if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+            return Err("server.api_key is empty: give a key or null for none".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid server config: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the engine")]
+    Engine(#[from] StartError),
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Metrics(String),
+    #[error("the server failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the engine loader stopped unexpectedly: {0}")]
+    Join(String),
+}
+
+const LOADING: u8 = 0;
+const READY: u8 = 1;
+const SHUTTING_DOWN: u8 = 2;
+
+/// What every handler sees.
+pub(crate) struct AppState {
+    engine: OnceLock<Arc<Engine>>,
+    phase: AtomicU8,
+    settings: ServerSettings,
+    engine_config: EngineConfig,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Requests accepted by a scoring route, and those answered (any status).
+    accepted: AtomicU64,
+    answered: AtomicU64,
+    started: Instant,
+}
+
+impl AppState {
+    fn phase(&self) -> u8 {
+        self.phase.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts the engine (blocking; runs while the server already answers /health with 503).
+pub type EngineStarter = Box<dyn FnOnce(&EngineConfig) -> Result<Engine, StartError> + Send>;
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    starter: EngineStarter,
+}
+
+/// Counts of a finished server, for its last log line and for tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeSummary {
+    /// Scoring requests accepted (read in full and handed to a handler).
+    pub accepted: u64,
+    /// Of those, answered (any status) before the server stopped.
+    pub answered: u64,
+}
+
+impl Server {
+    /// Binds the listener (port 0: a free one). Must run inside a tokio runtime.
+    pub async fn bind(settings: ServerSettings, engine: EngineConfig) -> Result<Self, ServerError> {
+        Self::bind_with(settings, engine, Box::new(Engine::start)).await
+    }
+
+    /// [`Server::bind`] with a custom engine starter (tests use slow or failing backends).
+    pub async fn bind_with(
+        settings: ServerSettings,
+        engine: EngineConfig,
+        starter: EngineStarter,
+    ) -> Result<Self, ServerError> {
+        settings.validate().map_err(ServerError::Config)?;
+        let metrics = telemetry::handle().map_err(ServerError::Metrics)?;
+        let addr = format!("{}:{}", settings.host, settings.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            state: Arc::new(AppState {
+                engine: OnceLock::new(),
+                phase: AtomicU8::new(LOADING),
+                settings,
+                engine_config: engine,
+                metrics,
+                accepted: AtomicU64::new(0),
+                answered: AtomicU64::new(0),
+                started: Instant::now(),
+            }),
+            starter,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves (or the engine fails to start), then finishes every
+    /// request in flight. Loads the engine meanwhile; `/health` says 200 once it is warm.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<ServeSummary, ServerError> {
+        let state = self.state.clone();
+        let app = routes::router(state.clone());
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<ServerError>();
+        let loader = {
+            let state = state.clone();
+            let starter = self.starter;
+            tokio::task::spawn_blocking(move || match starter(&state.engine_config) {
+                Ok(engine) => {
+                    let _ = state.engine.set(Arc::new(engine));
+                    // A shutdown that came first stays.
+                    let _ = state.phase.compare_exchange(
+                        LOADING,
+                        READY,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                    metrics::gauge!("xbench_ready").set(1.0);
+                    tracing::info!(
+                        after_s = format!("{:.1}", state.started.elapsed().as_secs_f64()),
+                        "ready: models loaded and warm"
+                    );
+                }
+                Err(e) => {
+                    let _ = failed_tx.send(ServerError::Engine(e));
+                }
+            })
+        };
+        metrics::gauge!("xbench_ready").set(0.0);
+        let startup_failure: Arc<std::sync::Mutex<Option<ServerError>>> = Arc::default();
+        let signal = {
+            let state = state.clone();
+            let startup_failure = startup_failure.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown => tracing::info!("shutting down: finishing the requests in flight"),
+                    Ok(e) = failed_rx => {
+                        tracing::error!(error = %chain(&e), "the engine failed to start");
+                        if let Ok(mut f) = startup_failure.lock() {
+                            *f = Some(e);
+                        }
+                    }
+                }
+                state.phase.store(SHUTTING_DOWN, Ordering::SeqCst);
+                metrics::gauge!("xbench_ready").set(0.0);
+            }
+        };
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal)
+        .await?;
+        let summary = ServeSummary {
+            accepted: state.accepted.load(Ordering::SeqCst),
+            answered: state.answered.load(Ordering::SeqCst),
+        };
+        if let Some(e) = startup_failure.lock().ok().and_then(|mut f| f.take()) {
+            return Err(e);
+        }
+        // The loader may still be loading when a shutdown comes first: let it finish.
+        loader.await.map_err(|e| ServerError::Join(e.to_string()))?;
+        tracing::info!(
+            accepted = summary.accepted,
+            answered = summary.answered,
+            "stopped: every accepted request was answered"
+        );
+        Ok(summary)
+    }
+}
+
+/// An error with its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A server on its own runtime thread, for `xbench run` cells with `target: self` and for tests.
+pub struct BackgroundServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<ServeSummary, ServerError>>>,
+}
+
+impl BackgroundServer {
+    /// Binds and starts serving (the engine loads meanwhile: wait for `/health`).
+    pub fn start(settings: ServerSettings, engine: EngineConfig) -> Result<Self, ServerError> {
+        Self::start_with(settings, engine, Box::new(Engine::start))
+    }
+
+    /// [`BackgroundServer::start`] with a custom engine starter.
+    pub fn start_with(
+        settings: ServerSettings,
+        engine: EngineConfig,
+        starter: EngineStarter,
+    ) -> Result<Self, ServerError> {
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr, ServerError>>();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("http-server".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("http")
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let server = match Server::bind_with(settings, engine, starter).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(ServerError::Config(chain(&e))));
+                            return Err(e);
+                        }
+                    };
+                    let _ = bound_tx.send(server.local_addr().map_err(ServerError::Io));
+                    server
+                        .run(async {
+                            let _ = stopped.await;
+                        })
+                        .await
+                })
+            })?;
+        let addr = bound_rx
+            .recv()
+            .map_err(|_| ServerError::Join("the server thread ended before binding".into()))??;
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful shutdown: stops accepting, answers every request in flight, stops the engine.
+    pub fn stop(mut self) -> Result<ServeSummary, ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ServerError::Join("the server thread panicked".into())),
+            None => Err(ServerError::Join("the server was stopped already".into())),
+        }
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,604 @@
+//! The routes, the API-key check and the per-request metrics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::Rng;
+use utoipa::OpenApi;
+
+use super::api::*;
+use super::errors::{parse_json, ApiError};
+use super::{AppState, LOADING, READY};
+use crate::engine::{Engine, EngineError, RerankInput, Scored};
+use crate::score::sigmoid;
+use crate::tokenize::Truncation;
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let limit = state.settings.payload_limit_bytes;
+    Router::new()
+        .route("/rerank", post(rerank))
+        .route("/v1/rerank", post(cohere_rerank))
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .route("/metrics", get(prometheus))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// The OpenAPI document of every route.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "xbench",
+        description = "Cross-encoder reranking: TEI-compatible /rerank, Cohere/Jina-compatible /v1/rerank."
+    ),
+    paths(rerank, cohere_rerank, health, info, prometheus, openapi),
+    components(schemas(
+        RerankRequest,
+        Rank,
+        TruncationDirection,
+        CohereRerankRequest,
+        Document,
+        CohereRerankResponse,
+        CohereResult,
+        DocumentText,
+        Usage,
+        ErrorResponse,
+        HealthResponse,
+        InfoResponse,
+        ModelDescription,
+        Limits
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+const JSON_ONLY: &str = "send the body as JSON with the header Content-Type: application/json";
+
+/// The time headers (ms, 3 decimals): total, tokenization, queue (tokenizer queue and batcher
+/// wait), inference. Names as text-embeddings-inference's.
+fn timing_headers(total: Duration, scored: &Scored) -> [(HeaderName, HeaderValue); 4] {
+    let ms = |d: Duration| {
+        HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
+            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    };
+    let t = &scored.timings;
+    [
+        (HeaderName::from_static("x-total-time"), ms(total)),
+        (
+            HeaderName::from_static("x-tokenization-time"),
+            ms(t.tokenize),
+        ),
+        (
+            HeaderName::from_static("x-queue-time"),
+            ms(t.queue + t.batch_wait),
+        ),
+        (HeaderName::from_static("x-inference-time"), ms(t.inference)),
+    ]
+}
+
+/// One scoring request, whichever API it came through.
+struct Job {
+    model: Option<String>,
+    query: String,
+    passages: Vec<String>,
+    truncation: Truncation,
+    /// The request's name for its passages, for error messages.
+    field: &'static str,
+}
+
+/// Checks the request against the limits and scores it.
+async fn score(state: &AppState, job: Job) -> Result<(String, Scored), ApiError> {
+    let engine = ready_engine(state)?;
+    let n = job.passages.len();
+    if n == 0 {
+        return Err(ApiError::bad_request(format!(
+            "'{}' is empty: send at least one",
+            job.field
+        )));
+    }
+    let max = state.settings.max_client_batch_size;
+    if n > max {
+        return Err(ApiError::too_large(format!(
+            "{n} {} is more than max_client_batch_size {max}; split the request",
+            job.field
+        )));
+    }
+    let retry = state.settings.retry_after_s;
+    engine
+        .model_info(job.model.as_deref())
+        .map_err(|e| ApiError::from_engine(e, retry))?;
+    let model = match job.model {
+        Some(m) => m,
+        None => engine.model_names().swap_remove(0),
+    };
+    let input = RerankInput {
+        query: job.query,
+        passages: job.passages,
+        truncation: job.truncation,
+    };
+    let scored = engine
+        .rerank(Some(&model), Arc::new(input))
+        .await
+        .map_err(|e| ApiError::from_engine(e, retry))?;
+    record_scored(&model, &scored);
+    Ok((model, scored))
+}
+
+fn record_scored(model: &str, scored: &Scored) {
+    let m = model.to_string();
+    metrics::counter!("xbench_pairs_total", "model" => m.clone())
+        .increment(scored.scores.len() as u64);
+    metrics::counter!("xbench_tokens_total", "model" => m.clone()).increment(scored.tokens as u64);
+    let t = &scored.timings;
+    for (stage, d) in [
+        ("tokenizer_queue", t.queue),
+        ("tokenize", t.tokenize),
+        ("batch_queue", t.batch_wait),
+        ("inference", t.inference),
+    ] {
+        metrics::histogram!("xbench_stage_duration_seconds", "model" => m.clone(), "stage" => stage)
+            .record(d.as_secs_f64());
+    }
+}
+
+fn ready_engine(state: &AppState) -> Result<&Arc<Engine>, ApiError> {
+    let retry = state.settings.retry_after_s;
+    match (state.phase(), state.engine.get()) {
+        (READY, Some(engine)) => Ok(engine),
+        (LOADING, _) => Err(ApiError::unavailable(
+            "the models are loading; retry shortly",
+            retry,
+        )),
+        _ => Err(ApiError::unavailable("the server is shutting down", retry)),
+    }
+}
+
+/// The body, as JSON of type T: 415 without a JSON content type, 413 over the payload limit.
+fn read_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            JSON_ONLY,
+        ));
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "the body is over the payload limit of {} bytes (server.payload_limit_bytes); send fewer or shorter texts",
+                state.settings.payload_limit_bytes
+            ))
+        } else {
+            ApiError::bad_request(format!("cannot read the body: {}", rejection.body_text()))
+        }
+    })?;
+    parse_json(&body)
+}
+
+/// Counts a scoring request as accepted until it is answered (any status).
+struct Accepted<'a>(&'a AppState);
+
+impl<'a> Accepted<'a> {
+    fn new(state: &'a AppState) -> Self {
+        state.accepted.fetch_add(1, Ordering::SeqCst);
+        Self(state)
+    }
+
+    fn answer(self, response: Response) -> Response {
+        self.0.answered.fetch_add(1, Ordering::SeqCst);
+        response
+    }
+}
+
+/// Rerank texts against a query (text-embeddings-inference's API).
+///
+/// Scores are the sigmoid of the model's logit unless `raw_scores` is true, as TEI does; the
+/// list is sorted by score, highest first.
+#[utoipa::path(
+    post,
+    path = "/rerank",
+    request_body = RerankRequest,
+    responses(
+        (status = 200, description = "Texts ranked, highest score first", body = [Rank],
+         headers(("x-total-time" = String, description = "ms"),
+                 ("x-tokenization-time" = String, description = "ms"),
+                 ("x-queue-time" = String, description = "ms"),
+                 ("x-inference-time" = String, description = "ms"))),
+        (status = 400, description = "Malformed JSON or no texts", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "Unknown model", body = ErrorResponse),
+        (status = 413, description = "Too many texts or body too large", body = ErrorResponse),
+        (status = 415, description = "Body not sent as JSON", body = ErrorResponse),
+        (status = 422, description = "Wrong types, missing fields, or input over max_length with truncate false", body = ErrorResponse),
+        (status = 429, description = "Overloaded; retry after Retry-After seconds", body = ErrorResponse),
+        (status = 500, description = "Inference failed", body = ErrorResponse),
+        (status = 503, description = "Loading or shutting down", body = ErrorResponse),
+    ),
+    security((), ("api_key" = [])),
+)]
+async fn rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let accepted = Accepted::new(&state);
+    let result = async {
+        let req: RerankRequest = read_body(&state, &headers, body)?;
+        let truncation = match (req.truncate.unwrap_or(true), req.truncation_direction) {
+            (false, _) => Truncation::Off,
+            (true, None) => Truncation::Model,
+            (true, Some(TruncationDirection::Left)) => Truncation::Left,
+            (true, Some(TruncationDirection::Right)) => Truncation::Right,
+        };
+        let texts = req.return_text.then(|| req.texts.clone());
+        let (_, scored) = score(
+            &state,
+            Job {
+                model: req.model,
+                query: req.query,
+                passages: req.texts,
+                truncation,
+                field: "texts",
+            },
+        )
+        .await?;
+        let mut ranks: Vec<Rank> = scored
+            .scores
+            .iter()
+            .enumerate()
+            .map(|(index, &logit)| Rank {
+                index,
+                score: if req.raw_scores {
+                    logit
+                } else {
+                    sigmoid(logit)
+                },
+                text: texts.as_ref().map(|t| t[index].clone()),
+            })
+            .collect();
+        ranks.sort_by(|a, b| b.score.total_cmp(&a.score));
+        Ok::<_, ApiError>((timing_headers(started.elapsed(), &scored), Json(ranks)).into_response())
+    }
+    .await;
+    accepted.answer(result.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// Rerank documents against a query (Cohere's and Jina's API).
+///
+/// `relevance_score` is the sigmoid of the model's logit; results are sorted by it, highest first,
+/// and cut to `top_n`.
+#[utoipa::path(
+    post,
+    path = "/v1/rerank",
+    request_body = CohereRerankRequest,
+    responses(
+        (status = 200, description = "Documents ranked, most relevant first", body = CohereRerankResponse),
+        (status = 400, description = "Malformed JSON or no documents", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "Unknown model", body = ErrorResponse),
+        (status = 413, description = "Too many documents or body too large", body = ErrorResponse),
+        (status = 415, description = "Body not sent as JSON", body = ErrorResponse),
+        (status = 422, description = "Wrong types or missing fields", body = ErrorResponse),
+        (status = 429, description = "Overloaded; retry after Retry-After seconds", body = ErrorResponse),
+        (status = 500, description = "Inference failed", body = ErrorResponse),
+        (status = 503, description = "Loading or shutting down", body = ErrorResponse),
+    ),
+    security((), ("api_key" = [])),
+)]
+async fn cohere_rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let accepted = Accepted::new(&state);
+    let result = async {
+        let req: CohereRerankRequest = read_body(&state, &headers, body)?;
+        if req.top_n == Some(0) {
+            return Err(ApiError::validation(
+                "top_n must be at least 1 (or left out for every document)",
+            ));
+        }
+        let passages: Vec<String> = req.documents.into_iter().map(Document::into_text).collect();
+        let texts = req.return_documents.then(|| passages.clone());
+        let (model, scored) = score(
+            &state,
+            Job {
+                model: req.model,
+                query: req.query,
+                passages,
+                truncation: Truncation::Model,
+                field: "documents",
+            },
+        )
+        .await?;
+        let mut results: Vec<CohereResult> = scored
+            .scores
+            .iter()
+            .enumerate()
+            .map(|(index, &logit)| CohereResult {
+                index,
+                relevance_score: sigmoid(logit),
+                document: texts.as_ref().map(|t| DocumentText {
+                    text: t[index].clone(),
+                }),
+            })
+            .collect();
+        results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
+        if let Some(n) = req.top_n {
+            results.truncate(n);
+        }
+        let body = CohereRerankResponse {
+            id: format!("{:032x}", rand::rng().random::<u128>()),
+            model,
+            results,
+            usage: Usage {
+                total_tokens: scored.tokens,
+            },
+        };
+        Ok((timing_headers(started.elapsed(), &scored), Json(body)).into_response())
+    }
+    .await;
+    accepted.answer(result.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// 200 once the models are loaded and warm; 503 while loading and while shutting down.
+#[utoipa::path(
+    get,
+    path = "/health",
+    responses(
+        (status = 200, description = "Ready", body = HealthResponse),
+        (status = 503, description = "Loading or shutting down", body = HealthResponse),
+    )
+)]
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let (status, text) = match state.phase() {
+        READY => (StatusCode::OK, "ok"),
+        LOADING => (StatusCode::SERVICE_UNAVAILABLE, "loading"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+    };
+    let mut response = (
+        status,
+        Json(HealthResponse {
+            status: text.into(),
+        }),
+    )
+        .into_response();
+    if status != StatusCode::OK {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.settings.retry_after_s),
+        );
+    }
+    response
+}
+
+/// The loaded models, the limits and the version.
+#[utoipa::path(
+    get,
+    path = "/info",
+    responses(
+        (status = 200, description = "Models and limits", body = InfoResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 503, description = "Loading or shutting down", body = ErrorResponse),
+    ),
+    security((), ("api_key" = [])),
+)]
+async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, ApiError> {
+    let engine = ready_engine(&state)?;
+    let retry = state.settings.retry_after_s;
+    let config = &state.engine_config;
+    let mut models = Vec::new();
+    for (name, spec) in engine.model_names().iter().zip(&config.models) {
+        let m = Some(name.as_str());
+        let e = |e: EngineError| ApiError::from_engine(e, retry);
+        let info = engine.model_info(m).map_err(e)?;
+        models.push(ModelDescription {
+            name: name.clone(),
+            architecture: info.architecture.clone(),
+            num_layers: info.num_layers,
+            hidden_size: info.hidden_size,
+            max_length: engine.tokenizer(m).map_err(e)?.max_length(),
+            device: spec.device.clone(),
+            instances: engine.instances(m).map_err(e)?,
+            threads_per_instance: engine.threads_per_instance(m).map_err(e)?,
+        });
+    }
+    let b = &config.batching;
+    Ok(Json(InfoResponse {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        models,
+        limits: Limits {
+            max_client_batch_size: state.settings.max_client_batch_size,
+            payload_limit_bytes: state.settings.payload_limit_bytes,
+            max_batch_size: b.max_batch_size,
+            max_batch_tokens: b.max_batch_tokens,
+            batching_timeout_ms: if b.enabled { b.timeout_ms } else { 0.0 },
+            tokenizer_queue_capacity: config.tokenizer_pool.queue_capacity,
+            batch_queue_capacity: b.queue_capacity,
+        },
+        tokenizer_workers: config.tokenizer_pool.workers,
+        tokenizer_parallelism: config.tokenizer_pool.parallelism,
+        api_key_required: state.settings.api_key.is_some(),
+    }))
+}
+
+/// Prometheus metrics, text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")),
+)]
+async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
+    if let Some(engine) = state.engine.get() {
+        metrics::gauge!("xbench_queue_depth", "queue" => "tokenizer", "model" => "all")
+            .set(engine.tokenizer_queue_depth() as f64);
+        for (model, depth) in engine.batch_queue_depths() {
+            metrics::gauge!("xbench_queue_depth", "queue" => "batch", "model" => model)
+                .set(depth as f64);
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    responses((status = 200, description = "The OpenAPI document of every route", body = Object)),
+)]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {} {}; routes: POST /rerank, POST /v1/rerank, GET /health, GET /info, GET /metrics, GET /openapi.json",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    let allowed = match request.uri().path() {
+        "/rerank" | "/v1/rerank" => "POST",
+        _ => "GET",
+    };
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}; use {allowed}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Compares without stopping at the first differing byte.
+fn same_key(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The Bearer-token check: every route but /health, and /metrics unless configured.
+async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Some(key) = &state.settings.api_key else {
+        return next.run(request).await;
+    };
+    let path = request.uri().path();
+    if path == "/health" || (path == "/metrics" && !state.settings.metrics_require_api_key) {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if same_key(g.as_bytes(), key.as_bytes()) => next.run(request).await,
+        Some(_) => unauthorized("the API key is wrong"),
+        None => {
+            unauthorized("this server needs an API key: send the header Authorization: Bearer KEY")
+        }
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Request count by route and status, latency by route, requests in flight.
+async fn observe(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let started = Instant::now();
+    let in_flight = InFlight::new();
+    let response = next.run(request).await;
+    drop(in_flight);
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("xbench_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("xbench_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The in-flight gauge, decremented however the request ends (a client that goes away drops it).
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn new() -> Self {
+        let g = metrics::gauge!("xbench_requests_in_flight");
+        g.increment(1.0);
+        Self(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
