@@ -969,47 +969,8 @@ fn the_dashboard_queries_only_exported_metrics() {
 #[cfg(unix)]
 #[test]
 fn sigterm_drains_the_requests_in_flight_and_exits_0() {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xbench"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["serve", "server.port=0", "batching.enabled=false"])
-        .env("RUST_LOG", "xbench=info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line.clone());
-            all.push(line);
-        }
-        all
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("xbench serve logs its address");
-        if let Some(at) = line.find("listening on http://") {
-            let rest = &line[at + "listening on http://".len()..];
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    let child = Child(child);
-    let server_url = format!("http://{addr}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while client()
-        .get(format!("{server_url}/health"))
-        .send()
-        .map_or(true, |r| r.status() != StatusCode::OK)
-    {
-        assert!(Instant::now() < deadline, "not ready in 120 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (child, server_url, reader) =
+        spawn_serve(&["server.port=0".as_ref(), "batching.enabled=false".as_ref()]);
     let passages: Vec<String> = sample(8).into_iter().map(|p| p.passage).collect();
     let clients: Vec<_> = (0..4)
         .map(|_| {
@@ -1122,6 +1083,96 @@ fn run_measures_a_cell_through_its_own_server() {
         assert_eq!(c["row"]["requests"], 3, "{c}");
         assert_eq!(c["row"]["errors"], json!({}), "{c}");
     }
-    // In process the batches are counted; over HTTP they are the server's own.
-    assert!(cells[0]["row"]["mean_batch_size"].is_number());
+    // Batches are counted both ways (over HTTP, from the cell's own server).
+    for c in cells {
+        assert!(c["row"]["mean_batch_size"].is_number(), "{c}");
+        assert!(c["row"]["padding_efficiency"].is_number(), "{c}");
+    }
+}
+
+/// Spawns `xbench serve ARGS`; returns the process, its address (from its log) and the thread
+/// that collects its log lines until it exits.
+fn spawn_serve(args: &[&std::ffi::OsStr]) -> (Child, String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xbench"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "xbench=info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Child(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("xbench serve logs its address");
+        if let Some(at) = line.find("listening on http://") {
+            let rest = &line[at + "listening on http://".len()..];
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let url = format!("http://{addr}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client()
+        .get(format!("{url}/health"))
+        .send()
+        .map_or(true, |r| r.status() != StatusCode::OK)
+    {
+        assert!(Instant::now() < deadline, "not ready in 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, url, reader)
+}
+
+/// `xbench serve --from-results` serves the configuration of the file's best cell.
+#[test]
+fn serve_from_results_serves_the_best_cells_config() {
+    let show = |overrides: &[&str]| -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xbench"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["config", "show"])
+            .args(overrides)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_yaml_ng::from_slice(&out.stdout).unwrap()
+    };
+    let cell = |qps: f64, config: Value| json!({"row": {"qps": qps, "latency_ms": {"p99": 10.0}, "requests": 500}, "config": config});
+    let results = json!({"p99_budget_ms": null, "cells": [
+        cell(5.0, show(&["server.port=0", "batching.max_batch_size=5"])),
+        cell(9.0, show(&["server.port=0", "batching.max_batch_size=7"])),
+        cell(7.0, show(&["server.port=0", "batching.max_batch_size=6"])),
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("x_results.json");
+    std::fs::write(&file, results.to_string()).unwrap();
+    let (child, url, reader) = spawn_serve(&["--from-results".as_ref(), file.as_os_str()]);
+    let info: Value = client()
+        .get(format!("{url}/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(info["limits"]["max_batch_size"], 7, "{info}");
+    drop(child);
+    let log = reader.join().unwrap().join("\n");
+    assert!(log.contains("serving cell 2 of 3"), "{log}");
 }

@@ -61,10 +61,9 @@ pub struct SweepArgs {
 
 #[derive(Debug, Args)]
 pub struct ConfigShowArgs {
-    /// Experiment to compose (none: the primary config alone).
-    pub name: Option<String>,
-    /// Overrides, as for `xbench run`.
-    pub overrides: Vec<String>,
+    /// An experiment to compose (optional: the primary config alone), then overrides as for
+    /// `xbench run`.
+    pub args: Vec<String>,
     #[arg(long, default_value = "conf")]
     pub conf: PathBuf,
 }
@@ -75,11 +74,24 @@ pub struct ListArgs {
     pub conf: PathBuf,
 }
 
-fn parse_overrides(list: &[String]) -> anyhow::Result<Vec<Override>> {
+pub(crate) fn parse_overrides(list: &[String]) -> anyhow::Result<Vec<Override>> {
     Ok(list
         .iter()
         .map(|o| Override::parse(o))
         .collect::<Result<_, _>>()?)
+}
+
+/// Splits `[EXPERIMENT] [OVERRIDES...]`: the first word names an experiment unless it is an
+/// override (`key=value`, `+key...`, `~key`).
+pub(crate) fn split_experiment(args: &[String]) -> (Option<String>, Vec<String>) {
+    match args.split_first() {
+        Some((first, rest))
+            if !first.contains('=') && !first.starts_with('~') && !first.starts_with('+') =>
+        {
+            (Some(first.clone()), rest.to_vec())
+        }
+        _ => (None, args.to_vec()),
+    }
 }
 
 fn experiments(conf: &Path) -> Vec<String> {
@@ -88,8 +100,9 @@ fn experiments(conf: &Path) -> Vec<String> {
 
 /// Prints the composed config as YAML.
 pub fn config_show(args: ConfigShowArgs) -> anyhow::Result<()> {
-    let mut overrides = parse_overrides(&args.overrides)?;
-    if let Some(name) = &args.name {
+    let (name, overrides) = split_experiment(&args.args);
+    let mut overrides = parse_overrides(&overrides)?;
+    if let Some(name) = &name {
         overrides.insert(0, Override::parse(&format!("+experiment={name}"))?);
     }
     let composed = compose(&args.conf, "config", &overrides)?;
@@ -206,7 +219,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     None => cell.concurrency,
                 };
                 let timeout = Duration::from_secs_f64(c.experiment.max_duration_s.max(60.0));
-                let http = Arc::new(HttpTarget::new(&url, api_key, connections, timeout)?);
+                let mut http = HttpTarget::new(&url, api_key, connections, timeout)?;
+                if let Some(s) = &server {
+                    let state = s.stats_handle();
+                    http = http.with_stats(Box::new(move || state.batch_stats()));
+                }
+                let http = Arc::new(http);
                 runtime.block_on(http.wait_ready(Duration::from_secs(300)))?;
                 (Target::Http(http), server)
             }

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
+use super::run::{parse_overrides, split_experiment};
 use crate::config::{compose, tree, Override, XbenchConfig};
 use crate::report::results::MIN_SAMPLES_P99;
 use crate::server::Server;
@@ -106,19 +107,8 @@ async fn shutdown_signal() {
 /// The config to serve: an experiment's composition with overrides, or a results file's best cell
 /// with overrides on top.
 fn resolve(args: &ServeArgs) -> anyhow::Result<XbenchConfig> {
-    // The first word names an experiment unless it is an override.
-    let (name, overrides) = match args.args.split_first() {
-        Some((first, rest))
-            if !first.contains('=') && !first.starts_with('~') && !first.starts_with('+') =>
-        {
-            (Some(first.clone()), rest.to_vec())
-        }
-        _ => (None, args.args.clone()),
-    };
-    let overrides: Vec<Override> = overrides
-        .iter()
-        .map(|o| Override::parse(o))
-        .collect::<Result<_, _>>()?;
+    let (name, overrides) = split_experiment(&args.args);
+    let overrides = parse_overrides(&overrides)?;
     if let Some(file) = &args.from_results {
         anyhow::ensure!(
             name.is_none(),

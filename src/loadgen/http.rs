@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::engine::{RerankInput, Timings};
+use crate::engine::{BatchStats, RerankInput, Timings};
 use crate::server::api::{InfoResponse, RerankRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +20,13 @@ pub enum HttpTargetError {
     },
 }
 
+/// Reads the server's batch counters, where the caller can (a server in this process).
+pub type StatsSource = Box<dyn Fn() -> Option<BatchStats> + Send + Sync>;
+
 /// A server to send requests to.
 pub struct HttpTarget {
     base: String,
+    stats: Option<StatsSource>,
     client: reqwest::Client,
     api_key: Option<String>,
     /// At most this many requests in flight (and connections open).
@@ -50,6 +54,7 @@ impl HttpTarget {
             .map_err(|e| HttpTargetError::Client(e.to_string()))?;
         Ok(Self {
             base,
+            stats: None,
             client,
             api_key,
             slots: tokio::sync::Semaphore::new(max_connections.max(1)),
@@ -58,6 +63,16 @@ impl HttpTarget {
 
     pub fn url(&self) -> &str {
         &self.base
+    }
+
+    /// Reports the batches the server formed during each run (mean batch size, padding).
+    pub fn with_stats(mut self, source: StatsSource) -> Self {
+        self.stats = Some(source);
+        self
+    }
+
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.stats.as_ref().and_then(|s| s())
     }
 
     fn get(&self, path: &str) -> reqwest::RequestBuilder {

@@ -352,7 +352,7 @@ pub async fn run(
     }
     let stats = || match &target {
         Target::Engine(e) => Some(e.batch_stats()),
-        Target::Http(_) => None,
+        Target::Http(http) => http.batch_stats(),
     };
     let before = stats();
     let recorder = phase(&target, &prepared, spec, spec.warmup, spec.window).await;

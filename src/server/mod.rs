@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use errors::ApiError;
 
-use crate::engine::{Engine, EngineConfig, StartError};
+use crate::engine::{BatchStats, Engine, EngineConfig, StartError};
 
 /// The server's own settings (`server` in the config, less what the CLI adds).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -286,9 +286,21 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Reads a running server's batch counters.
+#[derive(Clone)]
+pub struct ServerStats(Arc<AppState>);
+
+impl ServerStats {
+    /// The engine's batch counters, once it is loaded.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.0.engine.get().map(|e| e.batch_stats())
+    }
+}
+
 /// A server on its own runtime thread, for `xbench run` cells with `target: self` and for tests.
 pub struct BackgroundServer {
     addr: SocketAddr,
+    state: Arc<AppState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<ServeSummary, ServerError>>>,
 }
@@ -305,7 +317,8 @@ impl BackgroundServer {
         engine: EngineConfig,
         starter: EngineStarter,
     ) -> Result<Self, ServerError> {
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr, ServerError>>();
+        type Bound = Result<(SocketAddr, Arc<AppState>), ServerError>;
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Bound>();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("http-server".into())
@@ -323,7 +336,8 @@ impl BackgroundServer {
                             return Err(e);
                         }
                     };
-                    let _ = bound_tx.send(server.local_addr().map_err(ServerError::Io));
+                    let bound = server.local_addr().map(|a| (a, server.state.clone()));
+                    let _ = bound_tx.send(bound.map_err(ServerError::Io));
                     server
                         .run(async {
                             let _ = stopped.await;
@@ -331,11 +345,12 @@ impl BackgroundServer {
                         .await
                 })
             })?;
-        let addr = bound_rx
+        let (addr, state) = bound_rx
             .recv()
             .map_err(|_| ServerError::Join("the server thread ended before binding".into()))??;
         Ok(Self {
             addr,
+            state,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -347,6 +362,11 @@ impl BackgroundServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A handle on the engine's batch counters that outlives borrows of the server.
+    pub fn stats_handle(&self) -> ServerStats {
+        ServerStats(self.state.clone())
     }
 
     /// Graceful shutdown: stops accepting, answers every request in flight, stops the engine.
