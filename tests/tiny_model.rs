@@ -153,3 +153,35 @@ fn two_label_models_load_but_are_not_scored_as_rerankers() {
         .to_string();
     assert!(err.contains("has 2 labels"), "{err}");
 }
+
+/// The packed forward pass (no padding) gives the padded path's logits, pair by pair, for batches
+/// of very different lengths.
+#[test]
+fn packed_and_padded_forward_passes_agree() {
+    let dir = tiny();
+    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
+    let model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+    let tok = PairTokenizer::load(&files, 64, None).unwrap();
+    let pairs = pairs();
+    for chunk in pairs.chunks(13) {
+        let batch = tok
+            .encode_batch(chunk.iter().map(|p| (p.query.as_str(), p.passage.as_str())))
+            .unwrap();
+        assert!(
+            batch.total_tokens() < batch.padded_tokens(),
+            "lengths differ"
+        );
+        let packed = model.forward(&batch).unwrap().to_vec2::<f32>().unwrap();
+        let padded = model
+            .forward_padded(&batch)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(packed.len(), chunk.len());
+        for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-5, "pair {i}: packed {x}, padded {y}");
+            }
+        }
+    }
+}

@@ -44,8 +44,9 @@ impl CandleBackend {
 }
 
 impl Backend for CandleBackend {
+    /// candle runs the packed tokens: a batch costs its real tokens.
     fn is_padded(&self) -> bool {
-        true
+        false
     }
 
     fn health(&self) -> Result<(), BackendError> {

@@ -2,8 +2,11 @@
 //! `models/bert/modeling_bert.py`, weight paths mirrored with `vb.pp(...)`.
 //!
 //! Hidden states are kept as a `[tokens, hidden]` matrix so every linear layer is one matrix
-//! product; attention reshapes to `[pairs, heads, length, head_dim]` over the padded rectangle that
-//! [`Batch::padded`] builds, masking padded keys as transformers does.
+//! product. The default forward pass runs on the packed tokens of a [`Batch`], with no padding:
+//! embeddings, linear layers, LayerNorm and the activation see only real tokens, and attention runs
+//! per pair on its own token range. [`BertForSequenceClassification::forward_padded`] keeps the
+//! padded path (`[pairs, heads, length, head_dim]` over [`Batch::padded`], padded keys masked as
+//! transformers does) for devices that want rectangles and as the reference in tests.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -180,6 +183,34 @@ impl BertSelfAttention {
         })
     }
 
+    /// Packed attention: `x` is `[tokens, hidden]`; the pair at `(start, len)` attends only to its
+    /// own tokens, so no padding is computed or masked.
+    fn forward_packed(&self, x: &Tensor, ranges: &[(usize, usize)]) -> Result<Tensor> {
+        let q = self.query.forward(x)?;
+        let k = self.key.forward(x)?;
+        let v = self.value.forward(x)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut contexts = Vec::with_capacity(ranges.len());
+        for &(start, len) in ranges {
+            let split = |t: &Tensor| {
+                t.narrow(0, start, len)?
+                    .reshape((len, self.heads, self.head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
+            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let context = probs.matmul(&v)?;
+            contexts.push(
+                context
+                    .transpose(0, 1)?
+                    .reshape((len, self.heads * self.head_dim))?,
+            );
+        }
+        Tensor::cat(&contexts, 0)
+    }
+
     /// `x` is `[pairs * length, hidden]`, `mask_bias` `[pairs, 1, 1, length]`.
     fn forward(
         &self,
@@ -263,7 +294,17 @@ impl BertLayer {
         length: usize,
     ) -> Result<Tensor> {
         let attended = self.attention.forward(x, mask_bias, pairs, length)?;
-        let x = self.attention_output.forward(&attended, x)?;
+        self.feed_forward(x, &attended)
+    }
+
+    fn forward_packed(&self, x: &Tensor, ranges: &[(usize, usize)]) -> Result<Tensor> {
+        let attended = self.attention.forward_packed(x, ranges)?;
+        self.feed_forward(x, &attended)
+    }
+
+    /// `BertSelfOutput`, `BertIntermediate`, `BertOutput`: token-wise, so padded or packed alike.
+    fn feed_forward(&self, x: &Tensor, attended: &Tensor) -> Result<Tensor> {
+        let x = self.attention_output.forward(attended, x)?;
         let inner = self.act.forward(&self.intermediate.forward(&x)?)?;
         self.output.forward(&inner, &x)
     }
@@ -295,8 +336,7 @@ impl BertForSequenceClassification {
         })
     }
 
-    /// Logits `[pairs, num_labels]`.
-    pub fn forward(&self, batch: &Batch, device: &Device) -> Result<Tensor> {
+    fn check_positions(&self, batch: &Batch) -> Result<()> {
         if batch.max_length > self.max_positions {
             candle_core::bail!(
                 "a pair of {} tokens exceeds the model's {} positions",
@@ -304,6 +344,50 @@ impl BertForSequenceClassification {
                 self.max_positions
             );
         }
+        Ok(())
+    }
+
+    /// Logits `[pairs, num_labels]`, computed on the packed tokens (no padding).
+    pub fn forward(&self, batch: &Batch, device: &Device) -> Result<Tensor> {
+        self.check_positions(batch)?;
+        let tokens = batch.total_tokens();
+        let ids = Tensor::from_slice(&batch.input_ids, tokens, device)?;
+        let types = Tensor::from_slice(&batch.token_type_ids, tokens, device)?;
+        let positions = Tensor::from_slice(&batch.position_ids, tokens, device)?;
+        let ranges: Vec<(usize, usize)> = (0..batch.pairs())
+            .map(|i| {
+                let r = batch.range(i);
+                (r.start, r.len())
+            })
+            .collect();
+        let mut x = self.embeddings.forward(&ids, &types, &positions)?;
+        for layer in &self.layers {
+            x = layer.forward_packed(&x, &ranges)?;
+        }
+        // `BertPooler` on the first token of each pair.
+        let firsts = Tensor::from_slice(
+            &batch.cu_seq_lengths[..batch.pairs()],
+            batch.pairs(),
+            device,
+        )?;
+        self.head(&x.index_select(&firsts, 0)?)
+    }
+
+    /// `BertPooler` (dense + tanh) and the classifier, on `[pairs, hidden]` first tokens.
+    fn head(&self, first: &Tensor) -> Result<Tensor> {
+        let pooled = self.pooler.forward(first)?.tanh()?;
+        let logits = self.classifier.forward(&pooled)?;
+        if logits.dtype() == DType::F32 {
+            Ok(logits)
+        } else {
+            logits.to_dtype(DType::F32)
+        }
+    }
+
+    /// Logits `[pairs, num_labels]` over the padded rectangle `[pairs, longest]`, as transformers
+    /// computes a padded batch.
+    pub fn forward_padded(&self, batch: &Batch, device: &Device) -> Result<Tensor> {
+        self.check_positions(batch)?;
         let p = batch.padded(self.pad_token_id);
         let (pairs, length) = (p.pairs, p.length);
         let ids = Tensor::from_vec(p.input_ids, pairs * length, device)?;
@@ -322,14 +406,7 @@ impl BertForSequenceClassification {
         for layer in &self.layers {
             x = layer.forward(&x, &mask_bias, pairs, length)?;
         }
-        // `BertPooler`: dense + tanh on the first token of each pair.
         let first = x.reshape((pairs, length, ()))?.i((.., 0))?;
-        let pooled = self.pooler.forward(&first)?.tanh()?;
-        let logits = self.classifier.forward(&pooled)?;
-        if logits.dtype() == DType::F32 {
-            Ok(logits)
-        } else {
-            logits.to_dtype(DType::F32)
-        }
+        self.head(&first)
     }
 }

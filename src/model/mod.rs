@@ -160,10 +160,19 @@ impl CrossEncoder {
         &self.device
     }
 
-    /// Logits `[pairs, num_labels]` for a packed batch.
+    /// Logits `[pairs, num_labels]` for a packed batch, computed without padding.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor, ModelError> {
         let logits = match &self.inner {
             Inner::Bert(m) => m.forward(batch, &self.device)?,
+        };
+        Ok(logits)
+    }
+
+    /// [`CrossEncoder::forward`] over the padded rectangle `[pairs, longest]`: the reference the
+    /// packed path is tested against, and the layout for devices that want rectangles.
+    pub fn forward_padded(&self, batch: &Batch) -> Result<Tensor, ModelError> {
+        let logits = match &self.inner {
+            Inner::Bert(m) => m.forward_padded(batch, &self.device)?,
         };
         Ok(logits)
     }
