@@ -129,6 +129,21 @@ fn assert_envelope(v: &Value, kind: &str) -> String {
     msg
 }
 
+/// Posts `body` and checks the answer is the error envelope with this status, kind and message.
+fn expect_error(
+    server: &TestServer,
+    path: &str,
+    body: &Value,
+    status: StatusCode,
+    kind: &str,
+    says: &str,
+) {
+    let (s, v) = post(server, path, body);
+    assert_eq!(s, status, "{v}");
+    let message = assert_envelope(&v, kind);
+    assert!(message.contains(says), "{message}");
+}
+
 /// Queries with their passages, in file order.
 fn grouped(pairs: &[Pair]) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
@@ -321,68 +336,83 @@ fn every_row_of_the_status_table() {
         assert!(assert_envelope(&v, "payload_too_large").contains("4096"));
     }
     // 422: wrong types and missing fields name the field.
-    let (s, v) = post(&server, "/rerank", &json!({"query": "q", "texts": "one"}));
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(assert_envelope(&v, "validation").contains("texts"), "{v}");
-    let (s, v) = post(&server, "/rerank", &json!({"texts": ["a"]}));
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(assert_envelope(&v, "validation").contains("query"), "{v}");
-    let (s, v) = post(
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": "one"}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "texts",
+    );
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"texts": ["a"]}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "query",
+    );
+    expect_error(
         &server,
         "/v1/rerank",
         &json!({"query": "q", "documents": [1]}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "documents",
     );
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(
-        assert_envelope(&v, "validation").contains("documents"),
-        "{v}"
-    );
-    let (s, v) = post(
+    expect_error(
         &server,
         "/v1/rerank",
         &json!({"query": "q", "documents": ["a"], "top_n": 0}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "top_n",
     );
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(assert_envelope(&v, "validation").contains("top_n"), "{v}");
     // 400: nothing to rank.
-    let (s, v) = post(&server, "/rerank", &json!({"query": "q", "texts": []}));
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(assert_envelope(&v, "bad_request").contains("'texts' is empty"));
-    let (s, v) = post(
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": []}),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "'texts' is empty",
+    );
+    expect_error(
         &server,
         "/v1/rerank",
         &json!({"query": "q", "documents": []}),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "'documents' is empty",
     );
-    assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(assert_envelope(&v, "bad_request").contains("'documents' is empty"));
     // 413: more texts than max_client_batch_size.
-    let (s, v) = post(
+    expect_error(
         &server,
         "/rerank",
         &json!({"query": "q", "texts": ["a", "b", "c", "d", "e"]}),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "max_client_batch_size 4",
     );
-    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(assert_envelope(&v, "payload_too_large").contains("max_client_batch_size 4"));
     // 422: over max_length with truncation off; truncated by default. The model's limit is 512.
     let long = "word ".repeat(700);
-    let (s, v) = post(
+    expect_error(
         &server,
         "/rerank",
         &json!({"query": "q", "texts": [long], "truncate": false}),
-    );
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(
-        assert_envelope(&v, "validation").contains("max_length 512"),
-        "{v}"
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "max_length 512",
     );
     // 404: unknown model, unknown route.
-    let (s, v) = post(
+    expect_error(
         &server,
         "/rerank",
         &json!({"query": "q", "texts": ["a"], "model": "nope"}),
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "unknown model 'nope'",
     );
-    assert_eq!(s, StatusCode::NOT_FOUND);
-    assert!(assert_envelope(&v, "not_found").contains("unknown model 'nope'"));
     let r = client().get(server.url("/nowhere")).send().unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_envelope(&r.json().unwrap(), "not_found");
@@ -392,13 +422,14 @@ fn every_row_of_the_status_table() {
     assert!(assert_envelope(&r.json().unwrap(), "method_not_allowed").contains("use POST"));
     // 500: a failed batch fails its own request only (pairs over 64 tokens fail here); the
     // short request after it is scored.
-    let (s, v) = post(
+    expect_error(
         &server,
         "/rerank",
         &json!({"query": "q", "texts": ["word ".repeat(100)]}),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "injected failure",
     );
-    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(assert_envelope(&v, "internal").contains("injected failure"));
     let (s, _) = post(
         &server,
         "/rerank",
@@ -458,15 +489,13 @@ fn truncation_direction_keeps_the_end_asked_for() {
         (default - right).abs() < 1e-6,
         "the demo model truncates on the right"
     );
-    let (s, v) = post(
+    expect_error(
         &server,
         "/rerank",
         &json!({"query": "rust", "texts": [text], "truncate": false}),
-    );
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(
-        assert_envelope(&v, "validation").contains("max_length 16"),
-        "{v}"
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "max_length 16",
     );
 }
 
