@@ -1,7 +1,6 @@
 //! The engine on the demo model: scores equal `xbench score`'s whatever the worker counts and
 //! batching, and every stage of the load generator gives a consistent row.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,22 +10,10 @@ use xbench::engine::{
 };
 use xbench::loadgen::{self, Load, RunSpec, Stage, Window, Workload};
 use xbench::report::{BenchRow, CellLabels};
-use xbench::score::{read_pairs, Pair, Scorer};
+use xbench::score::{Pair, Scorer};
 
-fn demo() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo-minilm-l6");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "run ./scripts/fetch_demo_model.sh"
-    );
-    dir.to_str().unwrap().to_string()
-}
-
-fn sample(n: usize) -> Vec<Pair> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample_pairs.jsonl");
-    let pairs = read_pairs(std::io::BufReader::new(std::fs::File::open(path).unwrap())).unwrap();
-    pairs.into_iter().take(n).collect()
-}
+mod common;
+use common::{demo, sample};
 
 fn config(
     model: &str,

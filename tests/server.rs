@@ -16,23 +16,11 @@ use xbench::backend::{Backend, BackendError, CandleBackend};
 use xbench::batch::Batch;
 use xbench::engine::{BatchingConfig, Engine, EngineConfig, ModelSpec, TokenizerPoolConfig};
 use xbench::model::ModelFiles;
-use xbench::score::{read_pairs, sigmoid, Pair, Scorer};
+use xbench::score::{sigmoid, Pair, Scorer};
 use xbench::server::{BackgroundServer, EngineStarter, ServeSummary, ServerSettings};
 
-fn demo() -> String {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo-minilm-l6");
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "run ./scripts/fetch_demo_model.sh"
-    );
-    dir.to_str().unwrap().to_string()
-}
-
-fn sample(n: usize) -> Vec<Pair> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample_pairs.jsonl");
-    let pairs = read_pairs(std::io::BufReader::new(std::fs::File::open(path).unwrap())).unwrap();
-    pairs.into_iter().take(n).collect()
-}
+mod common;
+use common::{demo, sample};
 
 fn engine_config(batching: BatchingConfig) -> EngineConfig {
     EngineConfig {
