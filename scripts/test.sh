@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 ./scripts/fetch_demo_model.sh
 ./scripts/install_prometheus.sh
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace

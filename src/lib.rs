@@ -7,6 +7,8 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod engine;
+/// The fused CPU kernels (the `xbench-kernels` crate of this workspace).
+pub use xbench_kernels as kernels;
 pub mod loadgen;
 pub mod model;
 pub mod report;

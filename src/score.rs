@@ -6,7 +6,7 @@ use std::io::BufRead;
 use candle_core::{DType, Device};
 use serde_json::Value;
 
-use crate::model::{CrossEncoder, ModelError, ModelFiles};
+use crate::model::{CrossEncoder, Kernels, ModelError, ModelFiles};
 use crate::tokenize::{PairTokenizer, TokenizeError};
 
 /// One (query, passage) pair.
@@ -148,8 +148,18 @@ impl Scorer {
         device: &Device,
         max_length: Option<usize>,
     ) -> Result<Self, ScoreError> {
+        Self::load_with(model, device, max_length, Kernels::default())
+    }
+
+    /// [`Scorer::load`] with the given kernels (see [`Kernels`]).
+    pub fn load_with(
+        model: &str,
+        device: &Device,
+        max_length: Option<usize>,
+        kernels: Kernels,
+    ) -> Result<Self, ScoreError> {
         let files = ModelFiles::resolve(model)?;
-        let model = CrossEncoder::load(&files, device, DType::F32)?;
+        let model = CrossEncoder::load_with(&files, device, DType::F32, kernels)?;
         let info = model.info();
         if info.num_labels != 1 {
             return Err(ScoreError::NotAReranker {

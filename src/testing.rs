@@ -17,6 +17,8 @@ pub struct TinyBert {
     pub max_positions: usize,
     pub num_labels: usize,
     pub seed: u64,
+    /// `hidden_act` of config.json.
+    pub hidden_act: String,
 }
 
 impl Default for TinyBert {
@@ -29,6 +31,7 @@ impl Default for TinyBert {
             max_positions: 64,
             num_labels: 1,
             seed: 7,
+            hidden_act: "gelu".into(),
         }
     }
 }
@@ -78,7 +81,7 @@ impl TinyBert {
             "num_hidden_layers": self.layers,
             "num_attention_heads": self.heads,
             "intermediate_size": self.intermediate,
-            "hidden_act": "gelu",
+            "hidden_act": self.hidden_act,
             "max_position_embeddings": self.max_positions,
             "type_vocab_size": 2,
             "layer_norm_eps": 1e-12,

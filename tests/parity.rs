@@ -7,6 +7,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use serde::Deserialize;
+use xbench::model::Kernels;
 use xbench::score::{Pair, Scorer};
 
 const DEMO: &str = "models/demo-minilm-l6";
@@ -30,6 +31,10 @@ struct ReferencePair {
 }
 
 fn setup() -> (Reference, Scorer) {
+    setup_with(Kernels::Fused)
+}
+
+fn setup_with(kernels: Kernels) -> (Reference, Scorer) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("tests/data/reference_scores.json")).unwrap();
     let reference: Reference = serde_json::from_str(&text).unwrap();
@@ -39,7 +44,8 @@ fn setup() -> (Reference, Scorer) {
         model_dir.join("model.safetensors").is_file(),
         "the demo model is missing: run ./scripts/fetch_demo_model.sh"
     );
-    let scorer = Scorer::load(model_dir.to_str().unwrap(), &Device::Cpu, None).unwrap();
+    let scorer =
+        Scorer::load_with(model_dir.to_str().unwrap(), &Device::Cpu, None, kernels).unwrap();
     assert_eq!(scorer.tokenizer().max_length(), reference.max_length);
     (reference, scorer)
 }
@@ -61,9 +67,16 @@ fn token_ids_match_transformers() {
     );
 }
 
+/// Both kernels: the fused CPU pass (the default) and candle's ops.
 #[test]
 fn logits_match_transformers_and_do_not_depend_on_batch_size() {
-    let (reference, scorer) = setup();
+    for kernels in [Kernels::Fused, Kernels::Candle] {
+        logits_match_with(kernels);
+    }
+}
+
+fn logits_match_with(kernels: Kernels) {
+    let (reference, scorer) = setup_with(kernels);
     let pairs: Vec<Pair> = reference
         .pairs
         .iter()
@@ -76,12 +89,13 @@ fn logits_match_transformers_and_do_not_depend_on_batch_size() {
         worst = worst.max(diff);
         assert!(
             diff <= LOGIT_TOLERANCE,
-            "pair {i}: xbench {got}, transformers {}",
+            "{kernels:?} kernels, pair {i}: xbench {got}, transformers {}",
             r.logit
         );
     }
     eprintln!(
-        "max |xbench - transformers| = {worst:e} over {} pairs",
+        "{} kernels: max |xbench - transformers| = {worst:e} over {} pairs",
+        kernels.name(),
         pairs.len()
     );
     let mut worst = 0f32;
@@ -91,9 +105,12 @@ fn logits_match_transformers_and_do_not_depend_on_batch_size() {
             worst = worst.max((a - c).abs());
             assert!(
                 (a - c).abs() <= BATCH_TOLERANCE,
-                "pair {i}: batch 32 {a}, batch {b} {c}"
+                "{kernels:?} kernels, pair {i}: batch 32 {a}, batch {b} {c}"
             );
         }
     }
-    eprintln!("max |batch 32 - batch 1 or 7| = {worst:e}");
+    eprintln!(
+        "{} kernels: max |batch 32 - batch 1 or 7| = {worst:e}",
+        kernels.name()
+    );
 }

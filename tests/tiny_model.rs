@@ -1,7 +1,7 @@
 //! The cross-encoder on a tiny generated BERT: batching, padding and truncation invariants.
 
 use candle_core::{DType, Device};
-use xbench::model::{CrossEncoder, ModelFiles};
+use xbench::model::{CrossEncoder, Kernels, ModelFiles};
 use xbench::score::{Pair, Scorer};
 use xbench::testing::TinyBert;
 use xbench::tokenize::PairTokenizer;
@@ -160,7 +160,8 @@ fn two_label_models_load_but_are_not_scored_as_rerankers() {
 fn packed_and_padded_forward_passes_agree() {
     let dir = tiny();
     let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
-    let model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+    let model = CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, Kernels::Candle).unwrap();
+    assert_eq!(model.kernels(), Kernels::Candle);
     let tok = PairTokenizer::load(&files, 64, None).unwrap();
     let pairs = pairs();
     for chunk in pairs.chunks(13) {
@@ -183,5 +184,48 @@ fn packed_and_padded_forward_passes_agree() {
                 assert!((x - y).abs() <= 1e-5, "pair {i}: packed {x}, padded {y}");
             }
         }
+    }
+}
+
+/// The fused CPU kernels give candle's logits (padded path, the reference), pair by pair, for
+/// batches of very different lengths, for every activation the kernels implement.
+#[test]
+fn fused_kernels_agree_with_candle() {
+    for act in ["gelu", "gelu_new", "relu", "silu"] {
+        let dir = tempfile::tempdir().unwrap();
+        TinyBert {
+            hidden_act: act.to_string(),
+            ..TinyBert::default()
+        }
+        .write(dir.path())
+        .unwrap();
+        let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
+        let fused = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+        assert_eq!(fused.kernels(), Kernels::Fused);
+        let candle =
+            CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, Kernels::Candle).unwrap();
+        let tok = PairTokenizer::load(&files, 64, None).unwrap();
+        let pairs = pairs();
+        let mut worst = 0f32;
+        for chunk in pairs.chunks(13) {
+            let batch = tok
+                .encode_batch(chunk.iter().map(|p| (p.query.as_str(), p.passage.as_str())))
+                .unwrap();
+            let a = fused.forward(&batch).unwrap().to_vec2::<f32>().unwrap();
+            let b = candle
+                .forward_padded(&batch)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(a.len(), chunk.len());
+            for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+                worst = worst.max((x - y).abs());
+            }
+            let scores = fused.predict(&batch).unwrap();
+            for (s, row) in scores.iter().zip(&a) {
+                assert_eq!(*s, row[0]);
+            }
+        }
+        assert!(worst <= 1e-5, "{act}: fused vs candle max |diff| {worst}");
     }
 }

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device};
 
 use crate::batch::Batch;
-use crate::model::{CrossEncoder, ModelError, ModelFiles, ModelInfo};
+use crate::model::{CrossEncoder, Kernels, ModelError, ModelFiles, ModelInfo};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
@@ -32,10 +32,24 @@ pub struct CandleBackend {
 }
 
 impl CandleBackend {
+    /// fp32 with the default kernels (fused on CPU).
     pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, ModelError> {
+        Self::load_with(files, device, Kernels::default())
+    }
+
+    pub fn load_with(
+        files: &ModelFiles,
+        device: &Device,
+        kernels: Kernels,
+    ) -> Result<Self, ModelError> {
         Ok(Self {
-            model: CrossEncoder::load(files, device, DType::F32)?,
+            model: CrossEncoder::load_with(files, device, DType::F32, kernels)?,
         })
+    }
+
+    /// The kernels the model runs.
+    pub fn kernels(&self) -> Kernels {
+        self.model.kernels()
     }
 
     pub fn info(&self) -> &ModelInfo {

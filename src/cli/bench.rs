@@ -1,5 +1,6 @@
 //! `xbench bench`: one cell of the in-process pipeline under load, printed as one result row.
 
+use crate::model::Kernels;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +90,9 @@ pub struct BenchArgs {
     /// cpu, cuda[:N] or metal[:N].
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// CPU fp32 kernels: fused (xbench's) or candle (candle's ops).
+    #[arg(long, value_enum, default_value = "fused")]
+    pub kernels: Kernels,
     /// Print the row as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -182,6 +186,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             threads: args.threads,
             max_length: args.max_length,
             device: args.device.clone(),
+            kernels: args.kernels,
         }],
         tokenizer_pool: TokenizerPoolConfig {
             workers: args.tokenizer_workers,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use crate::model::parse_device;
+use crate::model::{parse_device, Kernels};
 use crate::score::{read_pairs, sigmoid, Scorer};
 
 #[derive(Debug, Args)]
@@ -31,6 +31,9 @@ pub struct ScoreArgs {
     /// cpu, cuda[:N] (with --features cuda) or metal[:N] (with --features metal).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// CPU fp32 kernels: fused (xbench's) or candle (candle's ops).
+    #[arg(long, value_enum, default_value = "fused")]
+    pub kernels: Kernels,
 }
 
 #[derive(serde::Serialize)]
@@ -53,7 +56,7 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     };
     let device = parse_device(&args.device)?;
     let started = Instant::now();
-    let scorer = Scorer::load(&args.model, &device, args.max_length)?;
+    let scorer = Scorer::load_with(&args.model, &device, args.max_length, args.kernels)?;
     tracing::info!(
         model = %args.model,
         max_length = scorer.tokenizer().max_length(),

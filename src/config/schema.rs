@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::{Composed, ConfigError};
 use crate::engine::{BatchingConfig, EngineConfig, ModelSpec, TokenizerPoolConfig};
 use crate::loadgen::Stage;
+use crate::model::Kernels;
 use crate::server::ServerSettings;
 
 /// The whole config.
@@ -63,6 +64,9 @@ pub struct InstanceConfig {
     /// Compute threads per worker; default the cores divided among all workers.
     #[serde(default)]
     pub threads: Option<usize>,
+    /// `fused` (xbench's CPU kernels, used on CPU in fp32) or `candle` (candle's ops).
+    #[serde(default)]
+    pub kernels: Kernels,
 }
 
 fn candle() -> String {
@@ -333,6 +337,7 @@ impl XbenchConfig {
                 threads: m.threads,
                 max_length: m.max_length,
                 device: m.device.clone(),
+                kernels: m.kernels,
             };
             match models.iter_mut().find(|s| s.name == spec.name) {
                 Some(s) if ModelSpec { instances: s.instances, ..spec.clone() } == *s => {

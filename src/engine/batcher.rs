@@ -193,17 +193,28 @@ pub(crate) struct Work {
 }
 
 /// Cuts batches from `queue` and hands them to `out` until the queue closes.
+///
+/// A batch is cut when an instance is free (`idle` holds one token per free instance), not
+/// before: while every instance is busy, requests keep joining the waiting batch until it is full,
+/// so under load batches grow to the limits instead of leaving one request each.
 pub(crate) fn run(
     queue: crossbeam_channel::Receiver<Pending>,
     out: crossbeam_channel::Sender<Work>,
+    idle: crossbeam_channel::Receiver<()>,
     config: BatchingConfig,
     padded: bool,
     counters: Arc<BatchCounters>,
 ) {
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     let timeout = config.timeout();
+    let mut queue_open = true;
+    // Idle tokens taken but not yet used for a batch.
+    let mut free = 0usize;
     loop {
         if waiting.is_empty() {
+            if !queue_open {
+                return;
+            }
             match queue.recv() {
                 Ok(p) => waiting.push_back(p),
                 Err(_) => return,
@@ -229,10 +240,52 @@ pub(crate) fn run(
                 }
             }
         }
+        // Wait for a free instance, taking new requests meanwhile while the batch is not full.
+        while free == 0 {
+            waiting.retain(|p| !p.state.is_abandoned());
+            if waiting.is_empty() {
+                break;
+            }
+            let growing = config.enabled && queue_open && !is_full(&waiting, &config, padded);
+            let token = if growing {
+                crossbeam_channel::select! {
+                    recv(idle) -> token => Some(token.is_ok()),
+                    recv(queue) -> p => {
+                        match p {
+                            Ok(p) => waiting.push_back(p),
+                            Err(_) => queue_open = false,
+                        }
+                        None
+                    }
+                }
+            } else {
+                Some(idle.recv().is_ok())
+            };
+            match token {
+                Some(true) => free += 1,
+                Some(false) => {
+                    // Every instance has stopped: nothing will compute what waits.
+                    for p in waiting.drain(..) {
+                        p.state.fail(EngineError::Shutdown);
+                    }
+                    return;
+                }
+                None => {}
+            }
+        }
+        // Requests that arrived meanwhile join, up to a full batch.
+        while config.enabled && queue_open && !is_full(&waiting, &config, padded) {
+            match queue.try_recv() {
+                Ok(p) => waiting.push_back(p),
+                Err(_) => break,
+            }
+        }
         waiting.retain(|p| !p.state.is_abandoned());
         let Some(work) = cut(&mut waiting, &config, padded) else {
+            // No work after all (every waiting caller left): the token is kept for the next batch.
             continue;
         };
+        free -= 1;
         counters.batches.fetch_add(1, Ordering::Relaxed);
         counters
             .pairs

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::backend::{Backend, BackendError, CandleBackend};
-use crate::model::{parse_device, ModelError, ModelFiles, ModelInfo};
+use crate::model::{parse_device, Kernels, ModelError, ModelFiles, ModelInfo};
 use crate::tokenize::{Encoded, PairTokenizer, TokenizeError, Truncation};
 
 pub use batcher::BatchingConfig;
@@ -97,6 +97,9 @@ pub struct ModelSpec {
     /// cpu, cuda[:N] or metal[:N].
     #[serde(default = "cpu")]
     pub device: String,
+    /// fused (xbench's CPU kernels, fp32) or candle (candle's ops).
+    #[serde(default)]
+    pub kernels: Kernels,
 }
 
 fn one() -> usize {
@@ -114,6 +117,7 @@ impl ModelSpec {
             threads: None,
             max_length: None,
             device: cpu(),
+            kernels: Kernels::default(),
         }
     }
 }
@@ -247,7 +251,7 @@ impl Engine {
         Self::start_with(config, |spec| {
             let files = ModelFiles::resolve(&spec.name)?;
             let device = parse_device(&spec.device)?;
-            let backend = CandleBackend::load(&files, &device)?;
+            let backend = CandleBackend::load_with(&files, &device, spec.kernels)?;
             let info = backend.info().clone();
             Ok((files, info, Arc::new(backend) as Arc<dyn Backend>))
         })

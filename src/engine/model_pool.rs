@@ -26,25 +26,29 @@ impl ModelPool {
         config: BatchingConfig,
         counters: Arc<BatchCounters>,
     ) -> Self {
-        // One batch in flight per instance plus one ready: the batcher keeps filling the next batch
-        // while every instance is busy.
+        // The batcher hands a batch over only to a free instance (idle tokens below), so this
+        // channel never holds more than one batch per instance; meanwhile the next batch keeps
+        // filling in the batcher.
         let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(instances);
+        // One token per free instance: the batcher cuts a batch only when one can take it.
+        let (idle_tx, idle_rx) = crossbeam_channel::bounded::<()>(instances);
         let padded = backend.is_padded();
         let mut handles = Vec::with_capacity(instances + 1);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("batcher-{}", short(name)))
-                .spawn(move || batcher::run(queue, work_tx, config, padded, counters))
+                .spawn(move || batcher::run(queue, work_tx, idle_rx, config, padded, counters))
                 .expect("spawning the batcher thread failed. This is a bug."),
         );
         for i in 0..instances {
             let rx = work_rx.clone();
+            let idle = idle_tx.clone();
             let backend = backend.clone();
             let model = name.to_string();
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("model-{}-{i}", short(name)))
-                    .spawn(move || run_instance(&model, i, backend, threads, rx))
+                    .spawn(move || run_instance(&model, i, backend, threads, rx, idle))
                     .expect("spawning a model instance thread failed. This is a bug."),
             );
         }
@@ -70,6 +74,7 @@ fn run_instance(
     backend: Arc<dyn Backend>,
     threads: usize,
     work: crossbeam_channel::Receiver<Work>,
+    idle: crossbeam_channel::Sender<()>,
 ) {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -95,6 +100,8 @@ fn run_instance(
     let efficiency = metrics::histogram!("xbench_batch_padding_efficiency", &labels);
     let durations = metrics::histogram!("xbench_batch_duration_seconds", &labels);
     let padded = backend.is_padded();
+    // Free: ask for work. (The batcher may have stopped; then the loop below ends too.)
+    let _ = idle.send(());
     while let Ok(Work { batch, segments }) = work.recv() {
         let computed = if padded {
             batch.pairs() * batch.max_length
@@ -155,5 +162,6 @@ fn run_instance(
                 }
             }
         }
+        let _ = idle.send(());
     }
 }

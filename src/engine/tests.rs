@@ -276,8 +276,8 @@ async fn a_full_queue_answers_overloaded_at_once() {
         }));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // The instance is held at the gate: one batch computing, one ready, one in the batcher's
-    // hands, two queued; the rest are refused without waiting.
+    // The instance is held at the gate: one batch computing, one waiting in the batcher for a
+    // free instance, two queued; the rest are refused without waiting.
     tokio::time::sleep(Duration::from_millis(50)).await;
     open(&g);
     let (mut overloaded, mut answered) = (0, 0);
@@ -299,6 +299,42 @@ async fn a_full_queue_answers_overloaded_at_once() {
     }
     assert!(overloaded >= 5, "{overloaded} overloaded");
     assert!(answered >= 4, "{answered} answered");
+}
+
+/// A batch is cut when an instance is free, not at the timeout: requests arriving while the only
+/// instance is busy join one batch (with a 0 ms timeout, each would otherwise leave alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_grow_while_every_instance_is_busy() {
+    let g = gate();
+    let f = start(
+        Mock {
+            gate: Some(g.clone()),
+            ..Mock::default()
+        },
+        batching(32, 16384, 0.0),
+        1,
+    );
+    let mock = f.mock.clone();
+    let engine = Arc::new(f.engine);
+    let spawn = |r: u32| {
+        let e = engine.clone();
+        tokio::spawn(async move { (r, e.infer(None, request(r, 2)).await) })
+    };
+    let first = spawn(0);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let rest: Vec<_> = (1..7).map(spawn).collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    open(&g);
+    for t in std::iter::once(first).chain(rest) {
+        let (r, scored) = t.await.unwrap();
+        let want: Vec<f32> = request(r, 2)
+            .iter()
+            .map(|e| expected_score(&e.ids))
+            .collect();
+        assert_eq!(scored.unwrap().scores, want, "request {r}");
+    }
+    let batches: Vec<usize> = mock.batches.lock().unwrap().iter().map(|b| b.0).collect();
+    assert_eq!(batches, vec![2, 12], "pairs per batch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,11 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::fused::{Embeddings, FusedBert, FusedLayer, Norm};
 use super::ModelError;
 use crate::batch::Batch;
+use xbench_kernels::matmul::Weight;
+use xbench_kernels::rows::Act;
 
 /// `hidden_act` values this implementation runs (transformers' `ACT2FN` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -410,5 +413,97 @@ impl BertForSequenceClassification {
         }
         let first = x.reshape((pairs, length, ()))?.i((.., 0))?;
         self.head(&first)
+    }
+}
+
+/// The values of a candle tensor as a flat f32 vector.
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+fn fused_weight(linear: &Linear) -> Result<Weight> {
+    let (outputs, inputs) = linear.weight().dims2()?;
+    let bias = match linear.bias() {
+        Some(b) => values(b)?,
+        None => vec![0.0; outputs],
+    };
+    Ok(Weight::from_out_in(
+        &values(linear.weight())?,
+        bias,
+        outputs,
+        inputs,
+    ))
+}
+
+fn fused_norm(norm: &LayerNorm) -> Result<Norm> {
+    let gamma = values(norm.weight())?;
+    let beta = match norm.bias() {
+        Some(b) => values(b)?,
+        None => vec![0.0; gamma.len()],
+    };
+    Ok(Norm {
+        gamma,
+        beta,
+        eps: norm.eps() as f32,
+    })
+}
+
+impl BertForSequenceClassification {
+    /// The same weights laid out for the fused CPU pass ([`FusedBert`]).
+    pub fn fused(&self) -> Result<FusedBert> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.attention;
+                let (q, k, v) = (
+                    fused_weight(&a.query)?,
+                    fused_weight(&a.key)?,
+                    fused_weight(&a.value)?,
+                );
+                let (h, out) = (q.inputs, q.outputs);
+                // [in, 3 * out]: each input row holds its query, key and value weights side by side.
+                let mut w = Vec::with_capacity(h * 3 * out);
+                for row in 0..h {
+                    for part in [&q, &k, &v] {
+                        w.extend_from_slice(&part.w[row * out..(row + 1) * out]);
+                    }
+                }
+                let bias = [q.bias, k.bias, v.bias].concat();
+                Ok(FusedLayer {
+                    qkv: Weight {
+                        w,
+                        bias,
+                        inputs: h,
+                        outputs: 3 * out,
+                    },
+                    attention_output: fused_weight(&l.attention_output.dense)?,
+                    attention_norm: fused_norm(&l.attention_output.layer_norm)?,
+                    intermediate: fused_weight(&l.intermediate)?,
+                    act: match l.act {
+                        Activation::Gelu => Act::GeluErf,
+                        Activation::GeluNew => Act::GeluTanh,
+                        Activation::Relu => Act::Relu,
+                        Activation::Silu => Act::Silu,
+                    },
+                    output: fused_weight(&l.output.dense)?,
+                    output_norm: fused_norm(&l.output.layer_norm)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let e = &self.embeddings;
+        Ok(FusedBert {
+            embeddings: Embeddings {
+                word: values(e.word_embeddings.embeddings())?,
+                position: values(e.position_embeddings.embeddings())?,
+                token_type: values(e.token_type_embeddings.embeddings())?,
+                norm: fused_norm(&e.layer_norm)?,
+            },
+            layers,
+            pooler: fused_weight(&self.pooler)?,
+            classifier: fused_weight(&self.classifier)?,
+            hidden: e.word_embeddings.hidden_size(),
+            heads: self.layers.first().map_or(1, |l| l.attention.heads),
+        })
     }
 }

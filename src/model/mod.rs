@@ -6,6 +6,7 @@
 
 pub mod bert;
 pub mod files;
+pub mod fused;
 
 use std::path::{Path, PathBuf};
 
@@ -75,6 +76,32 @@ pub enum ModelError {
     },
     #[error("forward pass failed")]
     Forward(#[from] candle_core::Error),
+    #[error("forward pass failed")]
+    Fused(#[from] fused::FusedError),
+    #[error("{0} needs kernels: candle; this model was loaded with the fused kernels")]
+    NeedsCandle(&'static str),
+}
+
+/// How a CPU fp32 forward pass is computed (`kernels` of a model instance).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// xbench's fused kernels ([`fused`], [`crate::kernels`]): the default on CPU in fp32.
+    #[default]
+    Fused,
+    /// candle's own ops, one tensor op at a time; what other devices and precisions run.
+    Candle,
+}
+
+impl Kernels {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Fused => "fused",
+            Kernels::Candle => "candle",
+        }
+    }
 }
 
 /// The architecture-independent head of `config.json`.
@@ -100,6 +127,7 @@ pub struct ModelInfo {
 
 enum Inner {
     Bert(bert::BertForSequenceClassification),
+    FusedBert(fused::FusedBert),
 }
 
 /// A loaded cross-encoder on one device.
@@ -111,7 +139,20 @@ pub struct CrossEncoder {
 
 impl CrossEncoder {
     /// Reads `config.json`, checks the architecture and loads the weights onto `device`.
+    /// Loads with the default kernels: fused on CPU in fp32, candle elsewhere.
     pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        Self::load_with(files, device, dtype, Kernels::default())
+    }
+
+    /// Loads with `kernels` where they apply (the fused kernels run on CPU in fp32 only; anything
+    /// else runs candle's ops whatever `kernels` says: [`CrossEncoder::kernels`] tells which).
+    pub fn load_with(
+        files: &ModelFiles,
+        device: &Device,
+        dtype: DType,
+        kernels: Kernels,
+    ) -> Result<Self, ModelError> {
+        let fuse = kernels == Kernels::Fused && device.is_cpu() && dtype == DType::F32;
         let text = read_text(&files.config)?;
         let head: ConfigHead = parse_json(&files.config, &text)?;
         let architecture = architecture_of(&files.config, &head)?;
@@ -126,13 +167,17 @@ impl CrossEncoder {
             "BertForSequenceClassification" => {
                 let config: bert::BertConfig = parse_json(&files.config, &text)?;
                 config.validate(&files.config)?;
+                let weights = |source| ModelError::Weights {
+                    name: files.name.clone(),
+                    source,
+                };
                 let model =
-                    bert::BertForSequenceClassification::load(vb, &config).map_err(|source| {
-                        ModelError::Weights {
-                            name: files.name.clone(),
-                            source,
-                        }
-                    })?;
+                    bert::BertForSequenceClassification::load(vb, &config).map_err(weights)?;
+                let inner = if fuse {
+                    Inner::FusedBert(model.fused().map_err(weights)?)
+                } else {
+                    Inner::Bert(model)
+                };
                 let info = ModelInfo {
                     name: files.name.clone(),
                     architecture,
@@ -141,7 +186,7 @@ impl CrossEncoder {
                     num_layers: config.num_hidden_layers,
                     max_positions: config.max_position_embeddings,
                 };
-                (Inner::Bert(model), info)
+                (inner, info)
             }
             other => unreachable!("architecture {other} passed the support check. This is a bug."),
         };
@@ -160,27 +205,44 @@ impl CrossEncoder {
         &self.device
     }
 
+    /// The kernels this model runs.
+    pub fn kernels(&self) -> Kernels {
+        match self.inner {
+            Inner::Bert(_) => Kernels::Candle,
+            Inner::FusedBert(_) => Kernels::Fused,
+        }
+    }
+
     /// Logits `[pairs, num_labels]` for a packed batch, computed without padding.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor, ModelError> {
         let logits = match &self.inner {
             Inner::Bert(m) => m.forward(batch, &self.device)?,
+            Inner::FusedBert(m) => {
+                let logits = m.forward(batch)?;
+                Tensor::from_vec(logits, (batch.pairs(), m.num_labels()), &self.device)?
+            }
         };
         Ok(logits)
     }
 
     /// [`CrossEncoder::forward`] over the padded rectangle `[pairs, longest]`: the reference the
-    /// packed path is tested against, and the layout for devices that want rectangles.
+    /// packed paths are tested against, and the layout for devices that want rectangles. Candle
+    /// kernels only.
     pub fn forward_padded(&self, batch: &Batch) -> Result<Tensor, ModelError> {
-        let logits = match &self.inner {
-            Inner::Bert(m) => m.forward_padded(batch, &self.device)?,
-        };
-        Ok(logits)
+        match &self.inner {
+            Inner::Bert(m) => Ok(m.forward_padded(batch, &self.device)?),
+            Inner::FusedBert(_) => Err(ModelError::NeedsCandle("forward_padded")),
+        }
     }
 
     /// The first logit of every pair, in batch order: the relevance score of a one-label reranker.
     pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>, ModelError> {
         if batch.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Inner::FusedBert(m) = &self.inner {
+            let labels = m.num_labels();
+            return Ok(m.forward(batch)?.into_iter().step_by(labels).collect());
         }
         let logits = self.forward(batch)?;
         let first = logits.narrow(1, 0, 1)?.squeeze(1)?;

@@ -1,0 +1,373 @@
+//! Self-attention over packed sequences in one pass per (sequence, head): bias of Q/K/V, QKᵀ
+//! scaled, softmax and the weighted sum of V, with no padding and nothing written to memory but the
+//! context. Tasks (sequence × head) are spread over the caller's rayon threads.
+
+use rayon::prelude::*;
+
+use super::{math, multiversion, SharedMut};
+
+/// Shapes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads {
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    fn hidden(self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// `qkv` is `[tokens, 3 * hidden]` (query, key, value side by side, before their biases);
+/// `bias` is `[3 * hidden]`; `ranges` are the `(start, len)` token ranges of the sequences, which
+/// attend only to themselves. Writes the context `[tokens, hidden]` into `out` (every row of every
+/// range; rows outside the ranges are left as they were).
+pub fn packed_attention(
+    qkv: &[f32],
+    bias: &[f32],
+    ranges: &[(usize, usize)],
+    shape: Heads,
+    out: &mut [f32],
+) {
+    let hidden = shape.hidden();
+    let tokens = out.len() / hidden;
+    assert_eq!(
+        qkv.len(),
+        tokens * 3 * hidden,
+        "attention: qkv is not [tokens, 3 * hidden]"
+    );
+    assert_eq!(
+        bias.len(),
+        3 * hidden,
+        "attention: bias is not [3 * hidden]"
+    );
+    assert!(
+        ranges.iter().all(|&(s, l)| s + l <= tokens),
+        "attention: a range runs past the tokens"
+    );
+    // Ranges must not overlap, or two tasks would write the same rows.
+    let mut sorted: Vec<(usize, usize)> = ranges.to_vec();
+    sorted.sort_unstable();
+    assert!(
+        sorted.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0),
+        "attention: ranges overlap"
+    );
+    let dst = SharedMut::new(out.as_mut_ptr());
+    let tasks = ranges.len() * shape.heads;
+    (0..tasks).into_par_iter().for_each(|task| {
+        let (start, len) = ranges[task / shape.heads];
+        let head = task % shape.heads;
+        if len == 0 {
+            return;
+        }
+        let mut context = vec![0f32; len * shape.head_dim];
+        one_head(
+            qkv,
+            bias,
+            start,
+            len,
+            head,
+            shape.heads,
+            shape.head_dim,
+            &mut context,
+        );
+        let col = head * shape.head_dim;
+        for (i, row) in context.chunks_exact(shape.head_dim).enumerate() {
+            // SAFETY: rows start..start+len of this range and columns col..col+head_dim belong to
+            // this (range, head) task alone: ranges were checked not to overlap, heads are disjoint
+            // column blocks, and `out` outlives the parallel loop.
+            unsafe {
+                let p = dst.get().add((start + i) * hidden + col);
+                std::ptr::copy_nonoverlapping(row.as_ptr(), p, shape.head_dim);
+            }
+        }
+    });
+}
+
+/// Keys per block of the scores product, and queries per block of the weighted sum: each vector
+/// loaded serves this many rows, whose accumulators are independent chains enough to keep two FMA
+/// units busy.
+const ROWS: usize = 8;
+/// Queries per block (lanes of one AVX-512 register of f32).
+const LANES: usize = 16;
+
+multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn one_head(
+        qkv: &[f32],
+        bias: &[f32],
+        start: usize,
+        len: usize,
+        head: usize,
+        heads: usize,
+        d: usize,
+        context: &mut [f32],
+    ) {
+        let hidden = heads * d;
+        let stride = 3 * hidden;
+        let scale = 1.0 / (d as f32).sqrt();
+        let (qc, kc, vc) = (head * d, hidden + head * d, 2 * hidden + head * d);
+        // Scores are computed transposed, `[key][LANES queries]`, so the softmax over keys runs down
+        // the columns with every lane busy. Keys are read in place from `qkv` (rows of a block of
+        // ROWS keys are `stride` apart); the key bias is left out, since it adds the same q·b_k to a
+        // query's every score and softmax cancels it. Queries are copied into a `[d][LANES]` panel
+        // with their bias and the 1/√d scale (as transformers scales the scores). Values are
+        // copied as rows padded to whole vector blocks, bias included.
+        let dp = d.div_ceil(LANES) * LANES;
+        let mut v = vec![0f32; len * dp];
+        for j in 0..len {
+            let vs = &qkv[(start + j) * stride + vc..][..d];
+            for ((dst, x), b) in v[j * dp..j * dp + d].iter_mut().zip(vs).zip(&bias[vc..vc + d]) {
+                *dst = x + b;
+            }
+        }
+        // The last, partial block of keys, copied with zero rows (its rows in place could run past
+        // the end of `qkv`).
+        let blocks = len.div_ceil(ROWS);
+        let whole = len / ROWS;
+        let mut tail = vec![0f32; ROWS * d];
+        for (r, j) in (whole * ROWS..len).enumerate() {
+            tail[r * d..(r + 1) * d].copy_from_slice(&qkv[(start + j) * stride + kc..][..d]);
+        }
+        let mut panel = vec![0f32; d * LANES];
+        let mut st = vec![0f32; blocks * ROWS * LANES];
+        for q0 in (0..len).step_by(LANES) {
+            let nq = LANES.min(len - q0);
+            if nq < LANES {
+                panel.fill(0.0);
+            }
+            for i in 0..nq {
+                let qs = &qkv[(start + q0 + i) * stride + qc..][..d];
+                for ((dst, x), b) in panel[i..].iter_mut().step_by(LANES).zip(qs).zip(&bias[qc..qc + d]) {
+                    *dst = (x + b) * scale;
+                }
+            }
+            for kb in 0..blocks {
+                let (keys, key_stride) = if kb < whole {
+                    (&qkv[(start + kb * ROWS) * stride + kc..], stride)
+                } else {
+                    (&tail[..], d)
+                };
+                let mut acc = [[0f32; LANES]; ROWS];
+                micro::outer_products(&panel, LANES, keys, 1, key_stride, d, &mut acc);
+                for (r, a) in acc.iter().enumerate() {
+                    st[(kb * ROWS + r) * LANES..][..LANES].copy_from_slice(a);
+                }
+            }
+            // Softmax down each column over the real keys; 1/sum is applied to the outputs.
+            let real = &mut st[..len * LANES];
+            let mut max = [f32::NEG_INFINITY; LANES];
+            for row in real.chunks_exact(LANES) {
+                for l in 0..LANES {
+                    max[l] = max[l].max(row[l]);
+                }
+            }
+            let mut sum = [0f32; LANES];
+            for row in real.chunks_exact_mut(LANES) {
+                for l in 0..LANES {
+                    row[l] = math::exp(row[l] - max[l]);
+                    sum[l] += row[l];
+                }
+            }
+            // Context: probabilities times V, ROWS queries by LANES value columns at a time.
+            for half in (0..nq).step_by(ROWS) {
+                for cb in (0..dp).step_by(LANES) {
+                    let mut acc = [[0f32; LANES]; ROWS];
+                    micro::outer_products(&v[cb..], dp, &st[half..], LANES, 1, len, &mut acc);
+                    let width = LANES.min(d - cb);
+                    for (r, a) in acc.iter().enumerate().take(nq - half) {
+                        let inv = 1.0 / sum[half + r];
+                        let out = &mut context[(q0 + half + r) * d + cb..][..width];
+                        for (o, x) in out.iter_mut().zip(a) {
+                            *o = x * inv;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The inner block of all three products: for t in 0..steps,
+/// `acc[r][l] += a[t * a_step + r * a_row] · b[t * b_step + l]` (r < ROWS, l < LANES): a sum of
+/// outer products of ROWS values of `a` (broadcast) by LANES values of `b` (one vector). Written with
+/// intrinsics: left to itself the compiler vectorized across ROWS and spilled the accumulators.
+mod micro {
+    use super::{LANES, ROWS};
+
+    pub fn outer_products(
+        b: &[f32],
+        b_step: usize,
+        a: &[f32],
+        a_step: usize,
+        a_row: usize,
+        steps: usize,
+        acc: &mut [[f32; LANES]; ROWS],
+    ) {
+        if steps == 0 {
+            return;
+        }
+        assert!(b.len() >= (steps - 1) * b_step + LANES, "b too short");
+        assert!(
+            a.len() > (steps - 1) * a_step + (ROWS - 1) * a_row,
+            "a too short"
+        );
+        #[cfg(target_arch = "x86_64")]
+        match crate::simd() {
+            // SAFETY: the level says the CPU has the features; the asserts above keep every load
+            // inside `a` and `b`.
+            crate::Simd::Avx512 => {
+                return unsafe { avx512(b, b_step, a, a_step, a_row, steps, acc) }
+            }
+            crate::Simd::Avx2 => return unsafe { avx2(b, b_step, a, a_step, a_row, steps, acc) },
+            crate::Simd::Portable => {}
+        }
+        for t in 0..steps {
+            let bv = &b[t * b_step..t * b_step + LANES];
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = a[t * a_step + r * a_row];
+                for (x, y) in row.iter_mut().zip(bv) {
+                    *x += av * y;
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(
+        b: &[f32],
+        b_step: usize,
+        a: &[f32],
+        a_step: usize,
+        a_row: usize,
+        steps: usize,
+        acc: &mut [[f32; LANES]; ROWS],
+    ) {
+        use std::arch::x86_64::*;
+        let mut regs = [_mm512_setzero_ps(); ROWS];
+        let (bp, ap) = (b.as_ptr(), a.as_ptr());
+        for t in 0..steps {
+            let bv = _mm512_loadu_ps(bp.add(t * b_step));
+            let at = ap.add(t * a_step);
+            for (r, reg) in regs.iter_mut().enumerate() {
+                *reg = _mm512_fmadd_ps(_mm512_set1_ps(*at.add(r * a_row)), bv, *reg);
+            }
+        }
+        for (row, reg) in acc.iter_mut().zip(regs) {
+            let p = row.as_mut_ptr();
+            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), reg));
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(
+        b: &[f32],
+        b_step: usize,
+        a: &[f32],
+        a_step: usize,
+        a_row: usize,
+        steps: usize,
+        acc: &mut [[f32; LANES]; ROWS],
+    ) {
+        use std::arch::x86_64::*;
+        // Two halves of 8 lanes, each with ROWS accumulators in registers.
+        for half in 0..2 {
+            let mut regs = [_mm256_setzero_ps(); ROWS];
+            let (bp, ap) = (b.as_ptr().add(half * 8), a.as_ptr());
+            for t in 0..steps {
+                let bv = _mm256_loadu_ps(bp.add(t * b_step));
+                let at = ap.add(t * a_step);
+                for (r, reg) in regs.iter_mut().enumerate() {
+                    *reg = _mm256_fmadd_ps(_mm256_set1_ps(*at.add(r * a_row)), bv, *reg);
+                }
+            }
+            for (row, reg) in acc.iter_mut().zip(regs) {
+                let p = row.as_mut_ptr().add(half * 8);
+                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), reg));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention of one sequence, head by head, in f64 straight from the definition.
+    fn reference(qkv: &[f32], bias: &[f32], start: usize, len: usize, shape: Heads) -> Vec<f64> {
+        let h = shape.hidden();
+        let d = shape.head_dim;
+        let at = |t: usize, c: usize| (qkv[t * 3 * h + c] + bias[c]) as f64;
+        let mut out = vec![0f64; len * h];
+        for head in 0..shape.heads {
+            for i in 0..len {
+                let scores: Vec<f64> = (0..len)
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| at(start + i, head * d + c) * at(start + j, h + head * d + c))
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..d {
+                    out[i * h + head * d + c] = (0..len)
+                        .map(|j| e[j] / sum * at(start + j, 2 * h + head * d + c))
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn packed_attention_matches_the_definition() {
+        // Head sizes below, at and above one vector block; lengths around the 4-row and
+        // 16-key blocks.
+        for (heads, head_dim, ranges) in [
+            (3, 8, vec![(0, 5), (5, 1), (6, 17), (23, 2)]),
+            (2, 32, vec![(0, 40), (40, 16), (56, 3)]),
+            (1, 20, vec![(0, 33), (33, 4)]),
+        ] {
+            let shape = Heads { heads, head_dim };
+            let h = shape.hidden();
+            let tokens: usize = ranges.iter().map(|r| r.1).sum();
+            let mut s = 7u32;
+            let mut next = || {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 4.0 - 2.0
+            };
+            let qkv: Vec<f32> = (0..tokens * 3 * h).map(|_| next()).collect();
+            let bias: Vec<f32> = (0..3 * h).map(|_| next()).collect();
+            let mut out = vec![f32::NAN; tokens * h];
+            packed_attention(&qkv, &bias, &ranges, shape, &mut out);
+            let mut worst = 0f64;
+            for &(start, len) in &ranges {
+                let want = reference(&qkv, &bias, start, len, shape);
+                for (a, b) in out[start * h..(start + len) * h].iter().zip(&want) {
+                    worst = worst.max((*a as f64 - b).abs());
+                }
+            }
+            assert!(worst < 2e-6, "head_dim {head_dim}: attention error {worst}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "ranges overlap")]
+    fn overlapping_ranges_are_refused() {
+        let shape = Heads {
+            heads: 1,
+            head_dim: 2,
+        };
+        let qkv = vec![0f32; 4 * 6];
+        let mut out = vec![0f32; 4 * 2];
+        packed_attention(&qkv, &[0.0; 6], &[(0, 3), (2, 2)], shape, &mut out);
+    }
+}

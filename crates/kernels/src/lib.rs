@@ -1,0 +1,131 @@
+//! Hand-written CPU kernels for xbench's fused fp32 forward pass (`xbench::model::fused`).
+//!
+//! candle runs every elementwise op as its own pass over memory, single-threaded, with scalar
+//! `erf`/`exp`; the fused pass instead does bias + GELU, bias + residual + LayerNorm and the whole
+//! of attention (scores, softmax, weighted sum) each in one pass, over rows in parallel on the
+//! caller's rayon pool. Matrix products go to the `gemm` crate (what candle uses), called directly so
+//! the residual is accumulated into the product's output instead of added afterwards.
+//!
+//! Every kernel body is written once, as plain Rust that the compiler vectorizes, and compiled
+//! three times: for AVX-512, for AVX2 + FMA and portable; [`simd`] picks one at run time (the
+//! `XBENCH_SIMD` environment variable may force a lower level, which tests and benchmarks use).
+//! Each has a test against a plain scalar reference.
+
+pub mod attention;
+pub mod math;
+pub mod matmul;
+pub mod rows;
+
+use std::sync::OnceLock;
+
+/// Instruction sets the kernels are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// Whatever the build target allows (SSE2 on a default x86-64 build).
+    Portable,
+    /// AVX2 and FMA.
+    Avx2,
+    /// AVX-512 F/BW/VL/DQ.
+    Avx512,
+}
+
+impl Simd {
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Portable => "portable",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+
+    fn detect() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Simd::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Portable
+    }
+}
+
+/// The level the kernels run at: the best this CPU has, lowered (never raised) by
+/// `XBENCH_SIMD=portable|avx2|avx512`.
+pub fn simd() -> Simd {
+    static LEVEL: OnceLock<Simd> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let best = Simd::detect();
+        let asked = match std::env::var("XBENCH_SIMD").ok().as_deref() {
+            Some("portable") => Simd::Portable,
+            Some("avx2") => Simd::Avx2,
+            _ => best,
+        };
+        asked.min(best)
+    })
+}
+
+/// Defines `pub fn $name(args)` that runs `$body` compiled for the [`simd`] level: the body is
+/// written once and the compiler vectorizes it for each instruction set.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn avx512($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn avx2($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+
+            match $crate::simd() {
+                // SAFETY: simd() reports a level only when the CPU has its features.
+                #[cfg(target_arch = "x86_64")]
+                $crate::Simd::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                $crate::Simd::Avx2 => unsafe { avx2($($arg),*) },
+                _ => body($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// A raw pointer that parallel tasks may share, each writing a region no other task touches.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(*mut f32);
+
+impl SharedMut {
+    pub fn new(p: *mut f32) -> Self {
+        Self(p)
+    }
+
+    /// The pointer (a method, so closures capture the whole `Send + Sync` wrapper).
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: only used to hand disjoint regions of one buffer to rayon tasks; see each use.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}

@@ -1,0 +1,110 @@
+//! Matrix products of activations by a layer's weights, through the `gemm` crate (the kernels
+//! candle uses, AVX-512 / AVX2 / portable chosen at run time), called directly so that a product can
+//! accumulate onto a matrix that already holds the residual.
+
+use gemm::Parallelism;
+
+/// A linear layer's weight stored transposed, `[in, out]` row-major, and its bias.
+#[derive(Debug, Clone)]
+pub struct Weight {
+    /// `w[k * out + j]` is the weight from input `k` to output `j`.
+    pub w: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+impl Weight {
+    /// From transformers' layout: `weight` `[out, in]` row-major, `bias` `[out]`.
+    pub fn from_out_in(weight: &[f32], bias: Vec<f32>, outputs: usize, inputs: usize) -> Self {
+        assert_eq!(weight.len(), outputs * inputs, "weight is not [out, in]");
+        assert_eq!(bias.len(), outputs, "bias is not [out]");
+        let mut w = vec![0f32; inputs * outputs];
+        for j in 0..outputs {
+            for k in 0..inputs {
+                w[k * outputs + j] = weight[j * inputs + k];
+            }
+        }
+        Self {
+            w,
+            bias,
+            inputs,
+            outputs,
+        }
+    }
+
+    /// `y = x · W` for `x` `[rows, in]` (no bias). With `accumulate`, `y += x · W` onto what `y`
+    /// holds; otherwise `y` is overwritten.
+    pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
+        let rows = x.len() / self.inputs;
+        assert_eq!(x.len(), rows * self.inputs, "x is not [rows, in]");
+        assert_eq!(y.len(), rows * self.outputs, "y is not [rows, out]");
+        if rows == 0 {
+            return;
+        }
+        let threads = rayon::current_num_threads();
+        let parallelism = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        // SAFETY: the pointers cover the asserted [rows, in], [in, out] and [rows, out] row-major
+        // matrices (column stride 1, row stride = columns), y does not alias x or the weights
+        // (distinct borrows), and gemm only reads y when `accumulate` says so.
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.outputs,
+                self.inputs,
+                y.as_mut_ptr(),
+                1,
+                self.outputs as isize,
+                accumulate,
+                x.as_ptr(),
+                1,
+                self.inputs as isize,
+                self.w.as_ptr(),
+                1,
+                self.outputs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_overwrites_or_accumulates() {
+        let (rows, inputs, outputs) = (5, 7, 3);
+        let weight: Vec<f32> = (0..outputs * inputs)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let x: Vec<f32> = (0..rows * inputs)
+            .map(|i| (i as f32 * 0.11).cos())
+            .collect();
+        let w = Weight::from_out_in(&weight, vec![0.0; outputs], outputs, inputs);
+        let want = |r: usize, j: usize| -> f32 {
+            (0..inputs)
+                .map(|k| x[r * inputs + k] * weight[j * inputs + k])
+                .sum()
+        };
+        let mut y = vec![f32::NAN; rows * outputs];
+        w.matmul_into(&x, &mut y, false);
+        let mut z = vec![1.0; rows * outputs];
+        w.matmul_into(&x, &mut z, true);
+        for r in 0..rows {
+            for j in 0..outputs {
+                assert!((y[r * outputs + j] - want(r, j)).abs() < 1e-5);
+                assert!((z[r * outputs + j] - 1.0 - want(r, j)).abs() < 1e-5);
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The fused fp32 CPU forward pass of a BERT cross-encoder, on packed tokens.
+//!
+//! Same computation as [`super::bert::BertForSequenceClassification::forward`], in fewer passes
+//! over memory (see [`crate::kernels`]): Q, K and V are one matrix product against the three
+//! weights side by side; attention (biases, scores, softmax, weighted sum) is one kernel per
+//! (pair, head); each dense + residual + LayerNorm is a product accumulated onto the residual
+//! followed by one bias + LayerNorm pass; the intermediate dense is followed by one bias + GELU pass.
+//! The weights are copied out of candle once, at load, transposed for the products.
+
+use crate::batch::Batch;
+use xbench_kernels::attention::{packed_attention, Heads};
+use xbench_kernels::math;
+use xbench_kernels::matmul::Weight;
+use xbench_kernels::rows::{self, Act};
+
+/// LayerNorm parameters.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub eps: f32,
+}
+
+/// One `BertLayer`.
+#[derive(Debug, Clone)]
+pub struct FusedLayer {
+    /// query, key and value side by side: `[hidden, 3 * hidden]`.
+    pub qkv: Weight,
+    pub attention_output: Weight,
+    pub attention_norm: Norm,
+    pub intermediate: Weight,
+    pub act: Act,
+    pub output: Weight,
+    pub output_norm: Norm,
+}
+
+/// Embedding tables, `[rows, hidden]` row-major.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub word: Vec<f32>,
+    pub position: Vec<f32>,
+    pub token_type: Vec<f32>,
+    pub norm: Norm,
+}
+
+/// A BERT cross-encoder ready for the fused pass.
+#[derive(Debug, Clone)]
+pub struct FusedBert {
+    pub embeddings: Embeddings,
+    pub layers: Vec<FusedLayer>,
+    pub pooler: Weight,
+    pub classifier: Weight,
+    pub hidden: usize,
+    pub heads: usize,
+}
+
+/// What the fused pass refuses (the candle path refuses the same inputs).
+#[derive(Debug, thiserror::Error)]
+pub enum FusedError {
+    #[error("token id {id} is outside the model's vocabulary of {vocab}")]
+    TokenId { id: u32, vocab: usize },
+    #[error("position {position} exceeds the model's {limit} positions")]
+    Position { position: u32, limit: usize },
+    #[error("token type {kind} is outside the model's {limit} token types")]
+    TokenType { kind: u32, limit: usize },
+}
+
+impl FusedBert {
+    pub fn num_labels(&self) -> usize {
+        self.classifier.outputs
+    }
+
+    fn check(&self, batch: &Batch) -> Result<(), FusedError> {
+        let h = self.hidden;
+        let vocab = self.embeddings.word.len() / h;
+        let positions = self.embeddings.position.len() / h;
+        let types = self.embeddings.token_type.len() / h;
+        if let Some(&id) = batch.input_ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(FusedError::TokenId { id, vocab });
+        }
+        if let Some(&position) = batch
+            .position_ids
+            .iter()
+            .find(|&&p| p as usize >= positions)
+        {
+            return Err(FusedError::Position {
+                position,
+                limit: positions,
+            });
+        }
+        if let Some(&kind) = batch.token_type_ids.iter().find(|&&t| t as usize >= types) {
+            return Err(FusedError::TokenType { kind, limit: types });
+        }
+        Ok(())
+    }
+
+    /// Logits `[pairs, num_labels]`, row-major. Runs on the caller's rayon pool.
+    pub fn forward(&self, batch: &Batch) -> Result<Vec<f32>, FusedError> {
+        self.check(batch)?;
+        let h = self.hidden;
+        let tokens = batch.total_tokens();
+        let pairs = batch.pairs();
+        if pairs == 0 {
+            return Ok(Vec::new());
+        }
+        let e = &self.embeddings;
+        let mut x = vec![0f32; tokens * h];
+        rows::embed(
+            &mut x,
+            &e.word,
+            &e.position,
+            &e.token_type,
+            &batch.input_ids,
+            &batch.position_ids,
+            &batch.token_type_ids,
+        );
+        rows::bias_layer_norm(&mut x, None, &e.norm.gamma, &e.norm.beta, e.norm.eps);
+
+        let ranges: Vec<(usize, usize)> = (0..pairs)
+            .map(|i| {
+                let r = batch.range(i);
+                (r.start, r.len())
+            })
+            .collect();
+        let shape = Heads {
+            heads: self.heads,
+            head_dim: h / self.heads,
+        };
+        let mut qkv = vec![0f32; tokens * 3 * h];
+        let mut context = vec![0f32; tokens * h];
+        for layer in &self.layers {
+            layer.qkv.matmul_into(&x, &mut qkv, false);
+            packed_attention(&qkv, &layer.qkv.bias, &ranges, shape, &mut context);
+            // x ← LayerNorm(context · Wo + bo + x)
+            layer.attention_output.matmul_into(&context, &mut x, true);
+            let n = &layer.attention_norm;
+            rows::bias_layer_norm(
+                &mut x,
+                Some(&layer.attention_output.bias),
+                &n.gamma,
+                &n.beta,
+                n.eps,
+            );
+            let mut inner = vec![0f32; tokens * layer.intermediate.outputs];
+            layer.intermediate.matmul_into(&x, &mut inner, false);
+            rows::bias_act(&mut inner, &layer.intermediate.bias, layer.act);
+            // x ← LayerNorm(act(x · Wi + bi) · Wo2 + bo2 + x)
+            layer.output.matmul_into(&inner, &mut x, true);
+            let n = &layer.output_norm;
+            rows::bias_layer_norm(&mut x, Some(&layer.output.bias), &n.gamma, &n.beta, n.eps);
+        }
+
+        // BertPooler (dense + tanh) on each pair's first token, then the classifier.
+        let mut first = Vec::with_capacity(pairs * h);
+        for &(start, _) in &ranges {
+            first.extend_from_slice(&x[start * h..(start + 1) * h]);
+        }
+        let mut pooled = vec![0f32; pairs * h];
+        self.pooler.matmul_into(&first, &mut pooled, false);
+        for row in pooled.chunks_exact_mut(h) {
+            for (v, b) in row.iter_mut().zip(&self.pooler.bias) {
+                *v = math::tanh(*v + b);
+            }
+        }
+        let labels = self.num_labels();
+        let mut logits = vec![0f32; pairs * labels];
+        self.classifier.matmul_into(&pooled, &mut logits, false);
+        for row in logits.chunks_exact_mut(labels) {
+            for (v, b) in row.iter_mut().zip(&self.classifier.bias) {
+                *v += b;
+            }
+        }
+        Ok(logits)
+    }
+}
