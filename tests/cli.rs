@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+mod common;
+
 use assert_cmd::Command;
 use candle_core::Device;
 use xbench::score::{sigmoid, Pair, Scorer};
@@ -293,4 +295,48 @@ fn a_failed_download_names_the_model_and_the_way_out() {
     );
     assert!(stderr.contains("pass its directory instead"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+/// The fused kernels give the same scores at every SIMD level this CPU has (`XBENCH_SIMD` lowers
+/// the level; portable is plain Rust), and the same as candle's ops, on the demo model's shapes.
+#[test]
+fn every_simd_level_and_both_kernels_score_alike() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("pairs.jsonl");
+    let lines: String = common::sample(24)
+        .iter()
+        .map(|p| serde_json::json!({"query": p.query, "passage": p.passage}).to_string() + "\n")
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let model = common::demo();
+    let run = |simd: Option<&str>, kernels: &str| {
+        let mut cmd = xbench();
+        if let Some(level) = simd {
+            cmd.env("XBENCH_SIMD", level);
+        }
+        let out = cmd
+            .args(["score", "--model", &model, "--kernels", kernels, "--batch-size", "8"])
+            .arg("--input")
+            .arg(&input)
+            .assert()
+            .success();
+        parse_output(&String::from_utf8(out.get_output().stdout.clone()).unwrap())
+    };
+    let best = run(None, "fused");
+    assert_eq!(best.len(), 24);
+    for (simd, kernels) in [
+        (Some("avx2"), "fused"),
+        (Some("portable"), "fused"),
+        (None, "candle"),
+    ] {
+        let other = run(simd, kernels);
+        for (i, (a, b)) in best.iter().zip(&other).enumerate() {
+            assert!(
+                (a.0 - b.0).abs() <= 1e-5,
+                "pair {i}: {simd:?} {kernels}: {} vs best {}",
+                b.0,
+                a.0
+            );
+        }
+    }
 }
