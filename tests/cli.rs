@@ -315,7 +315,15 @@ fn every_simd_level_and_both_kernels_score_alike() {
             cmd.env("XBENCH_SIMD", level);
         }
         let out = cmd
-            .args(["score", "--model", &model, "--kernels", kernels, "--batch-size", "8"])
+            .args([
+                "score",
+                "--model",
+                &model,
+                "--kernels",
+                kernels,
+                "--batch-size",
+                "8",
+            ])
             .arg("--input")
             .arg(&input)
             .assert()

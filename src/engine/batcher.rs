@@ -281,7 +281,13 @@ pub(crate) fn run(
             }
         }
         waiting.retain(|p| !p.state.is_abandoned());
-        let Some(work) = cut(&mut waiting, &config, padded) else {
+        // Several instances free: share the waiting pairs among them rather than hand everything
+        // to one while the others idle (each instance computes on its own share of the cores).
+        while let Ok(()) = idle.try_recv() {
+            free += 1;
+        }
+        let limits = share(&waiting, &config, padded, free);
+        let Some(work) = cut(&mut waiting, &limits, padded) else {
             // No work after all (every waiting caller left): the token is kept for the next batch.
             continue;
         };
@@ -329,6 +335,35 @@ fn is_full(waiting: &VecDeque<Pending>, config: &BatchingConfig, padded: bool) -
         }
     }
     false
+}
+
+/// The limits of the next batch when `free` instances are free: the configured ones, lowered so
+/// the waiting pairs split about evenly among the free instances (by tokens where the backend
+/// computes real tokens, by pairs where it pads). A batch that would be full anyway is not split.
+fn share(
+    waiting: &VecDeque<Pending>,
+    config: &BatchingConfig,
+    padded: bool,
+    free: usize,
+) -> BatchingConfig {
+    let mut limits = config.clone();
+    if !config.enabled || free < 2 {
+        return limits;
+    }
+    let (mut pairs, mut tokens) = (0usize, 0usize);
+    for p in waiting {
+        for e in &p.encoded[p.next..] {
+            pairs += 1;
+            tokens += e.ids.len();
+        }
+    }
+    let ways = free.min(pairs).max(1);
+    if padded {
+        limits.max_batch_size = limits.max_batch_size.min(pairs.div_ceil(ways)).max(1);
+    } else {
+        limits.max_batch_tokens = limits.max_batch_tokens.min(tokens.div_ceil(ways)).max(1);
+    }
+    limits
 }
 
 /// Takes the next batch from the front of `waiting`: whole requests while they fit, the first

@@ -337,6 +337,34 @@ async fn batches_grow_while_every_instance_is_busy() {
     assert_eq!(batches, vec![2, 12], "pairs per batch");
 }
 
+/// With two instances free, the waiting pairs are shared between them (about half the tokens
+/// each) instead of all going to one while the other idles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_pairs_are_shared_among_free_instances() {
+    let f = start(Mock::default(), batching(32, 16384, 20.0), 2);
+    let mock = f.mock.clone();
+    let engine = Arc::new(f.engine);
+    // Let both instances report free first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let scored = engine.infer(None, request(5, 8)).await.unwrap();
+    let want: Vec<f32> = request(5, 8)
+        .iter()
+        .map(|e| expected_score(&e.ids))
+        .collect();
+    assert_eq!(scored.scores, want);
+    let batches = mock.batches.lock().unwrap().clone();
+    assert_eq!(batches.len(), 2, "{batches:?}");
+    let total: usize = request(5, 8).iter().map(|e| e.ids.len()).sum();
+    assert_eq!(batches[0].0 + batches[1].0, 8);
+    for (_, tokens, _) in &batches {
+        // Pairs of 3-11 tokens: each half is within one pair of an even split.
+        assert!(
+            tokens.abs_diff(total / 2) <= 11,
+            "{batches:?} of {total} tokens"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_callers_request_is_not_computed() {
     let f = start(Mock::default(), batching(32, 16384, 300.0), 1);
