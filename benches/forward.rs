@@ -142,6 +142,11 @@ mod kernels {
     }
 
     #[divan::bench(sample_count = 20)]
+    fn matmul_attention_output_384_to_384(bencher: Bencher) {
+        matmul(bencher, 384, 384)
+    }
+
+    #[divan::bench(sample_count = 20)]
     fn matmul_intermediate_384_to_1536(bencher: Bencher) {
         matmul(bencher, 384, 1536)
     }
