@@ -32,51 +32,28 @@ pub fn bias_act(x: &mut [f32], bias: &[f32], act: Act) {
         "bias_act: x is not a whole number of rows"
     );
     let chunk = rows_per_task(x.len() / cols, cols) * cols;
-    x.par_chunks_mut(chunk).for_each(|rows| match act {
-        Act::GeluErf => bias_gelu_erf(rows, bias),
-        Act::GeluTanh => bias_gelu_tanh(rows, bias),
-        Act::Relu => bias_relu(rows, bias),
-        Act::Silu => bias_silu(rows, bias),
-    });
+    x.par_chunks_mut(chunk)
+        .for_each(|rows| bias_act_rows(rows, bias, act));
 }
 
 multiversion! {
-    fn bias_gelu_erf(x: &mut [f32], bias: &[f32]) {
-        for row in x.chunks_exact_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = math::gelu_erf(*v + b);
-            }
+    fn bias_act_rows(x: &mut [f32], bias: &[f32], act: Act) {
+        // One loop per activation (a match per element would keep the loop from vectorizing).
+        match act {
+            Act::GeluErf => apply(x, bias, math::gelu_erf),
+            Act::GeluTanh => apply(x, bias, math::gelu_tanh),
+            Act::Relu => apply(x, bias, |y| y.max(0.0)),
+            Act::Silu => apply(x, bias, |y| y / (1.0 + math::exp(-y))),
         }
     }
 }
 
-multiversion! {
-    fn bias_gelu_tanh(x: &mut [f32], bias: &[f32]) {
-        for row in x.chunks_exact_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = math::gelu_tanh(*v + b);
-            }
-        }
-    }
-}
-
-multiversion! {
-    fn bias_relu(x: &mut [f32], bias: &[f32]) {
-        for row in x.chunks_exact_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = (*v + b).max(0.0);
-            }
-        }
-    }
-}
-
-multiversion! {
-    fn bias_silu(x: &mut [f32], bias: &[f32]) {
-        for row in x.chunks_exact_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                let y = *v + b;
-                *v = y / (1.0 + math::exp(-y));
-            }
+/// `x[r][c] = f(x[r][c] + bias[c])`, inlined into the caller's instruction set.
+#[inline(always)]
+fn apply(x: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v = f(*v + b);
         }
     }
 }
