@@ -356,6 +356,21 @@ fn every_row_of_the_status_table() {
         "validation",
         "top_n",
     );
+    for path in ["/rerank", "/v1/rerank"] {
+        let body = if path == "/rerank" {
+            json!({"query": "q", "texts": ["a"], "timeout_ms": 0})
+        } else {
+            json!({"query": "q", "documents": ["a"], "timeout_ms": 0})
+        };
+        expect_error(
+            &server,
+            path,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "timeout_ms must be at least 1",
+        );
+    }
     // 400: nothing to rank.
     expect_error(
         &server,
@@ -1192,4 +1207,64 @@ fn serve_from_results_serves_the_best_cells_config() {
     drop(child);
     let log = reader.join().unwrap().join("\n");
     assert!(log.contains("serving cell 2 of 3"), "{log}");
+}
+
+/// A request whose deadline passes while it waits behind a slow batch is answered 503
+/// `deadline_exceeded` with Retry-After at its deadline, not when the batch ends; the server's
+/// `request_timeout_ms` applies to requests without one; and the server keeps serving.
+#[test]
+fn a_request_past_its_deadline_is_answered_503_and_the_server_keeps_serving() {
+    let server = TestServer::start(
+        ServerSettings {
+            request_timeout_ms: Some(150),
+            ..settings()
+        },
+        engine_config(BatchingConfig {
+            enabled: false,
+            ..BatchingConfig::default()
+        }),
+        Some(test_backend(
+            Duration::from_millis(600),
+            512,
+            Duration::ZERO,
+        )),
+    );
+    let send = |body: Value| {
+        let started = Instant::now();
+        let r = client()
+            .post(server.url("/rerank"))
+            .json(&body)
+            .send()
+            .unwrap();
+        let retry = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        (
+            r.status(),
+            retry,
+            r.json::<Value>().unwrap(),
+            started.elapsed(),
+        )
+    };
+    std::thread::scope(|s| {
+        // The first request holds the only instance for 600 ms (its own deadline is long enough).
+        let first = s.spawn(|| send(json!({"query": "q", "texts": ["a"], "timeout_ms": 5000})));
+        std::thread::sleep(Duration::from_millis(100));
+        // Behind it: one with its own 100 ms deadline, one with the server's 150 ms.
+        let own = s.spawn(|| send(json!({"query": "q", "texts": ["b"], "timeout_ms": 100})));
+        let default = s.spawn(|| send(json!({"query": "q", "texts": ["c"]})));
+        for (h, ms) in [(own, 100u64), (default, 150)] {
+            let (status, retry, v, took) = h.join().unwrap();
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+            assert_eq!(retry.as_deref(), Some("1"));
+            let message = assert_envelope(&v, "deadline_exceeded");
+            assert!(message.contains(&format!("{ms} ms")), "{message}");
+            assert!(took < Duration::from_millis(450), "answered after {took:?}");
+        }
+        let (status, _, v, _) = first.join().unwrap();
+        assert_eq!(status, StatusCode::OK, "{v}");
+    });
+    let (status, _, v, _) = send(json!({"query": "q", "texts": ["d"], "timeout_ms": 5000}));
+    assert_eq!(status, StatusCode::OK, "{v}");
 }

@@ -123,6 +123,7 @@ impl HttpTarget {
             truncate: Some(true),
             truncation_direction: None,
             model: model.map(str::to_string),
+            timeout_ms: None,
         };
         let mut v = serde_json::to_value(&req).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {

@@ -39,6 +39,11 @@ pub struct RerankRequest {
     /// Which loaded model scores (an xbench extension); default: the first.
     #[serde(default)]
     pub model: Option<String>,
+    /// Deadline in ms from the request's arrival (an xbench extension); past it the answer is 503
+    /// `deadline_exceeded` with Retry-After, and pairs not yet computed are dropped. Default: the
+    /// server's `request_timeout_ms`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// One result of `POST /rerank`; the list is sorted by score, highest first.
@@ -90,6 +95,11 @@ pub struct CohereRerankRequest {
     /// Echo each document as `{"text": ...}` in its result (default false).
     #[serde(default)]
     pub return_documents: bool,
+    /// Deadline in ms from the request's arrival (an xbench extension); past it the answer is 503
+    /// `deadline_exceeded` with Retry-After, and pairs not yet computed are dropped. Default: the
+    /// server's `request_timeout_ms`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// A document echoed in a `/v1/rerank` result.

@@ -51,6 +51,20 @@ impl ApiError {
         }
     }
 
+    /// The request's deadline passed before its scores were ready.
+    pub fn deadline(timeout_ms: u64, retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deadline_exceeded",
+                format!(
+                    "the request was not scored within its deadline of {timeout_ms} ms (timeout_ms); the server is busy: retry after {retry_after} s or allow more time"
+                ),
+            )
+        }
+    }
+
     /// The engine's failure as the client should see it.
     pub fn from_engine(e: EngineError, retry_after: u64) -> Self {
         match &e {

@@ -48,6 +48,10 @@ pub struct ServerSettings {
     /// `Retry-After` seconds sent with 429 and 503.
     #[serde(default = "retry_after_s")]
     pub retry_after_s: u64,
+    /// Deadline of a scoring request, in ms from its arrival, when the request sets no
+    /// `timeout_ms`; past it the answer is 503. `null`: no deadline.
+    #[serde(default = "request_timeout_ms")]
+    pub request_timeout_ms: Option<u64>,
 }
 
 fn localhost() -> String {
@@ -65,6 +69,9 @@ fn payload_limit_bytes() -> usize {
 fn retry_after_s() -> u64 {
     1
 }
+fn request_timeout_ms() -> Option<u64> {
+    Some(30_000)
+}
 
 impl Default for ServerSettings {
     fn default() -> Self {
@@ -76,6 +83,7 @@ impl Default for ServerSettings {
             api_key: None,
             metrics_require_api_key: false,
             retry_after_s: retry_after_s(),
+            request_timeout_ms: request_timeout_ms(),
         }
     }
 }

@@ -112,6 +112,9 @@ struct Job {
     truncation: Truncation,
     /// The request's name for its passages, for error messages.
     field: &'static str,
+    /// When the request arrived, and its deadline from then in ms (the request's `timeout_ms`).
+    started: Instant,
+    timeout_ms: Option<u64>,
 }
 
 /// Checks the request against the limits and scores it.
@@ -132,6 +135,11 @@ async fn score(state: &AppState, job: Job) -> Result<(String, Scored), ApiError>
         )));
     }
     let retry = state.settings.retry_after_s;
+    if job.timeout_ms == Some(0) {
+        return Err(ApiError::validation(
+            "timeout_ms must be at least 1 (or left out for the server's request_timeout_ms)",
+        ));
+    }
     engine
         .model_info(job.model.as_deref())
         .map_err(|e| ApiError::from_engine(e, retry))?;
@@ -144,10 +152,19 @@ async fn score(state: &AppState, job: Job) -> Result<(String, Scored), ApiError>
         passages: job.passages,
         truncation: job.truncation,
     };
-    let scored = engine
-        .rerank(Some(&model), Arc::new(input))
-        .await
-        .map_err(|e| ApiError::from_engine(e, retry))?;
+    let scoring = engine.rerank(Some(&model), Arc::new(input));
+    // Past the deadline the future is dropped: the request's reply channel closes, and the batcher
+    // drops its pairs unless they are already being computed.
+    let scored = match job.timeout_ms.or(state.settings.request_timeout_ms) {
+        Some(ms) => {
+            let deadline = tokio::time::Instant::from_std(job.started) + Duration::from_millis(ms);
+            tokio::time::timeout_at(deadline, scoring)
+                .await
+                .map_err(|_| ApiError::deadline(ms, retry))?
+        }
+        None => scoring.await,
+    }
+    .map_err(|e| ApiError::from_engine(e, retry))?;
     record_scored(&model, &scored);
     Ok((model, scored))
 }
@@ -253,7 +270,7 @@ impl<'a> Accepted<'a> {
         (status = 422, description = "Wrong types, missing fields, or input over max_length with truncate false", body = ErrorResponse),
         (status = 429, description = "Overloaded; retry after Retry-After seconds", body = ErrorResponse),
         (status = 500, description = "Inference failed", body = ErrorResponse),
-        (status = 503, description = "Loading or shutting down", body = ErrorResponse),
+        (status = 503, description = "Loading, shutting down, or the deadline (timeout_ms) passed; retry after Retry-After seconds", body = ErrorResponse),
     ),
     security((), ("api_key" = [])),
 )]
@@ -281,6 +298,8 @@ async fn rerank(
                 passages: req.texts,
                 truncation,
                 field: "texts",
+                started,
+                timeout_ms: req.timeout_ms,
             },
         )
         .await?;
@@ -323,7 +342,7 @@ async fn rerank(
         (status = 422, description = "Wrong types or missing fields", body = ErrorResponse),
         (status = 429, description = "Overloaded; retry after Retry-After seconds", body = ErrorResponse),
         (status = 500, description = "Inference failed", body = ErrorResponse),
-        (status = 503, description = "Loading or shutting down", body = ErrorResponse),
+        (status = 503, description = "Loading, shutting down, or the deadline (timeout_ms) passed; retry after Retry-After seconds", body = ErrorResponse),
     ),
     security((), ("api_key" = [])),
 )]
@@ -351,6 +370,8 @@ async fn cohere_rerank(
                 passages,
                 truncation: Truncation::Model,
                 field: "documents",
+                started,
+                timeout_ms: req.timeout_ms,
             },
         )
         .await?;
