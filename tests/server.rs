@@ -1268,3 +1268,123 @@ fn a_request_past_its_deadline_is_answered_503_and_the_server_keeps_serving() {
     let (status, _, v, _) = send(json!({"query": "q", "texts": ["d"], "timeout_ms": 5000}));
     assert_eq!(status, StatusCode::OK, "{v}");
 }
+
+/// Resident set size of this process, in MB (Linux).
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Hostile bodies each get their documented 4xx (or are scored, for NUL bytes), without a memory
+/// blow-up, and the server goes on serving.
+#[test]
+fn hostile_inputs_get_their_documented_answers() {
+    let server = TestServer::start(settings(), engine_config(BatchingConfig::default()), None);
+    let before = rss_mb();
+    let send = |body: Vec<u8>| {
+        let r = client()
+            .post(server.url("/rerank"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status();
+        (status, r.json::<Value>().unwrap())
+    };
+    // 10 MB of text: over the 2 MB body limit, refused from the Content-Length alone, before a
+    // byte of the body is read (the client here sends none).
+    {
+        use std::io::{Read, Write};
+        let url = server.url("/rerank");
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/rerank");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(
+                b"POST /rerank HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n",
+            )
+            .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = stream.read(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+    }
+    // 100,000 texts: under the byte limit, over max_client_batch_size.
+    let many = json!({"query": "q", "texts": vec!["a"; 100_000]}).to_string();
+    let (s, v) = send(many.into_bytes());
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(assert_envelope(&v, "payload_too_large").contains("max_client_batch_size"));
+    // JSON nested 100,000 deep, no stack overflow: where a field's type is known, the wrong shape
+    // is found at the first level (422); an unknown field is skipped without recursing, as TEI
+    // ignores unknown fields (200).
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (s, v) = send(deep.into_bytes());
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_envelope(&v, "validation");
+    let deep_field = format!(
+        "{{\"query\": \"q\", \"texts\": {}\"a\"{}}}",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
+    let (s, v) = send(deep_field.into_bytes());
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(assert_envelope(&v, "validation").contains("texts"));
+    let deep_unknown = format!(
+        "{{\"query\": \"q\", \"texts\": [\"a\"], \"extra\": {}1{}}}",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
+    let (s, v) = send(deep_unknown.into_bytes());
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Invalid UTF-8 inside a string.
+    let mut bad = b"{\"query\": \"q\", \"texts\": [\"ab".to_vec();
+    bad.extend_from_slice(&[0xff, 0xfe, 0xc3]);
+    bad.extend_from_slice(b"\"]}");
+    let (s, v) = send(bad);
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(assert_envelope(&v, "bad_request").contains("not valid JSON"));
+    // NUL bytes and control characters are text like any other: scored.
+    let nul = json!({"query": "q\u{0}", "texts": ["a\u{0}b", "\u{1}\u{7f}"]}).to_string();
+    let (s, v) = send(nul.into_bytes());
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v.as_array().map(Vec::len), Some(2));
+    let grown = rss_mb() - before;
+    assert!(grown < 150.0, "RSS grew {grown:.0} MB");
+    // Still serving.
+    let (s, v) = post(&server, "/rerank", &json!({"query": "q", "texts": ["a"]}));
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+/// `max_length` 0 is refused at start with a message that names it; 100,000 is capped at the
+/// model's 512 positions.
+#[test]
+fn extreme_max_length_is_refused_or_capped() {
+    let start = |max_length| {
+        Engine::start(&EngineConfig {
+            models: vec![ModelSpec {
+                max_length: Some(max_length),
+                threads: Some(1),
+                ..ModelSpec::new(demo())
+            }],
+            tokenizer_pool: TokenizerPoolConfig::default(),
+            batching: BatchingConfig::default(),
+        })
+    };
+    let err = start(0).err().expect("max_length 0 must be refused");
+    let message = format!("{:#}", anyhow::Error::new(err));
+    assert!(message.contains("max_length 0"), "{message}");
+    let engine = start(100_000).unwrap();
+    assert_eq!(engine.tokenizer(None).unwrap().max_length(), 512);
+}

@@ -418,6 +418,29 @@ async fn a_failed_or_panicking_batch_fails_only_its_own_requests() {
     engine.infer(None, request(9, 1)).await.unwrap();
 }
 
+/// A tokenizer worker that panics fails that request only; the same worker (the pool has one)
+/// serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_tokenizer_fails_only_its_request() {
+    let f = start(Mock::default(), BatchingConfig::default(), 1);
+    let engine = Arc::new(f.engine);
+    let bad = Arc::new(RerankInput::new(
+        super::tokenizer_pool::tests::PANIC_QUERY,
+        vec!["a passage".into()],
+    ));
+    match engine.rerank(None, bad).await {
+        Err(EngineError::Tokenize(m)) => assert!(m.contains("injected tokenizer panic"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    for _ in 0..3 {
+        let good = Arc::new(RerankInput::new(
+            "rust",
+            vec!["bread".into(), "city".into()],
+        ));
+        assert_eq!(engine.rerank(None, good).await.unwrap().scores.len(), 2);
+    }
+}
+
 #[tokio::test]
 async fn unknown_models_and_empty_requests_are_errors() {
     let f = start(Mock::default(), BatchingConfig::default(), 1);

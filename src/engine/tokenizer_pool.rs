@@ -136,8 +136,35 @@ fn work(jobs: crossbeam_channel::Receiver<Job>, tokenizers: Vec<PairTokenizer>, 
         let started = Instant::now();
         let queue: Duration = started - job.enqueued;
         let input = &job.input;
-        let result = tokenizers[job.model]
-            .encode_many_with(&input.query, &input.passages, parallel, input.truncation)
+        // A panic inside the tokenizer fails this request only; the worker goes on serving.
+        let encode = || {
+            #[cfg(test)]
+            if input.query == tests::PANIC_QUERY {
+                panic!("injected tokenizer panic");
+            }
+            tokenizers[job.model].encode_many_with(
+                &input.query,
+                &input.passages,
+                parallel,
+                input.truncation,
+            )
+        };
+        let encoded = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode)) {
+            Ok(result) => result,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_string());
+                tracing::error!(panic = %what, "tokenizer panicked; the request fails, the worker goes on");
+                let _ = job.reply.send(Err(EngineError::Tokenize(format!(
+                    "the tokenizer panicked: {what}"
+                ))));
+                continue;
+            }
+        };
+        let result = encoded
             .map(|encoded| Tokenized {
                 encoded,
                 queue,
@@ -157,4 +184,10 @@ fn work(jobs: crossbeam_channel::Receiver<Job>, tokenizers: Vec<PairTokenizer>, 
             });
         let _ = job.reply.send(result);
     }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// A query that makes a tokenizer worker panic in unit tests (fault injection).
+    pub(crate) const PANIC_QUERY: &str = "\u{0}inject a tokenizer panic";
 }

@@ -34,6 +34,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), declared_size))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn(observe))
         .with_state(state)
@@ -222,15 +223,19 @@ fn read_body<T: serde::de::DeserializeOwned>(
     }
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!(
-                "the body is over the payload limit of {} bytes (server.payload_limit_bytes); send fewer or shorter texts",
-                state.settings.payload_limit_bytes
-            ))
+            too_large_body(state)
         } else {
             ApiError::bad_request(format!("cannot read the body: {}", rejection.body_text()))
         }
     })?;
     parse_json(&body)
+}
+
+fn too_large_body(state: &AppState) -> ApiError {
+    ApiError::too_large(format!(
+        "the body is over the payload limit of {} bytes (server.payload_limit_bytes); send fewer or shorter texts",
+        state.settings.payload_limit_bytes
+    ))
 }
 
 /// Counts a scoring request as accepted until it is answered (any status).
@@ -556,6 +561,26 @@ fn same_key(given: &[u8], expected: &[u8]) -> bool {
 }
 
 /// The Bearer-token check: every route but /health, and /metrics unless configured.
+/// 413 from the Content-Length alone, before a byte of an oversized body is read (a body without
+/// one, chunked, is cut by `DefaultBodyLimit` as it streams in).
+async fn declared_size(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > state.settings.payload_limit_bytes as u64 => {
+            too_large_body(&state).into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
 async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let Some(key) = &state.settings.api_key else {
         return next.run(request).await;
