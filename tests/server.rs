@@ -1388,3 +1388,57 @@ fn extreme_max_length_is_refused_or_capped() {
     let engine = start(100_000).unwrap();
     assert_eq!(engine.tokenizer(None).unwrap().max_length(), 512);
 }
+
+/// The binary with a model that cannot load: it stops with a message naming the model and what is
+/// wrong, and exits non-zero, rather than serving half (or 503 forever).
+#[test]
+fn a_model_that_fails_to_load_stops_the_server_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        let from = Path::new(&demo()).join(f);
+        if from.is_file() {
+            std::fs::copy(from, dir.path().join(f)).unwrap();
+        }
+    }
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"not a safetensors file",
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xbench"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("serve")
+        .arg("server.port=0")
+        .arg(format!(
+            "model_pool.instances.0.name={}",
+            dir.path().display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("xbench serve kept running with a broken model");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        stderr.contains("cannot load the weights")
+            && stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
+}
