@@ -526,20 +526,7 @@ fn overload_is_answered_with_429_and_the_server_keeps_serving() {
     let body = json!({"query": "q", "texts": ["a short text"]});
     let results: Vec<(StatusCode, Option<String>, Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..16)
-            .map(|_| {
-                s.spawn(|| {
-                    let r = client()
-                        .post(server.url("/rerank"))
-                        .json(&body)
-                        .send()
-                        .unwrap();
-                    let retry = r
-                        .headers()
-                        .get("retry-after")
-                        .map(|v| v.to_str().unwrap().to_string());
-                    (r.status(), retry, r.json::<Value>().unwrap())
-                })
-            })
+            .map(|_| s.spawn(|| post_rerank(&server, &body)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -1231,21 +1218,8 @@ fn a_request_past_its_deadline_is_answered_503_and_the_server_keeps_serving() {
     );
     let send = |body: Value| {
         let started = Instant::now();
-        let r = client()
-            .post(server.url("/rerank"))
-            .json(&body)
-            .send()
-            .unwrap();
-        let retry = r
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_string());
-        (
-            r.status(),
-            retry,
-            r.json::<Value>().unwrap(),
-            started.elapsed(),
-        )
+        let (status, retry, v) = post_rerank(&server, &body);
+        (status, retry, v, started.elapsed())
     };
     std::thread::scope(|s| {
         // The first request holds the only instance for 600 ms (its own deadline is long enough).
@@ -1267,6 +1241,20 @@ fn a_request_past_its_deadline_is_answered_503_and_the_server_keeps_serving() {
     });
     let (status, _, v, _) = send(json!({"query": "q", "texts": ["d"], "timeout_ms": 5000}));
     assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+/// POST /rerank: status, Retry-After and body.
+fn post_rerank(server: &TestServer, body: &Value) -> (StatusCode, Option<String>, Value) {
+    let r = client()
+        .post(server.url("/rerank"))
+        .json(body)
+        .send()
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (r.status(), retry, r.json::<Value>().unwrap())
 }
 
 /// Resident set size of this process, in MB (Linux).
