@@ -252,6 +252,13 @@ impl Engine {
             let files = ModelFiles::resolve(&spec.name)?;
             let device = parse_device(&spec.device)?;
             let backend = CandleBackend::load_with(&files, &device, spec.kernels)?;
+            // What actually runs: fused kernels are CPU fp32 only, whatever the config asked.
+            tracing::info!(
+                model = %spec.name,
+                kernels = backend.kernels().name(),
+                simd = xbench_kernels::simd().name(),
+                "model loaded"
+            );
             let info = backend.info().clone();
             Ok((files, info, Arc::new(backend) as Arc<dyn Backend>))
         })

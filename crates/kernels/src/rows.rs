@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn bias_gelu_tanh_matches_scalar_rows() {
         // 19 columns: the vector loops' remainders run too. (Each SIMD level against the others:
-        // tests/tiny_model.rs runs the binary under XBENCH_SIMD=portable.)
+        // tests/cli.rs scores the demo model under XBENCH_SIMD=avx2 and portable.)
         let cols = 19;
         let mut a = data(cols * 7, 9);
         let mut b = a.clone();
