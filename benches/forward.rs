@@ -18,7 +18,7 @@ use xbench::engine::{
     BatchingConfig, Engine, EngineConfig, ModelSpec, RerankInput, TokenizerPoolConfig,
 };
 use xbench::kernels::attention::{packed_attention, Heads};
-use xbench::kernels::matmul::Weight;
+use xbench::kernels::matmul::{Linear, Weight};
 use xbench::kernels::rows::{self, Act};
 use xbench::model::{CrossEncoder, Kernels, ModelFiles};
 use xbench::tokenize::PairTokenizer;
@@ -111,6 +111,7 @@ mod kernels {
     use super::*;
 
     const TOKENS: usize = 32 * 128;
+    const PRECISIONS: &[&str] = &["fp32", "int8"];
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -127,8 +128,10 @@ mod kernels {
         )
     }
 
-    fn matmul(bencher: Bencher, inputs: usize, outputs: usize) {
-        let w = weight(inputs, outputs);
+    /// A product in fp32 (through gemm) or int8 (weights per column, activations per row).
+    fn matmul(bencher: Bencher, inputs: usize, outputs: usize, precision: &str) {
+        let w = Linear::F32(weight(inputs, outputs));
+        let w = if precision == "int8" { w.to_int8() } else { w };
         let x = values(TOKENS * inputs, 3);
         let mut y = vec![0f32; TOKENS * outputs];
         bencher
@@ -136,24 +139,24 @@ mod kernels {
             .bench_local(|| w.matmul_into(&x, &mut y, false));
     }
 
-    #[divan::bench(sample_count = 20)]
-    fn matmul_qkv_384_to_1152(bencher: Bencher) {
-        matmul(bencher, 384, 1152)
+    #[divan::bench(args = PRECISIONS, sample_count = 20)]
+    fn matmul_qkv_384_to_1152(bencher: Bencher, precision: &str) {
+        matmul(bencher, 384, 1152, precision)
     }
 
-    #[divan::bench(sample_count = 20)]
-    fn matmul_attention_output_384_to_384(bencher: Bencher) {
-        matmul(bencher, 384, 384)
+    #[divan::bench(args = PRECISIONS, sample_count = 20)]
+    fn matmul_attention_output_384_to_384(bencher: Bencher, precision: &str) {
+        matmul(bencher, 384, 384, precision)
     }
 
-    #[divan::bench(sample_count = 20)]
-    fn matmul_intermediate_384_to_1536(bencher: Bencher) {
-        matmul(bencher, 384, 1536)
+    #[divan::bench(args = PRECISIONS, sample_count = 20)]
+    fn matmul_intermediate_384_to_1536(bencher: Bencher, precision: &str) {
+        matmul(bencher, 384, 1536, precision)
     }
 
-    #[divan::bench(sample_count = 20)]
-    fn matmul_output_1536_to_384(bencher: Bencher) {
-        matmul(bencher, 1536, 384)
+    #[divan::bench(args = PRECISIONS, sample_count = 20)]
+    fn matmul_output_1536_to_384(bencher: Bencher, precision: &str) {
+        matmul(bencher, 1536, 384, precision)
     }
 
     #[divan::bench(sample_count = 20)]

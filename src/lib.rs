@@ -2,6 +2,7 @@
 //! them best. The library holds everything; the `xbench` binary parses the command line and calls
 //! [`cli::run`].
 
+pub mod accuracy;
 pub mod backend;
 pub mod batch;
 pub mod cli;

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use candle_core::{DType, Device};
 use serde_json::Value;
 
-use crate::model::{CrossEncoder, Kernels, ModelError, ModelFiles};
+use crate::model::{CrossEncoder, Kernels, ModelError, ModelFiles, Precision};
 use crate::tokenize::{PairTokenizer, TokenizeError};
 
 /// One (query, passage) pair.
@@ -169,6 +169,11 @@ impl Scorer {
         }
         let tokenizer = PairTokenizer::load(&files, info.max_positions, max_length)?;
         Ok(Self { model, tokenizer })
+    }
+
+    /// Converts the model's weights to `precision` (see [`CrossEncoder::quantize`]).
+    pub fn quantize(&mut self, precision: Precision) -> Result<(), ScoreError> {
+        Ok(self.model.quantize(precision)?)
     }
 
     pub fn model(&self) -> &CrossEncoder {

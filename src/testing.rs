@@ -226,3 +226,73 @@ fn tokenizer_json(vocab: &[String]) -> serde_json::Value {
                   "max_input_chars_per_word": 100, "vocab": ids}
     })
 }
+
+/// Whether `status` and `body` are an answer the rerank APIs document for some request: 200, or a
+/// 4xx (400, 404, 413, 422) or 503 `deadline_exceeded` with the error envelope (`error`,
+/// `error_type`). The fuzz targets and property tests hold every answer to this.
+pub fn documented_rerank_answer(status: u16, body: &[u8]) -> Result<(), String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "status {status} with a body that is not JSON ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    })?;
+    let documented = [200, 400, 404, 413, 422].contains(&status)
+        || (status == 503 && v["error_type"] == "deadline_exceeded");
+    if !documented {
+        return Err(format!("undocumented status {status}: {v}"));
+    }
+    if status != 200
+        && !(v["error"].as_str().is_some_and(|m| !m.is_empty()) && v["error_type"].is_string())
+    {
+        return Err(format!("status {status} without the error envelope: {v}"));
+    }
+    Ok(())
+}
+
+/// Copies the directory tree `from` into `to` (created if missing): tests and fuzz targets compose
+/// configs in a copy of `conf/` to which they add files.
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A server on 127.0.0.1 (any port) over a [`TinyBert`] model in `dir`, ready to score, with
+/// limits small enough for fuzzed bodies to reach: 8 texts, 4096 bytes.
+pub fn tiny_server(dir: &Path) -> anyhow::Result<crate::server::BackgroundServer> {
+    use crate::engine::{BatchingConfig, EngineConfig, ModelSpec, TokenizerPoolConfig};
+    use crate::server::{BackgroundServer, ServerSettings};
+    TinyBert::default().write(dir)?;
+    let name = dir
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", dir.display()))?;
+    let engine = EngineConfig {
+        models: vec![ModelSpec {
+            threads: Some(1),
+            ..ModelSpec::new(name)
+        }],
+        tokenizer_pool: TokenizerPoolConfig::default(),
+        batching: BatchingConfig::default(),
+    };
+    let settings = ServerSettings {
+        port: 0,
+        max_client_batch_size: 8,
+        payload_limit_bytes: 4096,
+        ..ServerSettings::default()
+    };
+    let server = BackgroundServer::start(settings, engine)?;
+    anyhow::ensure!(
+        server.wait_ready(std::time::Duration::from_secs(60)),
+        "the tiny model's server did not become ready in 60 s"
+    );
+    Ok(server)
+}

@@ -309,7 +309,7 @@ fn every_simd_level_and_both_kernels_score_alike() {
         .collect();
     std::fs::write(&input, lines).unwrap();
     let model = common::demo();
-    let run = |simd: Option<&str>, kernels: &str| {
+    let run_with = |simd: Option<&str>, kernels: &str, quantization: &str| {
         let mut cmd = xbench();
         if let Some(level) = simd {
             cmd.env("XBENCH_SIMD", level);
@@ -323,6 +323,8 @@ fn every_simd_level_and_both_kernels_score_alike() {
                 kernels,
                 "--batch-size",
                 "8",
+                "--quantization",
+                quantization,
             ])
             .arg("--input")
             .arg(&input)
@@ -330,6 +332,7 @@ fn every_simd_level_and_both_kernels_score_alike() {
             .success();
         parse_output(&String::from_utf8(out.get_output().stdout.clone()).unwrap())
     };
+    let run = |simd: Option<&str>, kernels: &str| run_with(simd, kernels, "fp32");
     let best = run(None, "fused");
     assert_eq!(best.len(), 24);
     for (simd, kernels) in [
@@ -347,4 +350,51 @@ fn every_simd_level_and_both_kernels_score_alike() {
             );
         }
     }
+    // int8, with the VNNI kernel and with the portable loop: the same integer arithmetic, but the
+    // f32 kernels around it differ in the last bits between SIMD levels, which can move a value
+    // across a rounding step; both stay within int8's tolerance of fp32 (tests/parity.rs).
+    for simd in [None, Some("portable")] {
+        let int8 = run_with(simd, "fused", "int8");
+        for (i, (a, b)) in best.iter().zip(&int8).enumerate() {
+            assert!(
+                (a.0 - b.0).abs() <= 0.6,
+                "pair {i}: int8 {simd:?} {} vs fp32 {}",
+                b.0,
+                a.0
+            );
+        }
+    }
+}
+
+/// `xbench accuracy` scores the pairs at fp32 and int8 and reports the differences: the fp32 row
+/// against itself is exact, int8 stays close (the tolerances of tests/parity.rs).
+#[test]
+fn accuracy_reports_what_int8_does_to_scores_and_rankings() {
+    let out = xbench()
+        .args([
+            "accuracy",
+            "--model",
+            &common::demo(),
+            "--limit",
+            "48",
+            "--json",
+        ])
+        .args(["--precisions", "int8"])
+        .assert()
+        .success();
+    let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(report["pairs"], 48);
+    assert_eq!(
+        report["queries"], 6,
+        "data/pairs.jsonl has 8 passages per query"
+    );
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["precision"], "fp32");
+    assert_eq!(rows[0]["max_abs_diff"], 0.0);
+    assert_eq!(rows[0]["ndcg_at_10"], 1.0);
+    assert_eq!(rows[1]["precision"], "int8");
+    assert!(rows[1]["max_abs_diff"].as_f64().unwrap() <= 0.6, "{report}");
+    assert!(rows[1]["spearman"].as_f64().unwrap() >= 0.98, "{report}");
+    assert!(rows[1]["ndcg_at_10"].as_f64().unwrap() >= 0.9, "{report}");
+    assert!(rows[1]["pairs_per_s"].as_f64().unwrap() > 0.0);
 }

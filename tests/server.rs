@@ -1077,6 +1077,8 @@ fn run_measures_a_cell_through_its_own_server() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["run", "11_http_vs_in_process", "experiment.batch_sizes=[2]"])
         .args([
+            // The cell's own server needs this key, and the results must not hold it.
+            "server.api_key=xb-run-key-31d7",
             "experiment.min_requests=3",
             "experiment.duration_s=0",
             "experiment.warmup=1",
@@ -1090,10 +1092,14 @@ fn run_measures_a_cell_through_its_own_server() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let results: Value = serde_json::from_str(
-        &std::fs::read_to_string(out.path().join("11_http_vs_in_process_results.json")).unwrap(),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(out.path().join("11_http_vs_in_process_results.json")).unwrap();
+    assert!(
+        !text.contains("xb-run-key-31d7")
+            && !String::from_utf8_lossy(&run.stderr).contains("xb-run-key-31d7"),
+        "the results file or the log holds the API key"
+    );
+    let results: Value = serde_json::from_str(&text).unwrap();
     let cells = results["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 2);
     assert_eq!(cells[0]["config"]["experiment"]["target"], Value::Null);
@@ -1112,12 +1118,20 @@ fn run_measures_a_cell_through_its_own_server() {
 /// Spawns `xbench serve ARGS`; returns the process, its address (from its log) and the thread
 /// that collects its log lines until it exits.
 fn spawn_serve(args: &[&std::ffi::OsStr]) -> (Child, String, std::thread::JoinHandle<Vec<String>>) {
+    spawn_serve_with(args, &[("RUST_LOG", "xbench=info")])
+}
+
+/// [`spawn_serve`] with these environment variables.
+fn spawn_serve_with(
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &str)],
+) -> (Child, String, std::thread::JoinHandle<Vec<String>>) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xbench"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("serve")
         .args(args)
-        .env("RUST_LOG", "xbench=info")
+        .envs(envs.iter().copied())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1398,14 +1412,24 @@ fn a_model_that_fails_to_load_stops_the_server_with_a_clear_message() {
         b"not a safetensors file",
     )
     .unwrap();
+    let (status, stderr) = serve_until_exit(&[
+        "server.port=0".into(),
+        format!("model_pool.instances.0.name={}", dir.path().display()).into(),
+    ]);
+    assert!(!status.success(), "exit status {status}");
+    assert!(
+        stderr.contains("cannot load the weights")
+            && stderr.contains(&dir.path().display().to_string()),
+        "{stderr}"
+    );
+}
+
+/// Runs `xbench serve ARGS`, which must exit by itself within 60 s; its status and stderr.
+fn serve_until_exit(args: &[std::ffi::OsString]) -> (std::process::ExitStatus, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xbench"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("serve")
-        .arg("server.port=0")
-        .arg(format!(
-            "model_pool.instances.0.name={}",
-            dir.path().display()
-        ))
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1417,16 +1441,148 @@ fn a_model_that_fails_to_load_stops_the_server_with_a_clear_message() {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("xbench serve kept running with a broken model");
+            panic!("xbench serve {args:?} kept running; it should have stopped with an error");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "exit status {status}");
-    assert!(
-        stderr.contains("cannot load the weights")
-            && stderr.contains(&dir.path().display().to_string()),
-        "{stderr}"
+    (status, stderr)
+}
+
+/// A client that disconnects while its request waits gives its queue place back at once (the
+/// server notices the closed socket and drops the request), and its pairs are never computed.
+#[test]
+fn a_client_that_disconnects_frees_its_queue_place_and_is_not_computed() {
+    let server = TestServer::start(
+        settings(),
+        engine_config(BatchingConfig {
+            enabled: false,
+            queue_capacity: 1,
+            ..BatchingConfig::default()
+        }),
+        Some(test_backend(
+            Duration::from_millis(800),
+            512,
+            Duration::ZERO,
+        )),
     );
+    let stats = server.0.as_ref().unwrap().stats_handle();
+    let before = stats.batch_stats().unwrap();
+    let body = json!({"query": "q", "texts": ["a short text"]});
+    let send = || {
+        let (url, body) = (server.url("/rerank"), body.clone());
+        std::thread::spawn(move || client().post(url).json(&body).send().map(|r| r.status()))
+    };
+    // A request written on a raw socket, which is closed when dropped.
+    let raw = || {
+        use std::io::Write;
+        let mut socket = std::net::TcpStream::connect(server.addr()).unwrap();
+        let text = body.to_string();
+        write!(
+            socket,
+            "POST /rerank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        )
+        .unwrap();
+        socket
+    };
+    let settle = || std::thread::sleep(Duration::from_millis(150));
+    let first = send(); // computes for 800 ms
+    settle();
+    let second = raw(); // taken by the batcher, waits for the instance
+    settle();
+    let third = raw(); // holds the queue's one place
+    settle();
+    let (status, _, v) = post_rerank(&server, &body);
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    drop(second);
+    drop(third);
+    settle();
+    let fourth = send(); // the place is free again
+    assert_eq!(first.join().unwrap().unwrap(), StatusCode::OK);
+    assert_eq!(fourth.join().unwrap().unwrap(), StatusCode::OK);
+    let computed = stats.batch_stats().unwrap().since(&before);
+    assert_eq!(
+        computed.pairs, 2,
+        "only the two requests whose clients waited are computed"
+    );
+    let summary = server.stop();
+    assert_eq!(
+        (summary.accepted, summary.answered, summary.left),
+        (5, 3, 2)
+    );
+}
+
+/// The API key never reaches the log, at any level, nor an answer; results files and
+/// `xbench config show` store it redacted, and serving a results file whose cell had a key asks
+/// for the key instead of serving without one.
+#[cfg(unix)]
+#[test]
+fn the_api_key_is_never_logged() {
+    const KEY: &str = "xb-key-7c2f9d1e5a";
+    const WRONG: &str = "xb-wrong-4b8e61";
+    let (child, url, reader) = spawn_serve_with(
+        &["server.port=0".as_ref()],
+        &[("XBENCH_API_KEY", KEY), ("RUST_LOG", "trace")],
+    );
+    let body = json!({"query": "q", "texts": ["a"], "documents": ["a"]});
+    let mut answers = String::new();
+    for key in [Some(KEY), Some(WRONG), None] {
+        for path in ["/rerank", "/v1/rerank", "/info", "/metrics", "/nope"] {
+            let mut r = if path.ends_with("rerank") {
+                client().post(format!("{url}{path}")).json(&body)
+            } else {
+                client().get(format!("{url}{path}"))
+            };
+            if let Some(k) = key {
+                r = r.bearer_auth(k);
+            }
+            let r = r.send().unwrap();
+            answers.push_str(&format!("{:?}", r.headers()));
+            answers.push_str(&r.text().unwrap());
+        }
+    }
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let log = reader.join().unwrap().join("\n");
+    drop(child);
+    assert!(
+        log.contains("resolved config") && log.contains("<redacted>"),
+        "{log}"
+    );
+    for secret in [KEY, WRONG] {
+        assert!(!log.contains(secret), "the log holds a key");
+        assert!(!answers.contains(secret), "an answer holds a key");
+    }
+    // config show, and a results file's config, keep the key redacted.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xbench"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "config",
+            "show",
+            "server.port=0",
+            &format!("server.api_key={KEY}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !shown.contains(KEY) && shown.contains("<redacted>"),
+        "{shown}"
+    );
+    let config: Value = serde_yaml_ng::from_str(&shown).unwrap();
+    let results = json!({"p99_budget_ms": null, "cells": [
+        {"row": {"qps": 5.0, "latency_ms": {"p99": 10.0}, "requests": 500}, "config": config}
+    ]});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("x_results.json");
+    std::fs::write(&file, results.to_string()).unwrap();
+    let (status, stderr) = serve_until_exit(&["--from-results".into(), file.into()]);
+    assert!(!status.success());
+    assert!(stderr.contains("--api-key"), "{stderr}");
 }

@@ -1,7 +1,7 @@
 //! The cross-encoder on a tiny generated BERT: batching, padding and truncation invariants.
 
 use candle_core::{DType, Device};
-use xbench::model::{CrossEncoder, Kernels, ModelFiles};
+use xbench::model::{CrossEncoder, Kernels, ModelFiles, Precision};
 use xbench::score::{Pair, Scorer};
 use xbench::testing::TinyBert;
 use xbench::tokenize::PairTokenizer;
@@ -228,4 +228,50 @@ fn fused_kernels_agree_with_candle() {
         }
         assert!(worst <= 1e-5, "{act}: fused vs candle max |diff| {worst}");
     }
+}
+
+/// int8 on a model whose sizes fill no tile (hidden 36, intermediate 70), with two labels: logits
+/// near fp32, the same pair by pair in any batch, and candle's ops refuse it with a clear error.
+#[test]
+fn int8_stays_near_fp32_in_any_batch_and_needs_the_fused_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    TinyBert {
+        hidden: 36,
+        heads: 3,
+        intermediate: 70,
+        num_labels: 2,
+        ..TinyBert::default()
+    }
+    .write(dir.path())
+    .unwrap();
+    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
+    let fp32 = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+    let mut int8 = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+    int8.quantize(Precision::Int8).unwrap();
+    assert_eq!(int8.precision(), Precision::Int8);
+    let tok = PairTokenizer::load(&files, 64, None).unwrap();
+    let pairs = pairs();
+    let all = tok
+        .encode_batch(pairs.iter().map(|p| (p.query.as_str(), p.passage.as_str())))
+        .unwrap();
+    let want = fp32.forward(&all).unwrap().to_vec2::<f32>().unwrap();
+    let got = int8.forward(&all).unwrap().to_vec2::<f32>().unwrap();
+    let range = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    for (w, g) in want.iter().flatten().zip(got.iter().flatten()) {
+        assert!(
+            (w - g).abs() <= 0.05 * range.max(1.0),
+            "int8 {g} vs fp32 {w}"
+        );
+    }
+    for (i, p) in pairs.iter().enumerate() {
+        let one = tok
+            .encode_batch([(p.query.as_str(), p.passage.as_str())])
+            .unwrap();
+        let alone = int8.forward(&one).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(alone[0], got[i], "pair {i} alone vs in the batch");
+    }
+    let mut candle =
+        CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, Kernels::Candle).unwrap();
+    let err = candle.quantize(Precision::Int8).unwrap_err().to_string();
+    assert!(err.contains("fused CPU kernels"), "{err}");
 }

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device};
 
 use crate::batch::Batch;
-use crate::model::{CrossEncoder, Kernels, ModelError, ModelFiles, ModelInfo};
+use crate::model::{CrossEncoder, Kernels, ModelError, ModelFiles, ModelInfo, Precision};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
@@ -50,6 +50,15 @@ impl CandleBackend {
     /// The kernels the model runs.
     pub fn kernels(&self) -> Kernels {
         self.model.kernels()
+    }
+
+    /// Converts the weights to `precision` (see [`CrossEncoder::quantize`]).
+    pub fn quantize(&mut self, precision: Precision) -> Result<(), ModelError> {
+        self.model.quantize(precision)
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.model.precision()
     }
 
     pub fn info(&self) -> &ModelInfo {

@@ -1,6 +1,6 @@
 //! `xbench bench`: one cell of the in-process pipeline under load, printed as one result row.
 
-use crate::model::Kernels;
+use crate::model::{Kernels, Precision};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +93,9 @@ pub struct BenchArgs {
     /// CPU fp32 kernels: fused (xbench's) or candle (candle's ops).
     #[arg(long, value_enum, default_value = "fused")]
     pub kernels: Kernels,
+    /// Precision: fp32, or int8 (the encoder's products in int8; fused kernels on CPU).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub quantization: Precision,
     /// Print the row as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -187,6 +190,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             max_length: args.max_length,
             device: args.device.clone(),
             kernels: args.kernels,
+            quantization: args.quantization,
         }],
         tokenizer_pool: TokenizerPoolConfig {
             workers: args.tokenizer_workers,

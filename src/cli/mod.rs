@@ -1,5 +1,6 @@
 //! The command line: one subcommand per file. Results go to stdout, logs (tracing) to stderr.
 
+mod accuracy;
 mod bench;
 mod run;
 mod score;
@@ -7,6 +8,7 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
+pub use accuracy::AccuracyArgs;
 pub use bench::BenchArgs;
 pub use score::ScoreArgs;
 
@@ -28,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Score (query, passage) pairs from a JSON-lines file; one JSON line of scores per input line.
     Score(ScoreArgs),
+    /// Score pairs at fp32 and at other precisions; report what each does to scores and rankings.
+    Accuracy(AccuracyArgs),
     /// Run one cell of the in-process pipeline (tokenize, infer or full) under load; print its row.
     Bench(BenchArgs),
     /// Run one experiment of conf/experiment/ (every cell of its sweep); write its result files.
@@ -53,6 +57,7 @@ pub enum ConfigCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Score(args) => score::run(args),
+        Command::Accuracy(args) => accuracy::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Run(args) => run::run(args),
         Command::Sweep(args) => run::sweep_cmd(args),

@@ -13,7 +13,7 @@ use sha2::Digest;
 
 use crate::cli::bench::http_labels;
 use crate::config::sweep::{self, Cell};
-use crate::config::{compose, Override, XbenchConfig};
+use crate::config::{compose, tree, Override, XbenchConfig};
 use crate::engine::Engine;
 use crate::loadgen::{self, GeneratedLengths, HttpTarget, Load, RunSpec, Target, Window, Workload};
 use crate::model::ModelFiles;
@@ -107,7 +107,10 @@ pub fn config_show(args: ConfigShowArgs) -> anyhow::Result<()> {
     }
     let composed = compose(&args.conf, "config", &overrides)?;
     XbenchConfig::from_composed(&composed)?;
-    print!("{}", serde_yaml_ng::to_string(&composed.tree)?);
+    print!(
+        "{}",
+        serde_yaml_ng::to_string(&tree::redacted(&composed.tree))?
+    );
     Ok(())
 }
 
@@ -303,6 +306,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::debug!(
                 accepted = summary.accepted,
                 answered = summary.answered,
+                left = summary.left,
                 "cell server stopped"
             );
         }
@@ -326,7 +330,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             repeats,
             latency_histogram: encode_histogram(&outcome.recorder.latency_us)
                 .map_err(|e| anyhow::anyhow!("cannot encode the latency histogram: {e}"))?,
-            config: cell.composed.tree.clone(),
+            config: tree::redacted(&cell.composed.tree),
         });
         let paths = results
             .write(&opts.output_dir)
@@ -405,7 +409,10 @@ fn provenance(
         experiment: experiment.to_string(),
         name: c.name.clone(),
         description: c.description.clone(),
-        overrides: overrides.to_vec(),
+        overrides: overrides
+            .iter()
+            .map(|o| tree::redacted_override(o))
+            .collect(),
         git_sha: git(&["rev-parse", "HEAD"]),
         // Result files that runs rewrite do not count as changes to what produced them.
         git_dirty: git(&[

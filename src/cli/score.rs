@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use crate::model::{parse_device, Kernels};
-use crate::score::{read_pairs, sigmoid, Scorer};
+use crate::model::{parse_device, Kernels, Precision};
+use crate::score::{read_pairs, sigmoid, Pair, Scorer};
 
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
@@ -34,6 +34,9 @@ pub struct ScoreArgs {
     /// CPU fp32 kernels: fused (xbench's) or candle (candle's ops).
     #[arg(long, value_enum, default_value = "fused")]
     pub kernels: Kernels,
+    /// Precision: fp32, or int8 (the encoder's products in int8; fused kernels on CPU).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub quantization: Precision,
 }
 
 #[derive(serde::Serialize)]
@@ -47,16 +50,11 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.output {
         check_output_dir(out)?;
     }
-    let pairs = if args.input == Path::new("-") {
-        read_pairs(std::io::stdin().lock()).context("reading stdin")?
-    } else {
-        let file = File::open(&args.input)
-            .with_context(|| format!("cannot open input {}", args.input.display()))?;
-        read_pairs(BufReader::new(file)).with_context(|| args.input.display().to_string())?
-    };
+    let pairs = read_input(&args.input)?;
     let device = parse_device(&args.device)?;
     let started = Instant::now();
-    let scorer = Scorer::load_with(&args.model, &device, args.max_length, args.kernels)?;
+    let mut scorer = Scorer::load_with(&args.model, &device, args.max_length, args.kernels)?;
+    scorer.quantize(args.quantization)?;
     tracing::info!(
         model = %args.model,
         max_length = scorer.tokenizer().max_length(),
@@ -95,6 +93,15 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The pairs of a JSON-lines file (`-`: stdin); an error names the file and the line.
+pub(crate) fn read_input(path: &Path) -> anyhow::Result<Vec<Pair>> {
+    if path == Path::new("-") {
+        return read_pairs(std::io::stdin().lock()).context("reading stdin");
+    }
+    let file = File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;
+    read_pairs(BufReader::new(file)).with_context(|| path.display().to_string())
 }
 
 fn output_dir(path: &Path) -> &Path {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::run::{parse_overrides, split_experiment};
 use crate::config::{compose, tree, Override, XbenchConfig};
 use crate::report::results::MIN_SAMPLES_P99;
-use crate::server::Server;
+use crate::server::{Server, REDACTED};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -52,9 +52,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.validate()?;
     let engine = config.engine_config()?;
     let mut shown = config.clone();
-    if shown.server.api_key.is_some() {
-        shown.server.api_key = Some("<redacted>".into());
-    }
+    shown.server = shown.server.redacted();
     shown.experiment = Default::default();
     tracing::info!(
         "resolved config:\n{}",
@@ -119,7 +117,13 @@ fn resolve(args: &ServeArgs) -> anyhow::Result<XbenchConfig> {
         for o in &overrides {
             tree::apply(&mut chosen, o)?;
         }
-        return Ok(XbenchConfig::from_tree(&chosen)?);
+        let config = XbenchConfig::from_tree(&chosen)?;
+        anyhow::ensure!(
+            config.server.api_key.as_deref() != Some(REDACTED) || args.api_key.is_some(),
+            "the chosen cell's server had an API key, which results files never store: give it \
+             with --api-key or XBENCH_API_KEY (or server.api_key=null to serve without one)"
+        );
+        return Ok(config);
     }
     let mut all = overrides;
     if let Some(name) = &name {

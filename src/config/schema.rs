@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::{Composed, ConfigError};
 use crate::engine::{BatchingConfig, EngineConfig, ModelSpec, TokenizerPoolConfig};
 use crate::loadgen::Stage;
-use crate::model::Kernels;
+use crate::model::{Kernels, Precision};
 use crate::server::ServerSettings;
 
 /// The whole config.
@@ -52,7 +52,7 @@ pub struct InstanceConfig {
     /// `cpu`, `cuda[:N]`, `metal[:N]`.
     #[serde(default = "cpu")]
     pub device: String,
-    /// Weight precision: `fp32` (others arrive with the precision work).
+    /// Precision: `fp32`, or `int8` (the encoder's products in int8; fused CPU kernels only).
     #[serde(default = "fp32")]
     pub quantization: String,
     /// Truncation length in tokens; default the model's limit.
@@ -244,12 +244,15 @@ impl XbenchConfig {
                     format!("'{}' is not a backend; available: candle", m.backend),
                 ));
             }
-            if m.quantization != "fp32" {
+            let precision =
+                Precision::parse(&m.quantization).map_err(|why| bad(&key("quantization"), why))?;
+            if precision == Precision::Int8 && (m.kernels != Kernels::Fused || m.device != "cpu") {
                 return Err(bad(
                     &key("quantization"),
                     format!(
-                        "'{}' is not supported by backend candle yet; supported: fp32",
-                        m.quantization
+                        "int8 runs on the fused CPU kernels; this entry has kernels: {} and device: {} (use kernels: fused, device: cpu, or quantization: fp32)",
+                        m.kernels.name(),
+                        m.device
                     ),
                 ));
             }
@@ -330,7 +333,13 @@ impl XbenchConfig {
     /// up their workers.
     pub fn engine_config(&self) -> Result<EngineConfig, ConfigError> {
         let mut models: Vec<ModelSpec> = Vec::new();
-        for m in &self.model_pool.instances {
+        for (i, m) in self.model_pool.instances.iter().enumerate() {
+            let quantization =
+                Precision::parse(&m.quantization).map_err(|why| ConfigError::Schema {
+                    key: format!("model_pool.instances[{i}].quantization"),
+                    why,
+                    file: None,
+                })?;
             let spec = ModelSpec {
                 name: m.name.clone(),
                 instances: m.workers,
@@ -338,6 +347,7 @@ impl XbenchConfig {
                 max_length: m.max_length,
                 device: m.device.clone(),
                 kernels: m.kernels,
+                quantization,
             };
             match models.iter_mut().find(|s| s.name == spec.name) {
                 Some(s) if ModelSpec { instances: s.instances, ..spec.clone() } == *s => {
@@ -455,7 +465,15 @@ mod tests {
             err.contains("model_pool.instances[0].quantization"),
             "{err}"
         );
-        assert!(err.contains("supported: fp32"), "{err}");
+        assert!(err.contains("available: fp32, int8"), "{err}");
+        let o = [
+            Override::parse("++model_pool.instances.0.quantization=int8").unwrap(),
+            Override::parse("++model_pool.instances.0.kernels=candle").unwrap(),
+        ];
+        let err = XbenchConfig::from_composed(&compose(d.path(), "config", &o).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("int8 runs on the fused CPU kernels"), "{err}");
         let o = [
             Override::parse("++experiment.duration_s=30").unwrap(),
             Override::parse("++experiment.max_duration_s=20").unwrap(),

@@ -8,6 +8,31 @@ use serde_json::{Map, Value};
 use super::overrides::{Override, OverrideKind, OverrideValue};
 use super::ConfigError;
 
+/// The tree with its secrets (`server.api_key`) replaced by [`crate::server::REDACTED`]: what
+/// results files store and `xbench config show` prints.
+pub fn redacted(tree: &Value) -> Value {
+    let mut tree = tree.clone();
+    if let Some(key) = tree.get_mut("server").and_then(|s| s.get_mut("api_key")) {
+        if !key.is_null() {
+            *key = Value::String(crate::server::REDACTED.into());
+        }
+    }
+    tree
+}
+
+/// A command-line override as results files record it: the value of a secret's override
+/// (`server.api_key=...`) replaced by [`crate::server::REDACTED`].
+pub fn redacted_override(text: &str) -> String {
+    let body = text.trim_start_matches(['+', '~']);
+    match body.split_once('=') {
+        Some((key, _)) if key.trim() == "server.api_key" => {
+            let prefix = &text[..text.len() - body.len()];
+            format!("{prefix}{key}={}", crate::server::REDACTED)
+        }
+        _ => text.to_string(),
+    }
+}
+
 /// The value at a dotted key; a numeric segment indexes a list (`model_pool.instances.0.name`).
 pub fn get<'a>(tree: &'a Value, key: &str) -> Option<&'a Value> {
     key.split('.').try_fold(tree, |node, seg| match node {
@@ -388,5 +413,22 @@ mod tests {
         let k = keys(&tree());
         assert!(k.contains(&"batching.max_batch_size".to_string()));
         assert!(k.contains(&"model_pool.instances".to_string()));
+    }
+
+    #[test]
+    fn secrets_are_redacted_from_trees_and_overrides() {
+        let tree = json!({"server": {"api_key": "k1", "port": 1}, "name": "x"});
+        assert_eq!(
+            redacted(&tree),
+            json!({"server": {"api_key": "<redacted>", "port": 1}, "name": "x"})
+        );
+        let none = json!({"server": {"api_key": null}});
+        assert_eq!(redacted(&none), none);
+        assert_eq!(
+            redacted_override("++server.api_key=k1"),
+            "++server.api_key=<redacted>"
+        );
+        assert_eq!(redacted_override("server.port=1"), "server.port=1");
+        assert_eq!(redacted_override("~server.api_key"), "~server.api_key");
     }
 }

@@ -100,6 +100,41 @@ pub(crate) struct InferOutput {
 
 type Reply = oneshot::Sender<Result<InferOutput, EngineError>>;
 
+/// The places of a batch queue. A request holds one from submission until the batcher takes it
+/// or its caller leaves, whichever comes first: a caller that disconnects frees its place at once,
+/// though its entry stays in the channel until the batcher reaches it and skips it.
+pub(crate) struct QueueSlots {
+    used: AtomicUsize,
+    capacity: usize,
+}
+
+impl QueueSlots {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            capacity,
+        })
+    }
+
+    /// Takes a place; false when every place is held.
+    pub fn try_take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < self.capacity).then_some(used + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    #[cfg(test)]
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
 /// One request's shared state while its pairs are spread over batches.
 pub(crate) struct RequestState {
     enqueued: Instant,
@@ -107,6 +142,8 @@ pub(crate) struct RequestState {
     remaining: AtomicUsize,
     inference_ns: AtomicU64,
     reply: Mutex<Option<Reply>>,
+    /// The queue place this request holds, until [`RequestState::release_slot`].
+    slot: Mutex<Option<Arc<QueueSlots>>>,
 }
 
 impl RequestState {
@@ -117,6 +154,22 @@ impl RequestState {
             remaining: AtomicUsize::new(pairs),
             inference_ns: AtomicU64::new(0),
             reply: Mutex::new(Some(reply)),
+            slot: Mutex::new(None),
+        }
+    }
+
+    /// The request holds a place of `slots` (taken by the caller) until released.
+    pub fn holding(self, slots: Arc<QueueSlots>) -> Self {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some(slots);
+        }
+        self
+    }
+
+    /// Gives the queue place back (once; later calls do nothing).
+    pub fn release_slot(&self) {
+        if let Some(slots) = self.slot.lock().ok().and_then(|mut s| s.take()) {
+            slots.used.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -192,6 +245,12 @@ pub(crate) struct Work {
     pub segments: Vec<Segment>,
 }
 
+/// A request the batcher has taken from the queue: its queue place is free again.
+fn admit(waiting: &mut VecDeque<Pending>, p: Pending) {
+    p.state.release_slot();
+    waiting.push_back(p);
+}
+
 /// Cuts batches from `queue` and hands them to `out` until the queue closes.
 ///
 /// A batch is cut when an instance is free (`idle` holds one token per free instance), not
@@ -216,7 +275,7 @@ pub(crate) fn run(
                 return;
             }
             match queue.recv() {
-                Ok(p) => waiting.push_back(p),
+                Ok(p) => admit(&mut waiting, p),
                 Err(_) => return,
             }
         }
@@ -235,7 +294,7 @@ pub(crate) fn run(
                     break;
                 }
                 match queue.recv_timeout(deadline - now) {
-                    Ok(p) => waiting.push_back(p),
+                    Ok(p) => admit(&mut waiting, p),
                     Err(_) => break,
                 }
             }
@@ -252,7 +311,7 @@ pub(crate) fn run(
                     recv(idle) -> token => Some(token.is_ok()),
                     recv(queue) -> p => {
                         match p {
-                            Ok(p) => waiting.push_back(p),
+                            Ok(p) => admit(&mut waiting, p),
                             Err(_) => queue_open = false,
                         }
                         None
@@ -273,10 +332,15 @@ pub(crate) fn run(
                 None => {}
             }
         }
+        if free == 0 {
+            // Every waiting caller left before an instance was free: start over (cutting now
+            // would send a batch with no instance free to take it).
+            continue;
+        }
         // Requests that arrived meanwhile join, up to a full batch.
         while config.enabled && queue_open && !is_full(&waiting, &config, padded) {
             match queue.try_recv() {
-                Ok(p) => waiting.push_back(p),
+                Ok(p) => admit(&mut waiting, p),
                 Err(_) => break,
             }
         }

@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::backend::{Backend, BackendError, CandleBackend};
-use crate::model::{parse_device, Kernels, ModelError, ModelFiles, ModelInfo};
+use crate::model::{parse_device, Kernels, ModelError, ModelFiles, ModelInfo, Precision};
 use crate::tokenize::{Encoded, PairTokenizer, TokenizeError, Truncation};
 
 pub use batcher::BatchingConfig;
-use batcher::{Pending, RequestState};
+use batcher::{Pending, QueueSlots, RequestState};
 use tokenizer_pool::TokenizerPool;
 pub use tokenizer_pool::TokenizerPoolConfig;
 
@@ -100,6 +100,9 @@ pub struct ModelSpec {
     /// fused (xbench's CPU kernels, fp32) or candle (candle's ops).
     #[serde(default)]
     pub kernels: Kernels,
+    /// fp32, or int8 (fused CPU kernels).
+    #[serde(default)]
+    pub quantization: Precision,
 }
 
 fn one() -> usize {
@@ -118,6 +121,7 @@ impl ModelSpec {
             max_length: None,
             device: cpu(),
             kernels: Kernels::default(),
+            quantization: Precision::default(),
         }
     }
 }
@@ -232,7 +236,7 @@ struct ModelHandle {
     info: ModelInfo,
     tokenizer: PairTokenizer,
     queue: crossbeam_channel::Sender<Pending>,
-    queue_capacity: usize,
+    slots: Arc<QueueSlots>,
     counters: Arc<BatchCounters>,
     instances: usize,
     threads: usize,
@@ -251,11 +255,13 @@ impl Engine {
         Self::start_with(config, |spec| {
             let files = ModelFiles::resolve(&spec.name)?;
             let device = parse_device(&spec.device)?;
-            let backend = CandleBackend::load_with(&files, &device, spec.kernels)?;
+            let mut backend = CandleBackend::load_with(&files, &device, spec.kernels)?;
+            backend.quantize(spec.quantization)?;
             // What actually runs: fused kernels are CPU fp32 only, whatever the config asked.
             tracing::info!(
                 model = %spec.name,
                 kernels = backend.kernels().name(),
+                precision = backend.precision().name(),
                 simd = xbench_kernels::simd().name(),
                 "model loaded"
             );
@@ -329,7 +335,12 @@ impl Engine {
                 "model pool"
             );
             let counters = Arc::new(BatchCounters::default());
-            let (queue, queue_rx) = crossbeam_channel::bounded(config.batching.queue_capacity);
+            // The places are counted by `slots`; the channel also holds the entries of callers
+            // that left (skipped when reached), up to a bound that keeps memory bounded under a
+            // storm of disconnects.
+            let slots = QueueSlots::new(config.batching.queue_capacity);
+            let (queue, queue_rx) =
+                crossbeam_channel::bounded(config.batching.queue_capacity.saturating_mul(4));
             let pool = model_pool::ModelPool::start(
                 &spec.name,
                 backend.clone(),
@@ -344,7 +355,7 @@ impl Engine {
                 info,
                 tokenizer,
                 queue,
-                queue_capacity: config.batching.queue_capacity,
+                slots,
                 counters,
                 instances: spec.instances,
                 threads,
@@ -483,14 +494,21 @@ impl Engine {
         }
         let handle = &self.models[m];
         let tokens = encoded.iter().map(|e| e.ids.len()).sum();
+        let overloaded = || EngineError::Overloaded {
+            queue: "batch",
+            capacity: handle.slots.capacity(),
+        };
+        if !handle.slots.try_take() {
+            return Err(overloaded());
+        }
         let (tx, rx) = oneshot::channel();
-        let state = Arc::new(RequestState::new(encoded.len(), tx));
+        let state = Arc::new(RequestState::new(encoded.len(), tx).holding(handle.slots.clone()));
+        // Frees the queue place if this future is dropped (the caller left) before the batcher
+        // took the request; a no-op once it has.
+        let _place = ReleaseOnDrop(state.clone());
         let pending = Pending::new(state, encoded);
         handle.queue.try_send(pending).map_err(|e| match e {
-            crossbeam_channel::TrySendError::Full(_) => EngineError::Overloaded {
-                queue: "batch",
-                capacity: handle.queue_capacity,
-            },
+            crossbeam_channel::TrySendError::Full(_) => overloaded(),
             crossbeam_channel::TrySendError::Disconnected(_) => EngineError::Shutdown,
         })?;
         let out = rx.await.map_err(|_| EngineError::Shutdown)??;
@@ -503,5 +521,14 @@ impl Engine {
                 ..Timings::default()
             },
         })
+    }
+}
+
+/// Releases a request's queue place when dropped.
+struct ReleaseOnDrop(Arc<RequestState>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release_slot();
     }
 }

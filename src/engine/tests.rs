@@ -251,8 +251,8 @@ fn open(g: &Arc<(Mutex<bool>, Condvar)>) {
     g.1.notify_all();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_answers_overloaded_at_once() {
+/// One instance held at a gate, batches of one pair, a batch queue of `queue_capacity`.
+fn gated_one_pair_batches(queue_capacity: usize) -> (Arc<(Mutex<bool>, Condvar)>, Fixture) {
     let g = gate();
     let f = start(
         Mock {
@@ -260,11 +260,17 @@ async fn a_full_queue_answers_overloaded_at_once() {
             ..Mock::default()
         },
         BatchingConfig {
-            queue_capacity: 2,
+            queue_capacity,
             ..batching(1, 16384, 0.0)
         },
         1,
     );
+    (g, f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_overloaded_at_once() {
+    let (g, f) = gated_one_pair_batches(2);
     let engine = Arc::new(f.engine);
     let mut tasks = Vec::new();
     for r in 0..12 {
@@ -382,6 +388,50 @@ async fn a_dropped_callers_request_is_not_computed() {
         !seen.iter().any(|&i| (700..800).contains(&i)),
         "dropped request was computed"
     );
+}
+
+/// A caller that leaves while its request is queued gives its queue place back at once (a new
+/// request is accepted where it would have been refused), and its pairs are never computed.
+/// (This test found the batcher cutting a batch with no instance free once every waiting caller
+/// had left, which overflowed its free-instance count and stopped it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_leaves_frees_its_queue_place_at_once() {
+    let (g, f) = gated_one_pair_batches(1);
+    let mock = f.mock.clone();
+    let engine = Arc::new(f.engine);
+    let spawn = |r: u32| {
+        let e = engine.clone();
+        tokio::spawn(async move { e.infer(None, request(r, 1)).await })
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(60));
+    // Request 1 computes (held at the gate), 2 waits in the batcher, 3 holds the one place.
+    let first = spawn(1);
+    settle().await;
+    let second = spawn(2);
+    settle().await;
+    let third = spawn(3);
+    settle().await;
+    assert_eq!(engine.models[0].slots.used(), 1);
+    assert!(matches!(
+        engine.infer(None, request(4, 1)).await,
+        Err(EngineError::Overloaded { queue: "batch", .. })
+    ));
+    // Request 3's caller leaves: its place is free before the batcher reaches its entry.
+    third.abort();
+    assert!(third.await.unwrap_err().is_cancelled());
+    assert_eq!(engine.models[0].slots.used(), 0);
+    let fifth = spawn(5);
+    settle().await;
+    open(&g);
+    for task in [first, second, fifth] {
+        task.await.unwrap().unwrap();
+    }
+    let seen = mock.seen_ids.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|&i| (300..400).contains(&i)),
+        "the request whose caller left was computed"
+    );
+    assert_eq!(engine.models[0].slots.used(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

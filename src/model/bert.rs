@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::fused::{Embeddings, FusedBert, FusedLayer, Norm};
 use super::ModelError;
 use crate::batch::Batch;
-use xbench_kernels::matmul::Weight;
+use xbench_kernels::matmul::{Linear as FusedLinear, Weight};
 use xbench_kernels::rows::Act;
 
 /// `hidden_act` values this implementation runs (transformers' `ACT2FN` names).
@@ -471,22 +471,22 @@ impl BertForSequenceClassification {
                 }
                 let bias = [q.bias, k.bias, v.bias].concat();
                 Ok(FusedLayer {
-                    qkv: Weight {
+                    qkv: FusedLinear::F32(Weight {
                         w,
                         bias,
                         inputs: h,
                         outputs: 3 * out,
-                    },
-                    attention_output: fused_weight(&l.attention_output.dense)?,
+                    }),
+                    attention_output: FusedLinear::F32(fused_weight(&l.attention_output.dense)?),
                     attention_norm: fused_norm(&l.attention_output.layer_norm)?,
-                    intermediate: fused_weight(&l.intermediate)?,
+                    intermediate: FusedLinear::F32(fused_weight(&l.intermediate)?),
                     act: match l.act {
                         Activation::Gelu => Act::GeluErf,
                         Activation::GeluNew => Act::GeluTanh,
                         Activation::Relu => Act::Relu,
                         Activation::Silu => Act::Silu,
                     },
-                    output: fused_weight(&l.output.dense)?,
+                    output: FusedLinear::F32(fused_weight(&l.output.dense)?),
                     output_norm: fused_norm(&l.output.layer_norm)?,
                 })
             })

@@ -10,7 +10,7 @@
 use crate::batch::Batch;
 use xbench_kernels::attention::{packed_attention, Heads};
 use xbench_kernels::math;
-use xbench_kernels::matmul::Weight;
+use xbench_kernels::matmul::{Linear, Weight};
 use xbench_kernels::rows::{self, Act};
 
 /// LayerNorm parameters.
@@ -25,12 +25,12 @@ pub struct Norm {
 #[derive(Debug, Clone)]
 pub struct FusedLayer {
     /// query, key and value side by side: `[hidden, 3 * hidden]`.
-    pub qkv: Weight,
-    pub attention_output: Weight,
+    pub qkv: Linear,
+    pub attention_output: Linear,
     pub attention_norm: Norm,
-    pub intermediate: Weight,
+    pub intermediate: Linear,
     pub act: Act,
-    pub output: Weight,
+    pub output: Linear,
     pub output_norm: Norm,
 }
 
@@ -68,6 +68,43 @@ pub enum FusedError {
 impl FusedBert {
     pub fn num_labels(&self) -> usize {
         self.classifier.outputs
+    }
+
+    /// The encoder layers' four products in int8 (weights per output column, activations per
+    /// token); embeddings, LayerNorms, attention, the pooler and the classifier stay f32.
+    pub fn quantize_int8(&mut self) {
+        // The inputs of the Q/K/V and intermediate products are LayerNorm outputs, whose
+        // magnitude per channel follows |γ| + |β|: BERT's outlier channels come from there. Those
+        // two products are smoothed by it; the other two take attention and GELU outputs.
+        let magnitude = |n: &Norm| -> Vec<f32> {
+            n.gamma
+                .iter()
+                .zip(&n.beta)
+                .map(|(g, b)| g.abs() + b.abs())
+                .collect()
+        };
+        let mut before = magnitude(&self.embeddings.norm);
+        for layer in &mut self.layers {
+            let attention_in = magnitude(&layer.attention_norm);
+            layer.qkv = layer.qkv.to_int8_smoothed(&before);
+            layer.attention_output = layer.attention_output.to_int8();
+            layer.intermediate = layer.intermediate.to_int8_smoothed(&attention_in);
+            layer.output = layer.output.to_int8();
+            before = magnitude(&layer.output_norm);
+        }
+    }
+
+    /// Bytes of weights the encoder layers' products read.
+    pub fn layer_weight_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.qkv.weight_bytes()
+                    + l.attention_output.weight_bytes()
+                    + l.intermediate.weight_bytes()
+                    + l.output.weight_bytes()
+            })
+            .sum()
     }
 
     fn check(&self, batch: &Batch) -> Result<(), FusedError> {
@@ -130,24 +167,24 @@ impl FusedBert {
         let mut context = vec![0f32; tokens * h];
         for layer in &self.layers {
             layer.qkv.matmul_into(&x, &mut qkv, false);
-            packed_attention(&qkv, &layer.qkv.bias, &ranges, shape, &mut context);
+            packed_attention(&qkv, layer.qkv.bias(), &ranges, shape, &mut context);
             // x ← LayerNorm(context · Wo + bo + x)
             layer.attention_output.matmul_into(&context, &mut x, true);
             let n = &layer.attention_norm;
             rows::bias_layer_norm(
                 &mut x,
-                Some(&layer.attention_output.bias),
+                Some(layer.attention_output.bias()),
                 &n.gamma,
                 &n.beta,
                 n.eps,
             );
-            let mut inner = vec![0f32; tokens * layer.intermediate.outputs];
+            let mut inner = vec![0f32; tokens * layer.intermediate.outputs()];
             layer.intermediate.matmul_into(&x, &mut inner, false);
-            rows::bias_act(&mut inner, &layer.intermediate.bias, layer.act);
+            rows::bias_act(&mut inner, layer.intermediate.bias(), layer.act);
             // x ← LayerNorm(act(x · Wi + bi) · Wo2 + bo2 + x)
             layer.output.matmul_into(&inner, &mut x, true);
             let n = &layer.output_norm;
-            rows::bias_layer_norm(&mut x, Some(&layer.output.bias), &n.gamma, &n.beta, n.eps);
+            rows::bias_layer_norm(&mut x, Some(layer.output.bias()), &n.gamma, &n.beta, n.eps);
         }
 
         // BertPooler (dense + tanh) on each pair's first token, then the classifier.

@@ -80,6 +80,48 @@ pub enum ModelError {
     Fused(#[from] fused::FusedError),
     #[error("{0} needs kernels: candle; this model was loaded with the fused kernels")]
     NeedsCandle(&'static str),
+    #[error(
+        "quantization {0} runs on the fused CPU kernels only: use kernels: fused and device: cpu"
+    )]
+    NeedsFused(&'static str),
+}
+
+/// The precision a model instance computes in (`quantization` of a model instance).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 weights and activations: the reference.
+    #[default]
+    Fp32,
+    /// The encoder layers' products in int8: weights per output column, activations per token,
+    /// i32 accumulation (AVX-512 VNNI where the CPU has it). Embeddings, LayerNorm, attention,
+    /// the pooler and the classifier stay f32. Fused CPU kernels only.
+    Int8,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
+
+    /// Parses a config value; the error says what is available.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "fp32" => Ok(Precision::Fp32),
+            "int8" => Ok(Precision::Int8),
+            "fp16" | "bf16" | "int4" => Err(format!(
+                "'{text}' is not implemented yet; available: fp32, int8"
+            )),
+            other => Err(format!(
+                "'{other}' is not a precision; available: fp32, int8"
+            )),
+        }
+    }
 }
 
 /// How a CPU fp32 forward pass is computed (`kernels` of a model instance).
@@ -135,6 +177,7 @@ pub struct CrossEncoder {
     inner: Inner,
     info: ModelInfo,
     device: Device,
+    precision: Precision,
 }
 
 impl CrossEncoder {
@@ -194,6 +237,7 @@ impl CrossEncoder {
             inner,
             info,
             device: device.clone(),
+            precision: Precision::Fp32,
         })
     }
 
@@ -210,6 +254,34 @@ impl CrossEncoder {
         match self.inner {
             Inner::Bert(_) => Kernels::Candle,
             Inner::FusedBert(_) => Kernels::Fused,
+        }
+    }
+
+    /// Converts the loaded weights to `precision` (from fp32; done once, at load).
+    pub fn quantize(&mut self, precision: Precision) -> Result<(), ModelError> {
+        match (precision, &mut self.inner) {
+            (Precision::Fp32, _) => Ok(()),
+            (Precision::Int8, Inner::FusedBert(m)) => {
+                if self.precision != Precision::Int8 {
+                    m.quantize_int8();
+                    self.precision = Precision::Int8;
+                }
+                Ok(())
+            }
+            (Precision::Int8, Inner::Bert(_)) => Err(ModelError::NeedsFused("int8")),
+        }
+    }
+
+    /// The precision the model computes in.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes of the encoder layers' product weights (fused kernels; `None` on candle's ops).
+    pub fn layer_weight_bytes(&self) -> Option<usize> {
+        match &self.inner {
+            Inner::FusedBert(m) => Some(m.layer_weight_bytes()),
+            Inner::Bert(_) => None,
         }
     }
 

@@ -22,8 +22,12 @@ pub use errors::ApiError;
 
 use crate::engine::{BatchStats, Engine, EngineConfig, StartError};
 
-/// The server's own settings (`server` in the config, less what the CLI adds).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// What stands for the API key wherever settings are shown, logged or stored.
+pub const REDACTED: &str = "<redacted>";
+
+/// The server's own settings (`server` in the config, less what the CLI adds). Their `Debug`
+/// form redacts the API key, so no log line can carry it.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Bind address; loopback unless told otherwise.
@@ -89,6 +93,14 @@ impl Default for ServerSettings {
 }
 
 impl ServerSettings {
+    /// These settings with the API key (if any) replaced by [`REDACTED`].
+    pub fn redacted(&self) -> Self {
+        Self {
+            api_key: self.api_key.as_ref().map(|_| REDACTED.to_string()),
+            ..self.clone()
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.max_client_batch_size == 0 {
             return Err("server.max_client_batch_size must be at least 1".into());
@@ -134,15 +146,27 @@ pub(crate) struct AppState {
     settings: ServerSettings,
     engine_config: EngineConfig,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// Requests accepted by a scoring route, and those answered (any status).
+    /// Requests accepted by a scoring route, those answered (any status), and those whose client
+    /// closed the connection before the answer.
     accepted: AtomicU64,
     answered: AtomicU64,
+    left: AtomicU64,
     started: Instant,
 }
 
 impl AppState {
     fn phase(&self) -> u8 {
         self.phase.load(Ordering::SeqCst)
+    }
+}
+
+impl std::fmt::Debug for ServerSettings {
+    /// Every field, as the config spells it, with the API key redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_string(&self.redacted()) {
+            Ok(json) => write!(f, "ServerSettings {json}"),
+            Err(_) => f.write_str("ServerSettings { .. }"),
+        }
     }
 }
 
@@ -163,6 +187,8 @@ pub struct ServeSummary {
     pub accepted: u64,
     /// Of those, answered (any status) before the server stopped.
     pub answered: u64,
+    /// Of those, dropped unanswered because the client closed the connection first.
+    pub left: u64,
 }
 
 impl Server {
@@ -196,6 +222,7 @@ impl Server {
                 metrics,
                 accepted: AtomicU64::new(0),
                 answered: AtomicU64::new(0),
+                left: AtomicU64::new(0),
                 started: Instant::now(),
             }),
             starter,
@@ -267,6 +294,7 @@ impl Server {
         let summary = ServeSummary {
             accepted: state.accepted.load(Ordering::SeqCst),
             answered: state.answered.load(Ordering::SeqCst),
+            left: state.left.load(Ordering::SeqCst),
         };
         if let Some(e) = startup_failure.lock().ok().and_then(|mut f| f.take()) {
             return Err(e);
@@ -276,7 +304,8 @@ impl Server {
         tracing::info!(
             accepted = summary.accepted,
             answered = summary.answered,
-            "stopped: every accepted request was answered"
+            left = summary.left,
+            "stopped: every accepted request was answered or its client left"
         );
         Ok(summary)
     }
@@ -370,6 +399,19 @@ impl BackgroundServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Waits until the engine is loaded and warmed up (what `/health` reports as ok); false if
+    /// that takes longer than `timeout`.
+    pub fn wait_ready(&self, timeout: std::time::Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.state.engine.get().is_none() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        true
     }
 
     /// A handle on the engine's batch counters that outlives borrows of the server.

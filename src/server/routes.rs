@@ -238,18 +238,34 @@ fn too_large_body(state: &AppState) -> ApiError {
     ))
 }
 
-/// Counts a scoring request as accepted until it is answered (any status).
-struct Accepted<'a>(&'a AppState);
+/// Counts a scoring request as accepted; then as answered (any status), or, when its handler is
+/// dropped unanswered because the client closed the connection, as left.
+struct Accepted<'a> {
+    state: &'a AppState,
+    answered: bool,
+}
 
 impl<'a> Accepted<'a> {
     fn new(state: &'a AppState) -> Self {
         state.accepted.fetch_add(1, Ordering::SeqCst);
-        Self(state)
+        Self {
+            state,
+            answered: false,
+        }
     }
 
-    fn answer(self, response: Response) -> Response {
-        self.0.answered.fetch_add(1, Ordering::SeqCst);
+    fn answer(mut self, response: Response) -> Response {
+        self.state.answered.fetch_add(1, Ordering::SeqCst);
+        self.answered = true;
         response
+    }
+}
+
+impl Drop for Accepted<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.state.left.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod attention;
 pub mod math;
 pub mod matmul;
+pub mod quant;
 pub mod rows;
 
 use std::sync::OnceLock;

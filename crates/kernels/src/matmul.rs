@@ -4,6 +4,8 @@
 
 use gemm::Parallelism;
 
+use crate::quant::QWeight;
+
 /// A linear layer's weight stored transposed, `[in, out]` row-major, and its bias.
 #[derive(Debug, Clone)]
 pub struct Weight {
@@ -73,6 +75,64 @@ impl Weight {
                 false,
                 parallelism,
             );
+        }
+    }
+}
+
+/// A layer's product in one of the precisions the fused pass runs: fp32 weights, or int8 weights
+/// with activations quantized per row ([`QWeight`]). Either way the bias stays f32 and is added by
+/// the pass that follows the product.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    F32(Weight),
+    Int8(QWeight),
+}
+
+impl Linear {
+    /// `y = x · W`, or `y += x · W` with `accumulate` (see [`Weight::matmul_into`]).
+    pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
+        match self {
+            Linear::F32(w) => w.matmul_into(x, y, accumulate),
+            Linear::Int8(w) => w.matmul_into(x, y, accumulate),
+        }
+    }
+
+    pub fn bias(&self) -> &[f32] {
+        match self {
+            Linear::F32(w) => &w.bias,
+            Linear::Int8(w) => &w.bias,
+        }
+    }
+
+    pub fn outputs(&self) -> usize {
+        match self {
+            Linear::F32(w) => w.outputs,
+            Linear::Int8(w) => w.outputs,
+        }
+    }
+
+    /// Bytes of weights the product reads (not the bias).
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Linear::F32(w) => 4 * w.w.len(),
+            Linear::Int8(w) => w.weight_bytes(),
+        }
+    }
+
+    /// The same layer with int8 weights, activations smoothed per input channel by their typical
+    /// magnitudes (see [`QWeight::quantize_smoothed`]).
+    pub fn to_int8_smoothed(&self, activation: &[f32]) -> Linear {
+        match self {
+            Linear::F32(w) => Linear::Int8(QWeight::quantize_smoothed(w, activation)),
+            Linear::Int8(w) => Linear::Int8(w.clone()),
+        }
+    }
+
+    /// The same layer with int8 weights (an int8 layer stays as it is).
+    pub fn to_int8(&self) -> Linear {
+        match self {
+            Linear::F32(w) => Linear::Int8(QWeight::quantize(w)),
+            Linear::Int8(w) => Linear::Int8(w.clone()),
         }
     }
 }
