@@ -16,9 +16,9 @@ const LOGIT_TOLERANCE: f32 = 1e-4;
 const BATCH_TOLERANCE: f32 = 1e-5;
 /// int8 (the encoder's products; activations per token) against transformers' fp32 logits, whose
 /// range here is about -11 to 10. Measured 2026-11-30 over the 110 reference pairs (`cargo test
-/// --test parity -- --nocapture`): max 0.455, mean 0.137, Spearman 0.994.
-const INT8_TOLERANCE: f32 = 0.6;
-const INT8_MEAN_TOLERANCE: f32 = 0.2;
+/// --test parity -- --nocapture`): max 0.259, mean 0.061, Spearman 0.9988.
+const INT8_TOLERANCE: f32 = 0.35;
+const INT8_MEAN_TOLERANCE: f32 = 0.1;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -146,7 +146,7 @@ fn int8_logits_stay_near_transformers_and_do_not_depend_on_batch_size() {
     );
     assert!(max <= INT8_TOLERANCE, "int8 max |diff| {max}");
     assert!(mean <= INT8_MEAN_TOLERANCE, "int8 mean |diff| {mean}");
-    assert!(rho >= 0.99, "int8 Spearman {rho}");
+    assert!(rho >= 0.995, "int8 Spearman {rho}");
     for b in [1, 7] {
         let other = scorer.score(&pairs, b).unwrap();
         let (worst, _) = abs_diff(&by_32, &other);

@@ -11,16 +11,18 @@ use anyhow::Context;
 use clap::Args;
 use sha2::Digest;
 
+use crate::accuracy::{agreement, Agreement};
 use crate::cli::bench::http_labels;
 use crate::config::sweep::{self, Cell};
 use crate::config::{compose, tree, Override, XbenchConfig};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineConfig};
 use crate::loadgen::{self, GeneratedLengths, HttpTarget, Load, RunSpec, Target, Window, Workload};
-use crate::model::ModelFiles;
+use crate::model::{parse_device, ModelFiles, Precision};
 use crate::report::results::{
     encode_histogram, utc_now, CellResult, Provenance, RepeatFigures, Results,
 };
 use crate::report::{BenchRow, CellLabels};
+use crate::score::{Pair, Scorer};
 use crate::server::{BackgroundServer, ServerSettings};
 
 /// Where results go and how the best cell is chosen; shared by `run` and `sweep`.
@@ -331,19 +333,79 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             latency_histogram: encode_histogram(&outcome.recorder.latency_us)
                 .map_err(|e| anyhow::anyhow!("cannot encode the latency histogram: {e}"))?,
             config: tree::redacted(&cell.composed.tree),
+            // Measured once every cell has run, not to disturb the cells' measurements.
+            accuracy: None,
         });
-        let paths = results
+        results
             .write(&opts.output_dir)
             .with_context(|| format!("cannot write results into {}", opts.output_dir.display()))?;
-        if i + 1 == total {
-            progress.finish_and_clear();
-            println!("{}", results.markdown());
-            for p in paths {
-                eprintln!("wrote {}", p.display());
-            }
+    }
+    progress.finish_and_clear();
+    for (i, cell) in cells.iter().enumerate() {
+        let c = &cell.config;
+        if c.experiment.accuracy_pairs == 0 {
+            continue;
         }
+        let w = &c.workload;
+        let key = (w.input.clone(), w.generate, w.seed, cell.pairs_per_request);
+        let accuracy = cell_accuracy(
+            &c.engine_config()?,
+            &workloads[&key],
+            c.experiment.accuracy_pairs,
+        )
+        .with_context(|| {
+            format!(
+                "experiment.accuracy_pairs: cannot measure cell {}'s accuracy",
+                i + 1
+            )
+        })?;
+        tracing::info!(
+            cell = i + 1,
+            max_abs_diff = accuracy.max_abs_diff,
+            spearman = accuracy.spearman,
+            "accuracy against fp32"
+        );
+        results.cells[i].accuracy = Some(accuracy);
+    }
+    let paths = results
+        .write(&opts.output_dir)
+        .with_context(|| format!("cannot write results into {}", opts.output_dir.display()))?;
+    println!("{}", results.markdown());
+    for p in paths {
+        eprintln!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// What the cell's first model at its precision does to scores against fp32, over the first `n`
+/// pairs of the cell's workload (each request is one ranking).
+fn cell_accuracy(
+    engine: &EngineConfig,
+    workload: &Workload,
+    n: usize,
+) -> anyhow::Result<Agreement> {
+    let spec = engine.models.first().context("the cell has no model")?;
+    let mut pairs = Vec::new();
+    let mut rankings = Vec::new();
+    'requests: for (r, request) in workload.requests.iter().enumerate() {
+        for passage in &request.passages {
+            if pairs.len() == n {
+                break 'requests;
+            }
+            pairs.push(Pair::new(request.query.clone(), passage.clone()));
+            rankings.push(r.to_string());
+        }
+    }
+    let device = parse_device(&spec.device)?;
+    let score = |precision: Precision| -> anyhow::Result<Vec<f32>> {
+        let mut scorer = Scorer::load_with(&spec.name, &device, spec.max_length, spec.kernels)?;
+        scorer.quantize(precision)?;
+        Ok(scorer.score(&pairs, 32)?)
+    };
+    let reference = score(Precision::Fp32)?;
+    let scores = score(spec.quantization)?;
+    let rankings: Vec<&str> = rankings.iter().map(String::as_str).collect();
+    Ok(agreement(&reference, &scores, &rankings))
 }
 
 fn workload(c: &XbenchConfig, pairs_per_request: usize) -> anyhow::Result<Workload> {

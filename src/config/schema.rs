@@ -150,6 +150,11 @@ pub struct ExperimentConfig {
     /// Requests before measuring, per cell.
     #[serde(default = "warmup")]
     pub warmup: usize,
+    /// After measuring, score the first N pairs of the workload with the cell's first model at
+    /// fp32 and at its precision, and record what the precision does to scores and rankings
+    /// (0: not measured).
+    #[serde(default)]
+    pub accuracy_pairs: usize,
 }
 
 fn full() -> Stage {
@@ -187,6 +192,7 @@ impl Default for ExperimentConfig {
             max_duration_s: max_duration_s(),
             target: None,
             warmup: warmup(),
+            accuracy_pairs: 0,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! XLM-RoBERTa, DistilBERT or ELECTRA slot in as new variants beside BERT.
 
 pub mod bert;
+pub mod calibration;
 pub mod files;
 pub mod fused;
 
@@ -84,6 +85,8 @@ pub enum ModelError {
         "quantization {0} runs on the fused CPU kernels only: use kernels: fused and device: cpu"
     )]
     NeedsFused(&'static str),
+    #[error("cannot calibrate int8 for '{name}': {why}")]
+    Calibration { name: String, why: String },
 }
 
 /// The precision a model instance computes in (`quantization` of a model instance).
@@ -178,6 +181,7 @@ pub struct CrossEncoder {
     info: ModelInfo,
     device: Device,
     precision: Precision,
+    files: ModelFiles,
 }
 
 impl CrossEncoder {
@@ -238,6 +242,7 @@ impl CrossEncoder {
             info,
             device: device.clone(),
             precision: Precision::Fp32,
+            files: files.clone(),
         })
     }
 
@@ -257,13 +262,29 @@ impl CrossEncoder {
         }
     }
 
-    /// Converts the loaded weights to `precision` (from fp32; done once, at load).
+    /// Converts the loaded weights to `precision` (from fp32; done once, at load). int8 first
+    /// runs the built-in calibration pairs ([`calibration::PAIRS`]) in fp32 to measure each
+    /// product's input ranges, which it smooths by.
     pub fn quantize(&mut self, precision: Precision) -> Result<(), ModelError> {
         match (precision, &mut self.inner) {
             (Precision::Fp32, _) => Ok(()),
             (Precision::Int8, Inner::FusedBert(m)) => {
                 if self.precision != Precision::Int8 {
-                    m.quantize_int8();
+                    let failed = |why: String| ModelError::Calibration {
+                        name: self.files.name.clone(),
+                        why,
+                    };
+                    let tokenizer = crate::tokenize::PairTokenizer::load(
+                        &self.files,
+                        self.info.max_positions,
+                        None,
+                    )
+                    .map_err(|e| failed(e.to_string()))?;
+                    let batch = tokenizer
+                        .encode_batch(calibration::PAIRS.iter().copied())
+                        .map_err(|e| failed(e.to_string()))?;
+                    let ranges = m.activation_ranges(&batch)?;
+                    m.quantize_int8(Some(&ranges));
                     self.precision = Precision::Int8;
                 }
                 Ok(())

@@ -57,6 +57,9 @@ pub struct CellResult {
     pub latency_histogram: String,
     /// The cell's composed config.
     pub config: Value,
+    /// What the cell's precision does to scores against fp32 (`experiment.accuracy_pairs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<crate::accuracy::Agreement>,
 }
 
 /// HdrHistogram's V2 deflate serialization of `h`, base64 ("HISTFAAA...").
@@ -177,6 +180,12 @@ impl Results {
             "N".to_string(),
             "Errors".to_string(),
         ]);
+        let accuracy = self.cells.iter().any(|c| c.accuracy.is_some());
+        if accuracy {
+            header.extend(
+                ["Max abs Δlogit", "Spearman", "Top-1 agreement", "NDCG@10"].map(str::to_string),
+            );
+        }
         out += &format!(
             "| {} |\n|{}\n",
             header.join(" | "),
@@ -232,6 +241,17 @@ impl Results {
             );
             cells.push(r.requests.to_string());
             cells.push(r.errors.values().sum::<u64>().to_string());
+            if accuracy {
+                match &c.accuracy {
+                    Some(a) => cells.extend([
+                        format!("{:.4}", a.max_abs_diff),
+                        format!("{:.4}", a.spearman),
+                        format!("{:.3}", a.top1_agreement),
+                        format!("{:.4}", a.ndcg_at_10),
+                    ]),
+                    None => cells.extend(["-", "-", "-", "-"].map(str::to_string)),
+                }
+            }
             out += &format!("| {} |\n", cells.join(" | "));
         }
         out += "\n## Key insights\n\n";
@@ -531,6 +551,7 @@ mod tests {
                 latency_histogram: encode_histogram(&outcome.recorder.latency_us).unwrap(),
                 row,
                 config: json!({"tokenizer_pool": {"workers": workers}}),
+                accuracy: None,
             }
         };
         Results {
@@ -552,6 +573,24 @@ mod tests {
             p99_budget_ms: Some(200.0),
             cells: vec![cell(1, 2), cell(2, 1)],
         }
+    }
+
+    #[test]
+    fn accuracy_adds_its_columns() {
+        let mut r = results();
+        assert!(!r.markdown().contains("Spearman"));
+        r.cells[1].accuracy = Some(crate::accuracy::agreement(
+            &[1.0, 2.0, 3.0],
+            &[1.0, 2.5, 2.4],
+            &["q", "q", "q"],
+        ));
+        let md = r.markdown();
+        assert!(
+            md.contains("| Max abs Δlogit | Spearman | Top-1 agreement | NDCG@10 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 0 | - | - | - | - |"), "{md}");
+        assert!(md.contains("| 0 | 0.6000 | 0.5000 | 0.000 |"), "{md}");
     }
 
     #[test]

@@ -121,9 +121,9 @@ impl Linear {
 
     /// The same layer with int8 weights, activations smoothed per input channel by their typical
     /// magnitudes (see [`QWeight::quantize_smoothed`]).
-    pub fn to_int8_smoothed(&self, activation: &[f32]) -> Linear {
+    pub fn to_int8_smoothed(&self, activation: &[f32], alpha: f32) -> Linear {
         match self {
-            Linear::F32(w) => Linear::Int8(QWeight::quantize_smoothed(w, activation)),
+            Linear::F32(w) => Linear::Int8(QWeight::quantize_smoothed(w, activation, alpha)),
             Linear::Int8(w) => Linear::Int8(w.clone()),
         }
     }

@@ -4,8 +4,9 @@
 //! a portable loop elsewhere — then scaled back to f32.
 //!
 //! A row's result depends on that row alone (its own scale), so a pair's score never depends on the
-//! other pairs of its batch. `vpdpbusd` multiplies unsigned by signed bytes: activations are stored
-//! as `q + 128` (u8) and the `128 · Σₖ w` this adds is subtracted per column afterwards.
+//! other pairs of its batch. Activations are quantized asymmetrically to u8 (`q = x / s + z`, the
+//! row's range mapped onto 0..=255 with zero exact), which suits `vpdpbusd` (unsigned × signed bytes)
+//! and skewed rows such as GELU outputs; the `z · Σₖ w` this adds is subtracted per column after.
 
 use rayon::prelude::*;
 
@@ -29,8 +30,8 @@ pub struct QWeight {
     packed: Vec<i8>,
     /// Per output (padded to whole tiles with 0): `w ≈ scale · q`.
     scales: Vec<f32>,
-    /// Per output: `128 · Σₖ q`, the offset that unsigned activations add.
-    offsets: Vec<i32>,
+    /// Per output: `Σₖ q`, times a row's zero point the offset its activations add.
+    col_sums: Vec<i32>,
     pub bias: Vec<f32>,
     pub inputs: usize,
     pub outputs: usize,
@@ -39,8 +40,8 @@ pub struct QWeight {
     tiles: usize,
     /// Per input, what activations are multiplied by before quantizing (the weights' rows were
     /// multiplied by its inverse): evens out channels whose activations run far larger than the
-    /// rest, so they do not coarsen every other channel's step. `None`: all ones.
-    smooth: Option<Vec<f32>>,
+    /// rest, so they do not coarsen every other channel's step. All ones when not smoothed.
+    smooth: Vec<f32>,
 }
 
 impl QWeight {
@@ -50,11 +51,12 @@ impl QWeight {
         Self::quantize_scaled(w, None)
     }
 
-    /// Quantizes with activations smoothed per input channel (SmoothQuant, α = ½): given each
-    /// input's typical activation magnitude `activation[k]`, the channel is scaled by
-    /// `s = √(activation / max|w row|)` — activations divided by `s`, the weight row multiplied by
-    /// it, the product unchanged — so activation and weight ranges meet halfway.
-    pub fn quantize_smoothed(w: &Weight, activation: &[f32]) -> Self {
+    /// Quantizes with activations smoothed per input channel (SmoothQuant): given each input's
+    /// activation magnitude `activation[k]`, the channel is scaled by
+    /// `s = activation^α / max|w row|^(1-α)` — activations divided by `s`, the weight row
+    /// multiplied by it, the product unchanged — moving quantization difficulty from activations
+    /// with outlier channels to the weights (α = ½ meets halfway).
+    pub fn quantize_smoothed(w: &Weight, activation: &[f32], alpha: f32) -> Self {
         assert_eq!(
             activation.len(),
             w.inputs,
@@ -68,7 +70,7 @@ impl QWeight {
                 let wmax = w.w[k * n..(k + 1) * n]
                     .iter()
                     .fold(0f32, |m, v| m.max(v.abs()));
-                let s = (a.abs() / wmax).sqrt();
+                let s = a.abs().powf(alpha) / wmax.powf(1.0 - alpha);
                 if s.is_finite() && s > 0.0 {
                     s
                 } else {
@@ -95,7 +97,10 @@ impl QWeight {
             }
             None => w,
         };
-        let smooth = s.map(|s| s.iter().map(|v| 1.0 / v).collect());
+        let smooth = match s {
+            Some(s) => s.iter().map(|v| 1.0 / v).collect(),
+            None => vec![1.0; w.inputs],
+        };
         let (k, n) = (w.inputs, w.outputs);
         let groups = k.div_ceil(4);
         let tiles = n.div_ceil(TILE_COLS);
@@ -106,7 +111,7 @@ impl QWeight {
             *scale = max / 127.0;
         }
         let mut packed = vec![0i8; tiles * groups * TILE_COLS * 4];
-        let mut offsets = vec![0i32; padded];
+        let mut col_sums = vec![0i32; padded];
         for kk in 0..k {
             let (g, t) = (kk / 4, kk % 4);
             for j in 0..n {
@@ -118,13 +123,13 @@ impl QWeight {
                 };
                 let (tile, col) = (j / TILE_COLS, j % TILE_COLS);
                 packed[((tile * groups + g) * TILE_COLS + col) * 4 + t] = q;
-                offsets[j] += 128 * q as i32;
+                col_sums[j] += q as i32;
             }
         }
         Self {
             packed,
             scales,
-            offsets,
+            col_sums,
             bias: w.bias.clone(),
             inputs: k,
             outputs: n,
@@ -134,9 +139,9 @@ impl QWeight {
         }
     }
 
-    /// Bytes the quantized weight holds (packed values, scales, offsets; not the bias).
+    /// Bytes the quantized weight holds (packed values, scales, column sums; not the bias).
     pub fn weight_bytes(&self) -> usize {
-        self.packed.len() + 4 * (self.scales.len() + self.offsets.len())
+        self.packed.len() + 4 * (self.scales.len() + self.col_sums.len())
     }
 
     /// `y = x · W` for `x` `[rows, in]` (no bias), as [`Weight::matmul_into`] does, with each
@@ -172,21 +177,11 @@ impl QWeight {
                 let t1 = (t0 + tiles_per_chunk).min(self.tiles);
                 let kp = self.groups * 4;
                 let mut xq = vec![128u8; (r1 - r0).div_ceil(MR) * MR * kp];
-                let mut sx = vec![0f32; (r1 - r0).div_ceil(MR) * MR];
-                let mut smoothed = vec![0f32; if self.smooth.is_some() { k } else { 0 }];
+                let mut sx = vec![RowScale::default(); (r1 - r0).div_ceil(MR) * MR];
                 for r in r0..r1 {
                     let i = r - r0;
                     let row = &x[r * k..(r + 1) * k];
-                    let row = match &self.smooth {
-                        Some(m) => {
-                            for ((o, v), m) in smoothed.iter_mut().zip(row).zip(m) {
-                                *o = v * m;
-                            }
-                            &smoothed[..]
-                        }
-                        None => row,
-                    };
-                    sx[i] = quantize_row(row, &mut xq[i * kp..i * kp + k]);
+                    sx[i] = quantize_row(row, &self.smooth, &mut xq[i * kp..i * kp + k]);
                 }
                 let out = out.get();
                 for tile in t0..t1 {
@@ -225,40 +220,64 @@ pub fn vnni_available() -> bool {
     }
 }
 
+/// How a row was quantized: `x ≈ scale · (q − zero)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct RowScale {
+    scale: f32,
+    zero: i32,
+}
+
 multiversion! {
-    /// Writes `round(x / s) + 128` for the row's scale `s = max|x| / 127`, and returns `s`
-    /// (NaN when the row holds a NaN or an infinity, which then comes out of the product).
-    fn quantize_row(x: &[f32], q: &mut [u8]) -> f32 {
-        // 16 independent maxima so it vectorizes; `poison` turns NaN if any value is not finite.
-        let mut max = [0f32; 16];
+    /// Quantizes the row `x · m` (`m`: the smoothing multipliers): writes `q = round(x·m / s) + z`
+    /// (0..=255) for its range `[lo, hi]` (widened to hold 0, which stays exact),
+    /// `s = (hi − lo) / 255`, `z = round(−lo / s)`. The scale is NaN when the row holds a NaN or an
+    /// infinity, which then comes out of the product.
+    fn quantize_row(x: &[f32], m: &[f32], q: &mut [u8]) -> RowScale {
+        // 16 independent extremes so it vectorizes; `poison` turns NaN if any value is not finite.
+        let mut lo = [0f32; 16];
+        let mut hi = [0f32; 16];
         let mut poison = [0f32; 16];
-        let mut chunks = x.chunks_exact(16);
-        for c in &mut chunks {
+        let m = &m[..x.len()];
+        let mut chunks = x.chunks_exact(16).zip(m.chunks_exact(16));
+        for (c, m) in &mut chunks {
             for i in 0..16 {
-                max[i] = max[i].max(c[i].abs());
-                poison[i] += c[i] * 0.0;
+                let v = c[i] * m[i];
+                lo[i] = lo[i].min(v);
+                hi[i] = hi[i].max(v);
+                poison[i] += v * 0.0;
             }
         }
-        let mut m = 0f32;
-        let mut p = 0f32;
-        for &v in chunks.remainder() {
-            m = m.max(v.abs());
+        let tail = x.len() / 16 * 16;
+        let (mut l, mut h, mut p) = (0f32, 0f32, 0f32);
+        for (&v, &m) in x[tail..].iter().zip(&m[tail..]) {
+            let v = v * m;
+            l = l.min(v);
+            h = h.max(v);
             p += v * 0.0;
         }
         for i in 0..16 {
-            m = m.max(max[i]);
+            l = l.min(lo[i]);
+            h = h.max(hi[i]);
             p += poison[i];
         }
-        if m == 0.0 || p.is_nan() {
-            q.fill(128);
-            return if p.is_nan() { f32::NAN } else { 0.0 };
+        if h == l || p.is_nan() {
+            q.fill(0);
+            let scale = if p.is_nan() { f32::NAN } else { 0.0 };
+            return RowScale { scale, zero: 0 };
         }
-        let inv = 127.0 / m;
-        // x·inv + 128 lies in [1, 255]: adding ½ and truncating rounds it (half up).
-        for (q, &v) in q.iter_mut().zip(x) {
-            *q = (v * inv + 128.5) as u8;
+        let scale = (h - l) / 255.0;
+        let inv = 1.0 / scale;
+        let zero = (-l * inv).round().clamp(0.0, 255.0);
+        // x·inv + z lies in [−½, 255½]: adding ½ and truncating rounds it (half up); the cast
+        // saturates at both ends.
+        let offset = zero + 0.5;
+        for ((q, &v), &m) in q.iter_mut().zip(x).zip(m) {
+            *q = (v * m * inv + offset) as u8;
         }
-        m / 127.0
+        RowScale {
+            scale,
+            zero: zero as i32,
+        }
     }
 }
 
@@ -269,14 +288,14 @@ fn portable_tile(
     tile: usize,
     a: &[u8],
     kp: usize,
-    sx: &[f32],
+    sx: &[RowScale],
     valid: usize,
     y: *mut f32,
     accumulate: bool,
 ) {
     let n = w.outputs;
     let base = tile * w.groups * TILE_COLS * 4;
-    for (r, &s) in sx.iter().enumerate().take(valid) {
+    for (r, s) in sx.iter().enumerate().take(valid) {
         let row = &a[r * kp..(r + 1) * kp];
         let mut acc = [0i32; TILE_COLS];
         for g in 0..w.groups {
@@ -292,7 +311,7 @@ fn portable_tile(
             if j >= n {
                 break;
             }
-            let v = (acc - w.offsets[j]) as f32 * (s * w.scales[j]);
+            let v = (acc - s.zero * w.col_sums[j]) as f32 * (s.scale * w.scales[j]);
             // SAFETY: row r < valid and column j < n lie inside the task's region of y.
             unsafe {
                 let p = y.add(r * n + j);
@@ -306,7 +325,7 @@ fn portable_tile(
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::{QWeight, BLOCKS, LANES, MR, TILE_COLS};
+    use super::{QWeight, RowScale, BLOCKS, LANES, MR, TILE_COLS};
 
     /// One tile, `MR` rows × 64 outputs, over every input: 24 accumulators in registers, per
     /// group of 4 inputs 4 weight loads, 6 broadcasts and 24 `vpdpbusd`.
@@ -321,7 +340,7 @@ mod vnni {
         tile: usize,
         a: &[u8],
         kp: usize,
-        sx: &[f32],
+        sx: &[RowScale],
         valid: usize,
         y: *mut f32,
         accumulate: bool,
@@ -346,7 +365,8 @@ mod vnni {
         }
         let n = w.outputs;
         for (r, acc) in acc.iter().enumerate().take(valid) {
-            let s = _mm512_set1_ps(sx[r]);
+            let s = _mm512_set1_ps(sx[r].scale);
+            let zero = _mm512_set1_epi32(sx[r].zero);
             for (bl, acc) in acc.iter().enumerate() {
                 let j = tile * TILE_COLS + bl * LANES;
                 if j >= n {
@@ -358,7 +378,8 @@ mod vnni {
                 } else {
                     (1u16 << left) - 1
                 };
-                let offset = _mm512_loadu_si512(w.offsets.as_ptr().add(j) as *const _);
+                let sums = _mm512_loadu_si512(w.col_sums.as_ptr().add(j) as *const _);
+                let offset = _mm512_mullo_epi32(zero, sums);
                 let scale = _mm512_loadu_ps(w.scales.as_ptr().add(j));
                 let v = _mm512_mul_ps(
                     _mm512_cvtepi32_ps(_mm512_sub_epi32(*acc, offset)),
@@ -394,15 +415,15 @@ mod tests {
         let mut out = vec![0f64; rows * n];
         for r in 0..rows {
             let mut q = vec![0u8; k];
-            let s = quantize_row(&x[r * k..(r + 1) * k], &mut q);
+            let s = quantize_row(&x[r * k..(r + 1) * k], &w.smooth, &mut q);
             for j in 0..n {
                 let (tile, col) = (j / TILE_COLS, j % TILE_COLS);
                 let mut acc = 0i64;
                 for (kk, &q) in q.iter().enumerate() {
                     let wq = w.packed[((tile * w.groups + kk / 4) * TILE_COLS + col) * 4 + kk % 4];
-                    acc += (q as i64 - 128) * wq as i64;
+                    acc += (q as i64 - s.zero as i64) * wq as i64;
                 }
-                out[r * n + j] = acc as f64 * s as f64 * w.scales[j] as f64;
+                out[r * n + j] = acc as f64 * s.scale as f64 * w.scales[j] as f64;
             }
         }
         out
@@ -437,7 +458,9 @@ mod tests {
                     // Against fp32: within the rounding bound, half a step of each operand per term.
                     let (r, j) = (i / outputs, i % outputs);
                     let row = &x[r * inputs..(r + 1) * inputs];
-                    let sx = row.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+                    let hi = row.iter().fold(0f32, |m, &v| m.max(v));
+                    let lo = row.iter().fold(0f32, |m, &v| m.min(v));
+                    let sx = (hi - lo) / 255.0;
                     let sw = q.scales[j];
                     let bound: f32 = (0..inputs)
                         .map(|k| {
@@ -454,6 +477,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn smoothed_products_match_their_reference_and_stay_near_fp32() {
+        let (rows, inputs, outputs) = (20, 96, 80);
+        let fp32 = weight(outputs, inputs);
+        // Channel 5 runs 50× the others: the outlier smoothing is for.
+        let x: Vec<f32> = (0..rows * inputs)
+            .map(|i| (i as f32 * 0.29).sin() * if i % inputs == 5 { 50.0 } else { 1.0 })
+            .collect();
+        let activation: Vec<f32> = (0..inputs)
+            .map(|k| (0..rows).fold(0f32, |m, r| m.max(x[r * inputs + k].abs())))
+            .collect();
+        let q = QWeight::quantize_smoothed(&fp32, &activation, 0.6);
+        let want = reference(&q, &x, rows);
+        let mut exact = vec![0f32; rows * outputs];
+        fp32.matmul_into(&x, &mut exact, false);
+        let plain = QWeight::quantize(&fp32);
+        let mut unsmoothed = vec![0f32; rows * outputs];
+        plain.matmul_into(&x, &mut unsmoothed, false);
+        let (mut err, mut plain_err) = (0f64, 0f64);
+        for vnni in [false, vnni_available()] {
+            let mut y = vec![0f32; rows * outputs];
+            q.matmul_into_with(&x, &mut y, false, vnni);
+            for i in 0..rows * outputs {
+                assert!((y[i] as f64 - want[i]).abs() < 1e-5 * want[i].abs().max(1.0));
+                err += (y[i] - exact[i]).abs() as f64;
+                plain_err += (unsmoothed[i] - exact[i]).abs() as f64;
+            }
+        }
+        assert!(
+            err < plain_err / 2.0,
+            "smoothed error {err} vs plain {plain_err}"
+        );
     }
 
     #[test]
