@@ -2,6 +2,9 @@
 //! `AutoModelForSequenceClassification` (fp32, CPU), and batch size does not change a logit by more
 //! than 1e-5. The reference comes from `scripts/reference_scores.py`; the demo model from
 //! `scripts/fetch_demo_model.sh` (which `scripts/test.sh` runs first).
+//!
+//! `XBENCH_TEST_DEVICE` (default `cpu`) runs them on another device, e.g. `cuda:0` in
+//! `scripts/gpu_check.sh`; the int8 test is CPU-only (int8 runs on the fused CPU kernels).
 
 use std::path::Path;
 
@@ -36,6 +39,14 @@ struct ReferencePair {
     logit: f32,
 }
 
+/// The device under test: `XBENCH_TEST_DEVICE`, or the CPU.
+fn device() -> Device {
+    match std::env::var("XBENCH_TEST_DEVICE") {
+        Ok(name) => xbench::model::parse_device(&name).unwrap(),
+        Err(_) => Device::Cpu,
+    }
+}
+
 fn setup() -> (Reference, Scorer) {
     setup_with(Kernels::Fused)
 }
@@ -50,8 +61,7 @@ fn setup_with(kernels: Kernels) -> (Reference, Scorer) {
         model_dir.join("model.safetensors").is_file(),
         "the demo model is missing: run ./scripts/fetch_demo_model.sh"
     );
-    let scorer =
-        Scorer::load_with(model_dir.to_str().unwrap(), &Device::Cpu, None, kernels).unwrap();
+    let scorer = Scorer::load_with(model_dir.to_str().unwrap(), &device(), None, kernels).unwrap();
     assert_eq!(scorer.tokenizer().max_length(), reference.max_length);
     (reference, scorer)
 }
@@ -125,6 +135,10 @@ fn logits_match_with(kernels: Kernels) {
 /// and, since activations are quantized per token, batch size changes nothing.
 #[test]
 fn int8_logits_stay_near_transformers_and_do_not_depend_on_batch_size() {
+    if !device().is_cpu() {
+        eprintln!("int8 runs on the CPU only; skipped on {:?}", device());
+        return;
+    }
     let (reference, mut scorer) = setup();
     let fp32_bytes = scorer.model().layer_weight_bytes().unwrap();
     scorer.quantize(Precision::Int8).unwrap();
