@@ -401,3 +401,30 @@ fn accuracy_reports_what_int8_does_to_scores_and_rankings() {
     assert!(rows[1]["ndcg_at_10"].as_f64().unwrap() >= 0.9, "{report}");
     assert!(rows[1]["pairs_per_s"].as_f64().unwrap() > 0.0);
 }
+
+/// `experiment.accuracy_pairs` adds each cell's accuracy against fp32 to the results: exact for
+/// the fp32 cell, within int8's tolerance for the int8 cell.
+#[test]
+fn run_records_each_cells_accuracy() {
+    let out = tempfile::tempdir().unwrap();
+    xbench()
+        .args([
+            "run",
+            "07_precision",
+            "experiment.min_requests=2",
+            "experiment.duration_s=0",
+        ])
+        .args(["experiment.warmup=1", "experiment.accuracy_pairs=16"])
+        .arg("--output-dir")
+        .arg(out.path())
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(out.path().join("07_precision_results.json")).unwrap();
+    let results: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cells = results["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+    assert_eq!(cells[0]["accuracy"]["pairs"], 16);
+    assert_eq!(cells[0]["accuracy"]["max_abs_diff"], 0.0);
+    let int8 = cells[1]["accuracy"]["max_abs_diff"].as_f64().unwrap();
+    assert!(int8 > 0.0 && int8 <= 0.35, "{}", cells[1]["accuracy"]);
+}

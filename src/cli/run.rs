@@ -341,6 +341,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write results into {}", opts.output_dir.display()))?;
     }
     progress.finish_and_clear();
+    // fp32 scores, once per (model, truncation, kernels, workload, pairs).
+    let mut references: HashMap<String, Vec<f32>> = HashMap::new();
     for (i, cell) in cells.iter().enumerate() {
         let c = &cell.config;
         if c.experiment.accuracy_pairs == 0 {
@@ -350,8 +352,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let key = (w.input.clone(), w.generate, w.seed, cell.pairs_per_request);
         let accuracy = cell_accuracy(
             &c.engine_config()?,
-            &workloads[&key],
+            (&format!("{key:?}"), &workloads[&key]),
             c.experiment.accuracy_pairs,
+            &mut references,
         )
         .with_context(|| {
             format!(
@@ -378,11 +381,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// What the cell's first model at its precision does to scores against fp32, over the first `n`
-/// pairs of the cell's workload (each request is one ranking).
+/// pairs of the cell's workload (each request is one ranking). `references` keeps the fp32 scores
+/// for the cells that share them.
 fn cell_accuracy(
     engine: &EngineConfig,
-    workload: &Workload,
+    (workload_id, workload): (&str, &Workload),
     n: usize,
+    references: &mut HashMap<String, Vec<f32>>,
 ) -> anyhow::Result<Agreement> {
     let spec = engine.models.first().context("the cell has no model")?;
     let mut pairs = Vec::new();
@@ -402,10 +407,21 @@ fn cell_accuracy(
         scorer.quantize(precision)?;
         Ok(scorer.score(&pairs, 32)?)
     };
-    let reference = score(Precision::Fp32)?;
-    let scores = score(spec.quantization)?;
+    let id = format!(
+        "{} {:?} {:?} {workload_id} {n}",
+        spec.name, spec.max_length, spec.kernels
+    );
+    if !references.contains_key(&id) {
+        references.insert(id.clone(), score(Precision::Fp32)?);
+    }
+    let reference = &references[&id];
+    // fp32 against itself is the same computation: its scores are the reference's.
+    let scores = match spec.quantization {
+        Precision::Fp32 => reference.clone(),
+        other => score(other)?,
+    };
     let rankings: Vec<&str> = rankings.iter().map(String::as_str).collect();
-    Ok(agreement(&reference, &scores, &rankings))
+    Ok(agreement(reference, &scores, &rankings))
 }
 
 fn workload(c: &XbenchConfig, pairs_per_request: usize) -> anyhow::Result<Workload> {
