@@ -129,8 +129,6 @@ pub enum ScoreError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Tokenize(#[from] TokenizeError),
-    #[error("model '{name}' has {labels} labels; xbench scores rerankers with one label (one logit per pair)")]
-    NotAReranker { name: String, labels: usize },
     #[error("batch size must be at least 1")]
     ZeroBatch,
 }
@@ -161,12 +159,6 @@ impl Scorer {
         let files = ModelFiles::resolve(model)?;
         let model = CrossEncoder::load_with(&files, device, DType::F32, kernels)?;
         let info = model.info();
-        if info.num_labels != 1 {
-            return Err(ScoreError::NotAReranker {
-                name: info.name.clone(),
-                labels: info.num_labels,
-            });
-        }
         let tokenizer = PairTokenizer::load(&files, info.max_positions, max_length)?;
         Ok(Self { model, tokenizer })
     }
@@ -184,7 +176,8 @@ impl Scorer {
         &self.tokenizer
     }
 
-    /// Raw logits of `pairs`, in order, `batch_size` pairs per forward pass.
+    /// Raw scores of `pairs` (the logit of a one-label reranker; see [`crate::model::relevance`]
+    /// for more labels), in order, `batch_size` pairs per forward pass.
     pub fn score(&self, pairs: &[Pair], batch_size: usize) -> Result<Vec<f32>, ScoreError> {
         if batch_size == 0 {
             return Err(ScoreError::ZeroBatch);

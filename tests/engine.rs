@@ -107,7 +107,7 @@ fn engine_scores_equal_xbench_score_for_any_workers_and_batching() {
                                 q.clone(),
                                 chunk[i..j].iter().map(|p| p.passage.clone()).collect(),
                             ));
-                            scores.extend(engine.rerank(None, input).await.unwrap().scores);
+                            scores.extend(engine.rerank(None, input).await.unwrap().scores());
                             i = j;
                         }
                         scores
@@ -327,7 +327,7 @@ fn several_models_in_one_pool_route_by_name() {
         let got = runtime
             .block_on(engine.rerank(Some(name), input.clone()))
             .unwrap()
-            .scores;
+            .scores();
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-5, "model {i}: {g} vs {w}");
         }
@@ -338,7 +338,7 @@ fn several_models_in_one_pool_route_by_name() {
     let first = runtime
         .block_on(engine.rerank(None, input.clone()))
         .unwrap()
-        .scores;
+        .scores();
     assert_eq!(first, all[0]);
     let err = runtime
         .block_on(engine.rerank(Some("other"), input))

@@ -1586,3 +1586,88 @@ fn the_api_key_is_never_logged() {
     assert!(!status.success());
     assert!(stderr.contains("--api-key"), "{stderr}");
 }
+
+/// A model with more than one label (the tiny DistilBERT's irrelevant / partial / relevant): each
+/// result carries every label's logit; the score is the last label's softmax probability (raw:
+/// its log-odds against the others), on both APIs; `/info` names the labels.
+#[test]
+fn multi_label_models_answer_every_logit_and_score_their_last_label() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-distilbert");
+    let config = EngineConfig {
+        models: vec![ModelSpec {
+            threads: Some(1),
+            ..ModelSpec::new(model.to_str().unwrap())
+        }],
+        tokenizer_pool: TokenizerPoolConfig::default(),
+        batching: BatchingConfig::default(),
+    };
+    let server = TestServer::start(settings(), config, None);
+    let texts = [
+        "Rust is a systems programming language.",
+        "The river runs to the sea.",
+        "",
+    ];
+    let want = Scorer::load(model.to_str().unwrap(), &Device::Cpu, None).unwrap();
+    let (s, v) = post(
+        &server,
+        "/rerank",
+        &json!({"query": "what is rust", "texts": texts, "raw_scores": true}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let raw = v.as_array().unwrap();
+    assert_eq!(raw.len(), 3);
+    let (_, v) = post(
+        &server,
+        "/rerank",
+        &json!({"query": "what is rust", "texts": texts}),
+    );
+    let ranks = v.as_array().unwrap();
+    for (r, p) in raw.iter().zip(ranks) {
+        assert_eq!(r["index"], p["index"], "the same order raw or not");
+        let logits: Vec<f32> = serde_json::from_value(p["logits"].clone()).unwrap();
+        assert_eq!(logits.len(), 3, "{p}");
+        let softmax = logits[2].exp() / logits.iter().map(|l| l.exp()).sum::<f32>();
+        let score = p["score"].as_f64().unwrap() as f32;
+        assert!((score - softmax).abs() <= 1e-5, "{p}");
+        let log_odds = r["score"].as_f64().unwrap() as f32;
+        assert!((sigmoid(log_odds) - softmax).abs() <= 1e-5, "{r}");
+        let i = p["index"].as_u64().unwrap() as usize;
+        let alone = want
+            .score(&[Pair::new("what is rust", texts[i])], 1)
+            .unwrap()[0];
+        assert!((alone - log_odds).abs() <= 1e-5, "{alone} vs {log_odds}");
+    }
+    let scores: Vec<f64> = ranks.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+
+    let (s, v) = post(
+        &server,
+        "/v1/rerank",
+        &json!({"query": "what is rust", "documents": texts, "top_n": 2}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (c, p) in results.iter().zip(ranks) {
+        assert_eq!(c["index"], p["index"]);
+        assert_eq!(c["logits"], p["logits"]);
+        let d = c["relevance_score"].as_f64().unwrap() - p["score"].as_f64().unwrap();
+        assert!(d.abs() <= 1e-6, "{c} vs {p}");
+    }
+
+    let info: Value = client()
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        info["models"][0]["labels"],
+        json!(["irrelevant", "partial", "relevant"])
+    );
+    assert_eq!(
+        info["models"][0]["architecture"],
+        "DistilBertForSequenceClassification"
+    );
+    server.stop();
+}

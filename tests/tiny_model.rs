@@ -131,8 +131,10 @@ fn a_short_pair_scores_the_same_beside_a_long_one() {
     assert_eq!(model.info().max_positions, 64);
 }
 
+/// A two-label model scores each pair by its last label's log-odds against the first: for two
+/// labels, `l1 - l0`, whose sigmoid is the softmax probability of label 1.
 #[test]
-fn two_label_models_load_but_are_not_scored_as_rerankers() {
+fn two_label_models_score_the_log_odds_of_their_last_label() {
     let dir = tempfile::tempdir().unwrap();
     TinyBert {
         num_labels: 2,
@@ -142,16 +144,26 @@ fn two_label_models_load_but_are_not_scored_as_rerankers() {
     .unwrap();
     let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
     let model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(model.info().labels, ["LABEL_0", "LABEL_1"]);
     let tok = PairTokenizer::load(&files, 64, None).unwrap();
     let logits = model
         .forward(&tok.encode_batch([("a", "b"), ("c", "d")]).unwrap())
-        .unwrap();
-    assert_eq!(logits.dims(), &[2, 2]);
-    let err = Scorer::load(dir.path().to_str().unwrap(), &Device::Cpu, None)
-        .err()
         .unwrap()
-        .to_string();
-    assert!(err.contains("has 2 labels"), "{err}");
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_eq!(logits.len(), 2);
+    let scorer = Scorer::load(dir.path().to_str().unwrap(), &Device::Cpu, None).unwrap();
+    let scores = scorer
+        .score(&[Pair::new("a", "b"), Pair::new("c", "d")], 2)
+        .unwrap();
+    for (row, score) in logits.iter().zip(&scores) {
+        assert!(
+            (score - (row[1] - row[0])).abs() <= 1e-5,
+            "{row:?} -> {score}"
+        );
+        let softmax = row[1].exp() / (row[0].exp() + row[1].exp());
+        assert!((xbench::score::sigmoid(*score) - softmax).abs() <= 1e-6);
+    }
 }
 
 /// The packed forward pass (no padding) gives the padded path's logits, pair by pair, for batches

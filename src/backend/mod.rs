@@ -21,7 +21,11 @@ pub trait Backend: Send + Sync {
     fn is_padded(&self) -> bool;
     /// Runs one tiny batch; an error means the backend cannot serve.
     fn health(&self) -> Result<(), BackendError>;
-    /// One score per pair of `batch`, in batch order.
+    /// Logits per pair: 1 for a reranker.
+    fn labels(&self) -> usize {
+        1
+    }
+    /// Every pair's logits in batch order, `[pairs × labels]` row-major.
     fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError>;
 }
 
@@ -74,13 +78,17 @@ impl Backend for CandleBackend {
 
     fn health(&self) -> Result<(), BackendError> {
         let mut batch = Batch::new();
-        batch.push(&[0, 0, 0], &[0, 0, 1]);
+        batch.push(&[0, 0, 0], &[0, 0, 0]);
         self.predict(&batch).map(|_| ())
+    }
+
+    fn labels(&self) -> usize {
+        self.model.info().num_labels
     }
 
     fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
         self.model
-            .predict(batch)
+            .logits(batch)
             .map_err(|e| BackendError::Inference(format!("{:#}", anyhow::Error::new(e))))
     }
 }

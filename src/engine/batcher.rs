@@ -93,7 +93,8 @@ impl BatchingConfig {
 /// What the model pool sends back for one request.
 #[derive(Debug)]
 pub(crate) struct InferOutput {
-    pub scores: Vec<f32>,
+    /// `[pairs × labels]` row-major.
+    pub logits: Vec<f32>,
     pub batch_wait: Duration,
     pub inference: Duration,
 }
@@ -138,7 +139,10 @@ impl QueueSlots {
 /// One request's shared state while its pairs are spread over batches.
 pub(crate) struct RequestState {
     enqueued: Instant,
-    scores: Mutex<Vec<f32>>,
+    /// `[pairs × labels]`, filled as batches complete.
+    logits: Mutex<Vec<f32>>,
+    labels: usize,
+    /// Logits not yet arrived.
     remaining: AtomicUsize,
     inference_ns: AtomicU64,
     reply: Mutex<Option<Reply>>,
@@ -147,11 +151,13 @@ pub(crate) struct RequestState {
 }
 
 impl RequestState {
-    pub fn new(pairs: usize, reply: Reply) -> Self {
+    pub fn new(pairs: usize, labels: usize, reply: Reply) -> Self {
+        let labels = labels.max(1);
         Self {
             enqueued: Instant::now(),
-            scores: Mutex::new(vec![0.0; pairs]),
-            remaining: AtomicUsize::new(pairs),
+            logits: Mutex::new(vec![0.0; pairs * labels]),
+            labels,
+            remaining: AtomicUsize::new(pairs * labels),
             inference_ns: AtomicU64::new(0),
             reply: Mutex::new(Some(reply)),
             slot: Mutex::new(None),
@@ -181,23 +187,25 @@ impl RequestState {
         }
     }
 
-    /// Stores the scores of pairs `start..start + scores.len()`; answers when all have arrived.
-    pub fn complete(&self, start: usize, scores: &[f32], inference: Duration) {
-        if let Ok(mut all) = self.scores.lock() {
-            all[start..start + scores.len()].copy_from_slice(scores);
+    /// Stores the logits of the pairs from `start` on (`logits` holds whole rows of `labels`);
+    /// answers when all have arrived.
+    pub fn complete(&self, start: usize, logits: &[f32], inference: Duration) {
+        let at = start * self.labels;
+        if let Ok(mut all) = self.logits.lock() {
+            all[at..at + logits.len()].copy_from_slice(logits);
         }
         self.inference_ns
             .fetch_add(inference.as_nanos() as u64, Ordering::Relaxed);
-        if self.remaining.fetch_sub(scores.len(), Ordering::AcqRel) == scores.len() {
-            let scores = self
-                .scores
+        if self.remaining.fetch_sub(logits.len(), Ordering::AcqRel) == logits.len() {
+            let logits = self
+                .logits
                 .lock()
                 .map(|mut s| std::mem::take(&mut *s))
                 .unwrap_or_default();
             let inference = Duration::from_nanos(self.inference_ns.load(Ordering::Relaxed));
             let total = self.enqueued.elapsed();
             self.answer(Ok(InferOutput {
-                scores,
+                logits,
                 batch_wait: total.saturating_sub(inference),
                 inference,
             }));

@@ -167,13 +167,32 @@ pub struct Timings {
     pub total: Duration,
 }
 
-/// Scores of one request, in passage order.
+/// The logits of one request's pairs, in passage order.
 #[derive(Debug, Clone)]
 pub struct Scored {
-    pub scores: Vec<f32>,
+    /// `[pairs × labels]` row-major: one logit per pair for a reranker.
+    pub logits: Vec<f32>,
+    /// Logits per pair (the model's `num_labels`).
+    pub labels: usize,
     /// Real tokens of the request's pairs.
     pub tokens: usize,
     pub timings: Timings,
+}
+
+impl Scored {
+    pub fn pairs(&self) -> usize {
+        self.logits.len() / self.labels.max(1)
+    }
+
+    /// Each pair's logits.
+    pub fn rows(&self) -> std::slice::ChunksExact<'_, f32> {
+        self.logits.chunks_exact(self.labels.max(1))
+    }
+
+    /// Each pair's relevance score before any sigmoid ([`crate::model::relevance`]).
+    pub fn scores(&self) -> Vec<f32> {
+        self.rows().map(crate::model::relevance).collect()
+    }
 }
 
 /// The output of the tokenize stage.
@@ -502,7 +521,9 @@ impl Engine {
             return Err(overloaded());
         }
         let (tx, rx) = oneshot::channel();
-        let state = Arc::new(RequestState::new(encoded.len(), tx).holding(handle.slots.clone()));
+        let labels = handle.info.num_labels;
+        let state =
+            Arc::new(RequestState::new(encoded.len(), labels, tx).holding(handle.slots.clone()));
         // Frees the queue place if this future is dropped (the caller left) before the batcher
         // took the request; a no-op once it has.
         let _place = ReleaseOnDrop(state.clone());
@@ -513,7 +534,8 @@ impl Engine {
         })?;
         let out = rx.await.map_err(|_| EngineError::Shutdown)??;
         Ok(Scored {
-            scores: out.scores,
+            logits: out.logits,
+            labels,
             tokens,
             timings: Timings {
                 batch_wait: out.batch_wait,

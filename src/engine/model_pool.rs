@@ -100,6 +100,7 @@ fn run_instance(
     let efficiency = metrics::histogram!("xbench_batch_padding_efficiency", &labels);
     let durations = metrics::histogram!("xbench_batch_duration_seconds", &labels);
     let padded = backend.is_padded();
+    let logits_per_pair = backend.labels().max(1);
     // Free: ask for work. (The batcher may have stopped; then the loop below ends too.)
     let _ = idle.send(());
     while let Ok(Work { batch, segments }) = work.recv() {
@@ -132,22 +133,23 @@ fn run_instance(
         };
         let elapsed = started.elapsed();
         durations.record(elapsed.as_secs_f64());
-        if !matches!(&result, Ok(scores) if scores.len() == batch.pairs()) {
+        let expected = batch.pairs() * logits_per_pair;
+        if !matches!(&result, Ok(logits) if logits.len() == expected) {
             failures.increment(1);
         }
         match result {
-            Ok(scores) if scores.len() == batch.pairs() => {
+            Ok(logits) if logits.len() == expected => {
                 let mut offset = 0;
                 for s in segments {
-                    s.state
-                        .complete(s.start, &scores[offset..offset + s.len], elapsed);
+                    let rows = offset * logits_per_pair..(offset + s.len) * logits_per_pair;
+                    s.state.complete(s.start, &logits[rows], elapsed);
                     offset += s.len;
                 }
             }
-            Ok(scores) => {
+            Ok(logits) => {
                 let error = BackendError::Inference(format!(
-                    "the backend returned {} scores for {} pairs",
-                    scores.len(),
+                    "the backend returned {} logits for {} pairs of {logits_per_pair} labels",
+                    logits.len(),
                     batch.pairs()
                 ));
                 tracing::error!(model, index, %error, "batch failed");

@@ -89,6 +89,7 @@ fn start(mock: Mock, batching: BatchingConfig, instances: usize) -> Fixture {
             name: spec.name.clone(),
             architecture: "mock".into(),
             num_labels: 1,
+            labels: vec!["LABEL_0".into()],
             hidden_size: 8,
             num_layers: 1,
             max_positions: 64,
@@ -233,7 +234,7 @@ async fn scores_come_back_in_order_to_the_right_request_even_when_split() {
         for (req, res) in requests.iter().zip(results) {
             let scored = res.unwrap();
             let want: Vec<f32> = req.iter().map(|e| expected_score(&e.ids)).collect();
-            assert_eq!(scored.scores, want);
+            assert_eq!(scored.scores(), want);
             assert_eq!(
                 scored.tokens,
                 req.iter().map(|e| e.ids.len()).sum::<usize>()
@@ -337,7 +338,7 @@ async fn batches_grow_while_every_instance_is_busy() {
             .iter()
             .map(|e| expected_score(&e.ids))
             .collect();
-        assert_eq!(scored.unwrap().scores, want, "request {r}");
+        assert_eq!(scored.unwrap().scores(), want, "request {r}");
     }
     let batches: Vec<usize> = mock.batches.lock().unwrap().iter().map(|b| b.0).collect();
     assert_eq!(batches, vec![2, 12], "pairs per batch");
@@ -347,17 +348,31 @@ async fn batches_grow_while_every_instance_is_busy() {
 /// each) instead of all going to one while the other idles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_pairs_are_shared_among_free_instances() {
-    let f = start(Mock::default(), batching(32, 16384, 20.0), 2);
+    // The gate holds each batch until both are cut: on a loaded machine the first instance could
+    // otherwise finish before the batcher cuts the second share, and count as free again.
+    let g = gate();
+    let f = start(
+        Mock {
+            gate: Some(g.clone()),
+            ..Mock::default()
+        },
+        batching(32, 16384, 20.0),
+        2,
+    );
     let mock = f.mock.clone();
     let engine = Arc::new(f.engine);
     // Let both instances report free first.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let scored = engine.infer(None, request(5, 8)).await.unwrap();
+    let e = engine.clone();
+    let waiting = tokio::spawn(async move { e.infer(None, request(5, 8)).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    open(&g);
+    let scored = waiting.await.unwrap().unwrap();
     let want: Vec<f32> = request(5, 8)
         .iter()
         .map(|e| expected_score(&e.ids))
         .collect();
-    assert_eq!(scored.scores, want);
+    assert_eq!(scored.scores(), want);
     let batches = mock.batches.lock().unwrap().clone();
     assert_eq!(batches.len(), 2, "{batches:?}");
     let total: usize = request(5, 8).iter().map(|e| e.ids.len()).sum();
@@ -461,7 +476,7 @@ async fn a_failed_or_panicking_batch_fails_only_its_own_requests() {
                 assert!(m.contains("injected panic"))
             }
             (3 | 4, other) => panic!("request {r}: {other:?}"),
-            (_, res) => assert_eq!(res.unwrap().scores.len(), 2),
+            (_, res) => assert_eq!(res.unwrap().scores().len(), 2),
         }
     }
     // The instance survived its panic and keeps serving.
@@ -487,7 +502,7 @@ async fn a_panicking_tokenizer_fails_only_its_request() {
             "rust",
             vec!["bread".into(), "city".into()],
         ));
-        assert_eq!(engine.rerank(None, good).await.unwrap().scores.len(), 2);
+        assert_eq!(engine.rerank(None, good).await.unwrap().scores().len(), 2);
     }
 }
 

@@ -1,5 +1,8 @@
 //! `BertForSequenceClassification` in candle, one struct per module of transformers'
-//! `models/bert/modeling_bert.py`, weight paths mirrored with `vb.pp(...)`.
+//! `models/bert/modeling_bert.py`, weight paths mirrored with `vb.pp(...)`; and the two members of
+//! its family that share its encoder ([`Family`]): `XLMRobertaForSequenceClassification` (positions
+//! offset past the padding index, one token type, `RobertaClassificationHead` on `<s>`) and
+//! `DistilBertForSequenceClassification` (no token types, its own weight names, a ReLU head).
 //!
 //! Hidden states are kept as a `[tokens, hidden]` matrix so every linear layer is one matrix
 //! product. The default forward pass runs on the packed tokens of a [`Batch`], with no padding:
@@ -92,6 +95,19 @@ impl BertConfig {
             .unwrap_or(2)
     }
 
+    /// Label names in id order: `id2label`'s, else `LABEL_i`.
+    pub fn labels(&self) -> Vec<String> {
+        (0..self.num_labels())
+            .map(|i| {
+                self.id2label
+                    .as_ref()
+                    .and_then(|m| m.get(&i.to_string()))
+                    .cloned()
+                    .unwrap_or_else(|| format!("LABEL_{i}"))
+            })
+            .collect()
+    }
+
     pub fn validate(&self, path: &Path) -> std::result::Result<(), ModelError> {
         let invalid = |message: String| ModelError::InvalidConfig {
             path: path.to_path_buf(),
@@ -118,6 +134,105 @@ impl BertConfig {
     }
 }
 
+/// The members of the BERT family xbench loads: one encoder (post-LayerNorm layers of
+/// self-attention and a feed-forward block), three sets of weight names, embeddings and heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Positions from 0; word + position + token type embeddings; `BertPooler` (dense + tanh on
+    /// `[CLS]`) then `classifier`.
+    Bert,
+    /// Positions from `pad_token_id + 1` (transformers' `create_position_ids_from_input_ids` on
+    /// unpadded pairs); usually one token type; `RobertaClassificationHead` (dense + tanh on `<s>`,
+    /// then `out_proj`), no pooler.
+    XlmRoberta,
+    /// No token type embeddings (the type ids a tokenizer makes are ignored); `pre_classifier` +
+    /// ReLU on `[CLS]`, then `classifier`.
+    DistilBert,
+}
+
+impl Family {
+    /// The `architectures` entry of `config.json` for this family's classifier.
+    pub fn of(architecture: &str) -> Option<Self> {
+        match architecture {
+            "BertForSequenceClassification" => Some(Family::Bert),
+            "XLMRobertaForSequenceClassification" => Some(Family::XlmRoberta),
+            "DistilBertForSequenceClassification" => Some(Family::DistilBert),
+            _ => None,
+        }
+    }
+
+    /// Reads the config of this family's `config.json` as the shared [`BertConfig`].
+    pub fn config(self, path: &Path, text: &str) -> std::result::Result<BertConfig, ModelError> {
+        let config = match self {
+            Family::Bert | Family::XlmRoberta => super::parse_json::<BertConfig>(path, text)?,
+            Family::DistilBert => super::parse_json::<DistilBertConfig>(path, text)?.into_bert(),
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// How far position ids are shifted from 0 at the first token.
+    fn position_offset(self, c: &BertConfig) -> usize {
+        match self {
+            Family::XlmRoberta => c.pad_token_id as usize + 1,
+            Family::Bert | Family::DistilBert => 0,
+        }
+    }
+
+    /// The longest pair (special tokens included) the position embeddings allow.
+    pub fn max_positions(self, c: &BertConfig) -> usize {
+        c.max_position_embeddings
+            .saturating_sub(self.position_offset(c))
+    }
+}
+
+/// The activation between the head's two dense layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadAct {
+    Tanh,
+    Relu,
+}
+
+/// The keys of a DistilBERT `config.json` the forward pass reads (its names differ from BERT's).
+#[derive(Debug, Clone, Deserialize)]
+struct DistilBertConfig {
+    vocab_size: usize,
+    dim: usize,
+    n_layers: usize,
+    n_heads: usize,
+    hidden_dim: usize,
+    #[serde(default = "default_act")]
+    activation: Activation,
+    max_position_embeddings: usize,
+    #[serde(default)]
+    pad_token_id: u32,
+    #[serde(default)]
+    num_labels: Option<usize>,
+    #[serde(default)]
+    id2label: Option<BTreeMap<String, String>>,
+}
+
+impl DistilBertConfig {
+    fn into_bert(self) -> BertConfig {
+        BertConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.dim,
+            num_hidden_layers: self.n_layers,
+            num_attention_heads: self.n_heads,
+            intermediate_size: self.hidden_dim,
+            hidden_act: self.activation,
+            max_position_embeddings: self.max_position_embeddings,
+            type_vocab_size: 0,
+            // transformers builds every DistilBERT LayerNorm with eps 1e-12.
+            layer_norm_eps: 1e-12,
+            pad_token_id: self.pad_token_id,
+            position_embedding_type: default_position_type(),
+            num_labels: self.num_labels,
+            id2label: self.id2label,
+        }
+    }
+}
+
 fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     // Checkpoints converted from TensorFlow name the parameters gamma/beta; transformers renames them.
     let (w, b) = if vb.contains_tensor("weight") || !vb.contains_tensor("gamma") {
@@ -129,15 +244,25 @@ fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 }
 
 /// `BertEmbeddings`: word + position + token type, then LayerNorm (dropout is off in inference).
+/// DistilBERT's have no token type table; XLM-RoBERTa's positions start past the padding index.
 struct BertEmbeddings {
     word_embeddings: Embedding,
     position_embeddings: Embedding,
-    token_type_embeddings: Embedding,
+    token_type_embeddings: Option<Embedding>,
     layer_norm: LayerNorm,
+    position_offset: u32,
 }
 
 impl BertEmbeddings {
-    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &BertConfig, family: Family) -> Result<Self> {
+        let token_type_embeddings = match family {
+            Family::DistilBert => None,
+            Family::Bert | Family::XlmRoberta => Some(candle_nn::embedding(
+                c.type_vocab_size,
+                c.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?),
+        };
         Ok(Self {
             word_embeddings: candle_nn::embedding(
                 c.vocab_size,
@@ -149,20 +274,30 @@ impl BertEmbeddings {
                 c.hidden_size,
                 vb.pp("position_embeddings"),
             )?,
-            token_type_embeddings: candle_nn::embedding(
-                c.type_vocab_size,
-                c.hidden_size,
-                vb.pp("token_type_embeddings"),
-            )?,
+            token_type_embeddings,
             layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
+            position_offset: family.position_offset(c) as u32,
         })
     }
 
-    /// All inputs are `[tokens]`; returns `[tokens, hidden]`.
-    fn forward(&self, ids: &Tensor, types: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let x = self.word_embeddings.forward(ids)?;
-        let x = (x + self.token_type_embeddings.forward(types)?)?;
-        let x = (x + self.position_embeddings.forward(positions)?)?;
+    /// All inputs are `[tokens]` on `device`'s host side; returns `[tokens, hidden]`.
+    fn forward(
+        &self,
+        ids: &[u32],
+        types: &[u32],
+        positions: &[u32],
+        device: &Device,
+    ) -> Result<Tensor> {
+        let tokens = ids.len();
+        let ids = Tensor::from_slice(ids, tokens, device)?;
+        let positions: Vec<u32> = positions.iter().map(|p| p + self.position_offset).collect();
+        let positions = Tensor::from_vec(positions, tokens, device)?;
+        let mut x = self.word_embeddings.forward(&ids)?;
+        if let Some(table) = &self.token_type_embeddings {
+            let types = Tensor::from_slice(types, tokens, device)?;
+            x = (x + table.forward(&types)?)?;
+        }
+        let x = (x + self.position_embeddings.forward(&positions)?)?;
         self.layer_norm.forward(&x)
     }
 }
@@ -177,12 +312,13 @@ struct BertSelfAttention {
 }
 
 impl BertSelfAttention {
-    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+    /// `names` are the query, key and value layers' names under `vb`.
+    fn load(vb: VarBuilder, c: &BertConfig, names: [&str; 3]) -> Result<Self> {
         let h = c.hidden_size;
         Ok(Self {
-            query: candle_nn::linear(h, h, vb.pp("query"))?,
-            key: candle_nn::linear(h, h, vb.pp("key"))?,
-            value: candle_nn::linear(h, h, vb.pp("value"))?,
+            query: candle_nn::linear(h, h, vb.pp(names[0]))?,
+            key: candle_nn::linear(h, h, vb.pp(names[1]))?,
+            value: candle_nn::linear(h, h, vb.pp(names[2]))?,
             heads: c.num_attention_heads,
             head_dim: h / c.num_attention_heads,
         })
@@ -249,10 +385,10 @@ struct DenseResidualNorm {
 }
 
 impl DenseResidualNorm {
-    fn load(vb: VarBuilder, input: usize, c: &BertConfig) -> Result<Self> {
+    fn load(dense: VarBuilder, norm: VarBuilder, input: usize, c: &BertConfig) -> Result<Self> {
         Ok(Self {
-            dense: candle_nn::linear(input, c.hidden_size, vb.pp("dense"))?,
-            layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
+            dense: candle_nn::linear(input, c.hidden_size, dense)?,
+            layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, norm)?,
         })
     }
 
@@ -273,22 +409,58 @@ struct BertLayer {
 }
 
 impl BertLayer {
-    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
-        Ok(Self {
-            attention: BertSelfAttention::load(vb.pp("attention").pp("self"), c)?,
-            attention_output: DenseResidualNorm::load(
-                vb.pp("attention").pp("output"),
-                c.hidden_size,
-                c,
-            )?,
-            intermediate: candle_nn::linear(
-                c.hidden_size,
-                c.intermediate_size,
-                vb.pp("intermediate").pp("dense"),
-            )?,
-            act: c.hidden_act,
-            output: DenseResidualNorm::load(vb.pp("output"), c.intermediate_size, c)?,
-        })
+    /// Layer `vb` of `family`'s encoder, under that family's weight names.
+    fn load(vb: VarBuilder, c: &BertConfig, family: Family) -> Result<Self> {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        match family {
+            Family::Bert | Family::XlmRoberta => {
+                let attention = vb.pp("attention");
+                Ok(Self {
+                    attention: BertSelfAttention::load(
+                        attention.pp("self"),
+                        c,
+                        ["query", "key", "value"],
+                    )?,
+                    attention_output: DenseResidualNorm::load(
+                        attention.pp("output").pp("dense"),
+                        attention.pp("output").pp("LayerNorm"),
+                        h,
+                        c,
+                    )?,
+                    intermediate: candle_nn::linear(h, i, vb.pp("intermediate").pp("dense"))?,
+                    act: c.hidden_act,
+                    output: DenseResidualNorm::load(
+                        vb.pp("output").pp("dense"),
+                        vb.pp("output").pp("LayerNorm"),
+                        i,
+                        c,
+                    )?,
+                })
+            }
+            // transformers' `TransformerBlock`: `attention.{q,k,v,out}_lin`, `sa_layer_norm`,
+            // `ffn.lin1`, `ffn.lin2`, `output_layer_norm`.
+            Family::DistilBert => Ok(Self {
+                attention: BertSelfAttention::load(
+                    vb.pp("attention"),
+                    c,
+                    ["q_lin", "k_lin", "v_lin"],
+                )?,
+                attention_output: DenseResidualNorm::load(
+                    vb.pp("attention").pp("out_lin"),
+                    vb.pp("sa_layer_norm"),
+                    h,
+                    c,
+                )?,
+                intermediate: candle_nn::linear(h, i, vb.pp("ffn").pp("lin1"))?,
+                act: c.hidden_act,
+                output: DenseResidualNorm::load(
+                    vb.pp("ffn").pp("lin2"),
+                    vb.pp("output_layer_norm"),
+                    i,
+                    c,
+                )?,
+            }),
+        }
     }
 
     fn forward(
@@ -315,29 +487,73 @@ impl BertLayer {
     }
 }
 
-/// `BertForSequenceClassification`: `bert` (embeddings, encoder, pooler) and `classifier`.
+/// `BertForSequenceClassification`: `bert` (embeddings, encoder, pooler) and `classifier`; or one
+/// of the other [`Family`] members, whose head is the same two dense layers under other names.
 pub struct BertForSequenceClassification {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
+    /// The head's first dense layer (`BertPooler`'s dense, `classifier.dense`, `pre_classifier`).
     pooler: Linear,
+    pooler_act: HeadAct,
+    /// The head's last layer, `[num_labels, hidden]`.
     classifier: Linear,
     pad_token_id: u32,
     max_positions: usize,
 }
 
 impl BertForSequenceClassification {
-    pub fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
-        let bert = vb.pp("bert");
+    pub fn load(vb: VarBuilder, c: &BertConfig, family: Family) -> Result<Self> {
+        let (h, labels) = (c.hidden_size, c.num_labels());
+        let (model, encoder, pooler, pooler_act, classifier) = match family {
+            Family::Bert => {
+                let bert = vb.pp("bert");
+                let pooler = candle_nn::linear(h, h, bert.pp("pooler").pp("dense"))?;
+                let classifier = candle_nn::linear(h, labels, vb.pp("classifier"))?;
+                (
+                    bert.clone(),
+                    bert.pp("encoder").pp("layer"),
+                    pooler,
+                    HeadAct::Tanh,
+                    classifier,
+                )
+            }
+            Family::XlmRoberta => {
+                let roberta = vb.pp("roberta");
+                let head = vb.pp("classifier");
+                let pooler = candle_nn::linear(h, h, head.pp("dense"))?;
+                let classifier = candle_nn::linear(h, labels, head.pp("out_proj"))?;
+                (
+                    roberta.clone(),
+                    roberta.pp("encoder").pp("layer"),
+                    pooler,
+                    HeadAct::Tanh,
+                    classifier,
+                )
+            }
+            Family::DistilBert => {
+                let distil = vb.pp("distilbert");
+                let pooler = candle_nn::linear(h, h, vb.pp("pre_classifier"))?;
+                let classifier = candle_nn::linear(h, labels, vb.pp("classifier"))?;
+                (
+                    distil.clone(),
+                    distil.pp("transformer").pp("layer"),
+                    pooler,
+                    HeadAct::Relu,
+                    classifier,
+                )
+            }
+        };
         let layers = (0..c.num_hidden_layers)
-            .map(|i| BertLayer::load(bert.pp("encoder").pp("layer").pp(i), c))
+            .map(|i| BertLayer::load(encoder.pp(i), c, family))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embeddings: BertEmbeddings::load(bert.pp("embeddings"), c)?,
+            embeddings: BertEmbeddings::load(model.pp("embeddings"), c, family)?,
             layers,
-            pooler: candle_nn::linear(c.hidden_size, c.hidden_size, bert.pp("pooler").pp("dense"))?,
-            classifier: candle_nn::linear(c.hidden_size, c.num_labels(), vb.pp("classifier"))?,
+            pooler,
+            pooler_act,
+            classifier,
             pad_token_id: c.pad_token_id,
-            max_positions: c.max_position_embeddings,
+            max_positions: family.max_positions(c),
         })
     }
 
@@ -355,21 +571,22 @@ impl BertForSequenceClassification {
     /// Logits `[pairs, num_labels]`, computed on the packed tokens (no padding).
     pub fn forward(&self, batch: &Batch, device: &Device) -> Result<Tensor> {
         self.check_positions(batch)?;
-        let tokens = batch.total_tokens();
-        let ids = Tensor::from_slice(&batch.input_ids, tokens, device)?;
-        let types = Tensor::from_slice(&batch.token_type_ids, tokens, device)?;
-        let positions = Tensor::from_slice(&batch.position_ids, tokens, device)?;
         let ranges: Vec<(usize, usize)> = (0..batch.pairs())
             .map(|i| {
                 let r = batch.range(i);
                 (r.start, r.len())
             })
             .collect();
-        let mut x = self.embeddings.forward(&ids, &types, &positions)?;
+        let mut x = self.embeddings.forward(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            &batch.position_ids,
+            device,
+        )?;
         for layer in &self.layers {
             x = layer.forward_packed(&x, &ranges)?;
         }
-        // `BertPooler` on the first token of each pair.
+        // The head (`BertPooler` and the classifier) on the first token of each pair.
         let firsts = Tensor::from_slice(
             &batch.cu_seq_lengths[..batch.pairs()],
             batch.pairs(),
@@ -378,9 +595,14 @@ impl BertForSequenceClassification {
         self.head(&x.index_select(&firsts, 0)?)
     }
 
-    /// `BertPooler` (dense + tanh) and the classifier, on `[pairs, hidden]` first tokens.
+    /// The head (`BertPooler`'s dense + tanh, or the family's) and the classifier, on
+    /// `[pairs, hidden]` first tokens.
     fn head(&self, first: &Tensor) -> Result<Tensor> {
-        let pooled = self.pooler.forward(first)?.tanh()?;
+        let pooled = self.pooler.forward(first)?;
+        let pooled = match self.pooler_act {
+            HeadAct::Tanh => pooled.tanh()?,
+            HeadAct::Relu => pooled.relu()?,
+        };
         let logits = self.classifier.forward(&pooled)?;
         if logits.dtype() == DType::F32 {
             Ok(logits)
@@ -395,9 +617,6 @@ impl BertForSequenceClassification {
         self.check_positions(batch)?;
         let p = batch.padded(self.pad_token_id);
         let (pairs, length) = (p.pairs, p.length);
-        let ids = Tensor::from_vec(p.input_ids, pairs * length, device)?;
-        let types = Tensor::from_vec(p.token_type_ids, pairs * length, device)?;
-        let positions = Tensor::from_vec(p.position_ids, pairs * length, device)?;
         // transformers' extended attention mask: 0 where attended, the dtype's minimum where padded.
         let dtype = self.classifier.weight().dtype();
         let bias: Vec<f32> = p
@@ -407,7 +626,9 @@ impl BertForSequenceClassification {
             .collect();
         let mask_bias = Tensor::from_vec(bias, (pairs, 1, 1, length), device)?.to_dtype(dtype)?;
 
-        let mut x = self.embeddings.forward(&ids, &types, &positions)?;
+        let mut x =
+            self.embeddings
+                .forward(&p.input_ids, &p.token_type_ids, &p.position_ids, device)?;
         for layer in &self.layers {
             x = layer.forward(&x, &mask_bias, pairs, length)?;
         }
@@ -496,11 +717,16 @@ impl BertForSequenceClassification {
             embeddings: Embeddings {
                 word: values(e.word_embeddings.embeddings())?,
                 position: values(e.position_embeddings.embeddings())?,
-                token_type: values(e.token_type_embeddings.embeddings())?,
+                position_offset: e.position_offset,
+                token_type: match &e.token_type_embeddings {
+                    Some(table) => values(table.embeddings())?,
+                    None => Vec::new(),
+                },
                 norm: fused_norm(&e.layer_norm)?,
             },
             layers,
             pooler: fused_weight(&self.pooler)?,
+            pooler_act: self.pooler_act,
             classifier: fused_weight(&self.classifier)?,
             hidden: e.word_embeddings.hidden_size(),
             heads: self.layers.first().map_or(1, |l| l.attention.heads),

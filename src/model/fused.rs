@@ -7,6 +7,7 @@
 //! followed by one bias + LayerNorm pass; the intermediate dense is followed by one bias + GELU pass.
 //! The weights are copied out of candle once, at load, transposed for the products.
 
+use super::bert::HeadAct;
 use crate::batch::Batch;
 use xbench_kernels::attention::{packed_attention, Heads};
 use xbench_kernels::math;
@@ -39,6 +40,9 @@ pub struct FusedLayer {
 pub struct Embeddings {
     pub word: Vec<f32>,
     pub position: Vec<f32>,
+    /// Added to every position id (XLM-RoBERTa: `pad_token_id + 1`).
+    pub position_offset: u32,
+    /// Empty for models without token types (DistilBERT), whose type ids are ignored.
     pub token_type: Vec<f32>,
     pub norm: Norm,
 }
@@ -48,7 +52,9 @@ pub struct Embeddings {
 pub struct FusedBert {
     pub embeddings: Embeddings,
     pub layers: Vec<FusedLayer>,
+    /// The head's first dense layer (`BertPooler`'s, `classifier.dense`, `pre_classifier`).
     pub pooler: Weight,
+    pub pooler_act: HeadAct,
     pub classifier: Weight,
     pub hidden: usize,
     pub heads: usize,
@@ -158,7 +164,8 @@ impl FusedBert {
     fn check(&self, batch: &Batch) -> Result<(), FusedError> {
         let h = self.hidden;
         let vocab = self.embeddings.word.len() / h;
-        let positions = self.embeddings.position.len() / h;
+        let offset = self.embeddings.position_offset as usize;
+        let positions = (self.embeddings.position.len() / h).saturating_sub(offset);
         let types = self.embeddings.token_type.len() / h;
         if let Some(&id) = batch.input_ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(FusedError::TokenId { id, vocab });
@@ -173,8 +180,10 @@ impl FusedBert {
                 limit: positions,
             });
         }
-        if let Some(&kind) = batch.token_type_ids.iter().find(|&&t| t as usize >= types) {
-            return Err(FusedError::TokenType { kind, limit: types });
+        if types > 0 {
+            if let Some(&kind) = batch.token_type_ids.iter().find(|&&t| t as usize >= types) {
+                return Err(FusedError::TokenType { kind, limit: types });
+            }
         }
         Ok(())
     }
@@ -200,11 +209,15 @@ impl FusedBert {
         }
         let e = &self.embeddings;
         let mut x = vec![0f32; tokens * h];
+        let tables = rows::EmbeddingTables {
+            word: &e.word,
+            position: &e.position,
+            position_offset: e.position_offset,
+            token_type: (!e.token_type.is_empty()).then_some(e.token_type.as_slice()),
+        };
         rows::embed(
             &mut x,
-            &e.word,
-            &e.position,
-            &e.token_type,
+            &tables,
             &batch.input_ids,
             &batch.position_ids,
             &batch.token_type_ids,
@@ -249,7 +262,8 @@ impl FusedBert {
             rows::bias_layer_norm(&mut x, Some(layer.output.bias()), &n.gamma, &n.beta, n.eps);
         }
 
-        // BertPooler (dense + tanh) on each pair's first token, then the classifier.
+        // The head's dense layer (BertPooler: dense + tanh; DistilBERT: + ReLU) on each pair's
+        // first token, then the classifier.
         let mut first = Vec::with_capacity(pairs * h);
         for &(start, _) in &ranges {
             first.extend_from_slice(&x[start * h..(start + 1) * h]);
@@ -258,7 +272,10 @@ impl FusedBert {
         self.pooler.matmul_into(&first, &mut pooled, false);
         for row in pooled.chunks_exact_mut(h) {
             for (v, b) in row.iter_mut().zip(&self.pooler.bias) {
-                *v = math::tanh(*v + b);
+                *v = match self.pooler_act {
+                    HeadAct::Tanh => math::tanh(*v + b),
+                    HeadAct::Relu => (*v + b).max(0.0),
+                };
             }
         }
         let labels = self.num_labels();

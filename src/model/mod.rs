@@ -1,8 +1,9 @@
 //! Cross-encoder models: reading `config.json`, choosing the architecture, loading the weights with
 //! candle and running the forward pass from a packed [`Batch`] to logits `[pairs, num_labels]`.
 //!
-//! Each architecture lives in its own file (today [`bert`]); [`CrossEncoder`] dispatches to it, so
-//! XLM-RoBERTa, DistilBERT or ELECTRA slot in as new variants beside BERT.
+//! The BERT family ([`bert::Family`]: BERT, XLM-RoBERTa, DistilBERT) lives in [`bert`], its fused
+//! CPU pass in [`fused`]; another architecture (ELECTRA, ModernBERT) would slot in as a new
+//! variant of [`CrossEncoder`]'s inner model.
 
 pub mod bert;
 pub mod calibration;
@@ -19,7 +20,11 @@ use crate::batch::Batch;
 pub use files::ModelFiles;
 
 /// Architectures (the `architectures` entry of `config.json`) that xbench can load.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["BertForSequenceClassification"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "BertForSequenceClassification",
+    "XLMRobertaForSequenceClassification",
+    "DistilBertForSequenceClassification",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -164,6 +169,8 @@ pub struct ModelInfo {
     pub name: String,
     pub architecture: String,
     pub num_labels: usize,
+    /// The label names of `id2label`, in id order (`LABEL_i` where the config names none).
+    pub labels: Vec<String>,
     pub hidden_size: usize,
     pub num_layers: usize,
     /// Longest sequence (in tokens, special tokens included) the position embeddings allow.
@@ -210,32 +217,31 @@ impl CrossEncoder {
                 name: files.name.clone(),
                 source,
             })?;
-        let (inner, info) = match architecture.as_str() {
-            "BertForSequenceClassification" => {
-                let config: bert::BertConfig = parse_json(&files.config, &text)?;
-                config.validate(&files.config)?;
-                let weights = |source| ModelError::Weights {
-                    name: files.name.clone(),
-                    source,
-                };
-                let model =
-                    bert::BertForSequenceClassification::load(vb, &config).map_err(weights)?;
-                let inner = if fuse {
-                    Inner::FusedBert(model.fused().map_err(weights)?)
-                } else {
-                    Inner::Bert(model)
-                };
-                let info = ModelInfo {
-                    name: files.name.clone(),
-                    architecture,
-                    num_labels: config.num_labels(),
-                    hidden_size: config.hidden_size,
-                    num_layers: config.num_hidden_layers,
-                    max_positions: config.max_position_embeddings,
-                };
-                (inner, info)
-            }
-            other => unreachable!("architecture {other} passed the support check. This is a bug."),
+        let family =
+            bert::Family::of(&architecture).ok_or_else(|| ModelError::UnsupportedArchitecture {
+                path: files.config.clone(),
+                found: architecture.clone(),
+            })?;
+        let config = family.config(&files.config, &text)?;
+        let weights = |source| ModelError::Weights {
+            name: files.name.clone(),
+            source,
+        };
+        let model =
+            bert::BertForSequenceClassification::load(vb, &config, family).map_err(weights)?;
+        let inner = if fuse {
+            Inner::FusedBert(model.fused().map_err(weights)?)
+        } else {
+            Inner::Bert(model)
+        };
+        let info = ModelInfo {
+            name: files.name.clone(),
+            architecture,
+            num_labels: config.num_labels(),
+            labels: config.labels(),
+            hidden_size: config.hidden_size,
+            num_layers: config.num_hidden_layers,
+            max_positions: family.max_positions(&config),
         };
         Ok(Self {
             inner,
@@ -328,18 +334,44 @@ impl CrossEncoder {
         }
     }
 
-    /// The first logit of every pair, in batch order: the relevance score of a one-label reranker.
-    pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>, ModelError> {
+    /// Every pair's logits in batch order, `[pairs × num_labels]` row-major, as f32 on the host.
+    pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>, ModelError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         if let Inner::FusedBert(m) = &self.inner {
-            let labels = m.num_labels();
-            return Ok(m.forward(batch)?.into_iter().step_by(labels).collect());
+            return Ok(m.forward(batch)?);
         }
         let logits = self.forward(batch)?;
-        let first = logits.narrow(1, 0, 1)?.squeeze(1)?;
-        Ok(first.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        Ok(logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
+    /// Every pair's relevance score ([`relevance`] of its logits), in batch order.
+    pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>, ModelError> {
+        let logits = self.logits(batch)?;
+        Ok(logits
+            .chunks_exact(self.info.num_labels)
+            .map(relevance)
+            .collect())
+    }
+}
+
+/// The relevance score of a pair from its logits (a raw score, before any sigmoid). A one-label
+/// model's logit; with more labels, the log-odds of the last label against all the others
+/// (`l_last - logsumexp(others)`), so that its sigmoid is the last label's softmax probability:
+/// the "relevant" class of two-label rerankers and the top grade of graded ones.
+pub fn relevance(logits: &[f32]) -> f32 {
+    match logits {
+        [] => f32::NAN,
+        [one] => *one,
+        [others @ .., last] => {
+            let max = others.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = others.iter().map(|l| (l - max).exp()).sum();
+            last - (max + sum.ln())
+        }
     }
 }
 
@@ -421,6 +453,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("none listed"), "{err}");
+    }
+
+    #[test]
+    fn relevance_is_the_logit_or_the_last_labels_log_odds() {
+        assert_eq!(relevance(&[1.5]), 1.5);
+        assert_eq!(relevance(&[0.25, 1.5]), 1.25);
+        let logits = [0.3f32, -1.2, 2.0];
+        let sum: f32 = logits.iter().map(|l| l.exp()).sum();
+        let p_last = logits[2].exp() / sum;
+        let r = relevance(&logits);
+        assert!((1.0 / (1.0 + (-r).exp()) - p_last).abs() < 1e-6, "{r}");
+        // Large logits do not overflow.
+        assert!((relevance(&[1000.0, 1000.0]) - 0.0).abs() < 1e-6);
+        assert!(relevance(&[]).is_nan());
     }
 
     #[test]

@@ -51,10 +51,16 @@ pub struct RerankRequest {
 pub struct Rank {
     /// Position of the text in the request.
     pub index: usize,
-    /// Sigmoid of the logit (0..1), or the logit with `raw_scores: true`.
+    /// Sigmoid of the logit (0..1), or the logit with `raw_scores: true`. For a model with more
+    /// than one label: the softmax probability of the last label, or with `raw_scores` its
+    /// log-odds against the others (`l_last - logsumexp(others)`).
     pub score: f32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Every label's logit, in the model's label order (`GET /info` names them); only for models
+    /// with more than one label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<f32>>,
 }
 
 /// A document of `POST /v1/rerank`: a string or an object with a `text` field.
@@ -112,10 +118,13 @@ pub struct DocumentText {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct CohereResult {
     pub index: usize,
-    /// Sigmoid of the logit, 0..1.
+    /// Sigmoid of the logit, 0..1 (more than one label: the last label's softmax probability).
     pub relevance_score: f32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document: Option<DocumentText>,
+    /// Every label's logit; only for models with more than one label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
@@ -157,6 +166,8 @@ pub struct ModelDescription {
     /// The name requests use (`model`).
     pub name: String,
     pub architecture: String,
+    /// The model's labels in logit order (`id2label`); a reranker has one.
+    pub labels: Vec<String>,
     pub num_layers: usize,
     pub hidden_size: usize,
     /// Truncation length in tokens, special tokens included.

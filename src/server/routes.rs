@@ -19,6 +19,7 @@ use super::api::*;
 use super::errors::{parse_json, ApiError};
 use super::{AppState, LOADING, READY};
 use crate::engine::{Engine, EngineError, RerankInput, Scored};
+use crate::model::relevance;
 use crate::score::sigmoid;
 use crate::tokenize::Truncation;
 
@@ -172,8 +173,7 @@ async fn score(state: &AppState, job: Job) -> Result<(String, Scored), ApiError>
 
 fn record_scored(model: &str, scored: &Scored) {
     let m = model.to_string();
-    metrics::counter!("xbench_pairs_total", "model" => m.clone())
-        .increment(scored.scores.len() as u64);
+    metrics::counter!("xbench_pairs_total", "model" => m.clone()).increment(scored.pairs() as u64);
     metrics::counter!("xbench_tokens_total", "model" => m.clone()).increment(scored.tokens as u64);
     let t = &scored.timings;
     for (stage, d) in [
@@ -272,7 +272,9 @@ impl Drop for Accepted<'_> {
 /// Rerank texts against a query (text-embeddings-inference's API).
 ///
 /// Scores are the sigmoid of the model's logit unless `raw_scores` is true, as TEI does; the
-/// list is sorted by score, highest first.
+/// list is sorted by score, highest first. For a model with more than one label, the score is the
+/// softmax probability of its last label (the raw score that label's log-odds against the others)
+/// and each result also lists every label's logit in `logits`.
 #[utoipa::path(
     post,
     path = "/rerank",
@@ -325,17 +327,16 @@ async fn rerank(
         )
         .await?;
         let mut ranks: Vec<Rank> = scored
-            .scores
-            .iter()
+            .rows()
             .enumerate()
-            .map(|(index, &logit)| Rank {
-                index,
-                score: if req.raw_scores {
-                    logit
-                } else {
-                    sigmoid(logit)
-                },
-                text: texts.as_ref().map(|t| t[index].clone()),
+            .map(|(index, logits)| {
+                let raw = relevance(logits);
+                Rank {
+                    index,
+                    score: if req.raw_scores { raw } else { sigmoid(raw) },
+                    text: texts.as_ref().map(|t| t[index].clone()),
+                    logits: (logits.len() > 1).then(|| logits.to_vec()),
+                }
             })
             .collect();
         ranks.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -347,8 +348,9 @@ async fn rerank(
 
 /// Rerank documents against a query (Cohere's and Jina's API).
 ///
-/// `relevance_score` is the sigmoid of the model's logit; results are sorted by it, highest first,
-/// and cut to `top_n`.
+/// `relevance_score` is the sigmoid of the model's logit (for a model with more than one label,
+/// the softmax probability of its last label, with every label's logit in `logits`); results are
+/// sorted by it, highest first, and cut to `top_n`.
 #[utoipa::path(
     post,
     path = "/v1/rerank",
@@ -397,15 +399,15 @@ async fn cohere_rerank(
         )
         .await?;
         let mut results: Vec<CohereResult> = scored
-            .scores
-            .iter()
+            .rows()
             .enumerate()
-            .map(|(index, &logit)| CohereResult {
+            .map(|(index, logits)| CohereResult {
                 index,
-                relevance_score: sigmoid(logit),
+                relevance_score: sigmoid(relevance(logits)),
                 document: texts.as_ref().map(|t| DocumentText {
                     text: t[index].clone(),
                 }),
+                logits: (logits.len() > 1).then(|| logits.to_vec()),
             })
             .collect();
         results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
@@ -480,6 +482,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, 
         models.push(ModelDescription {
             name: name.clone(),
             architecture: info.architecture.clone(),
+            labels: info.labels.clone(),
             num_layers: info.num_layers,
             hidden_size: info.hidden_size,
             max_length: engine.tokenizer(m).map_err(e)?.max_length(),

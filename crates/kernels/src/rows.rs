@@ -102,18 +102,30 @@ multiversion! {
     }
 }
 
-/// BERT's embeddings: `out[t] = word[ids[t]] + position[positions[t]] + token_type[types[t]]`,
-/// rows of `hidden = out.len() / ids.len()` columns. Indices are checked by the caller.
+/// The embedding tables of a BERT-family model, `[rows, hidden]` row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddingTables<'a> {
+    pub word: &'a [f32],
+    pub position: &'a [f32],
+    /// Added to every position id before the lookup (XLM-RoBERTa's positions start past the
+    /// padding index).
+    pub position_offset: u32,
+    /// `None` for models without token types (DistilBERT): the type ids are ignored.
+    pub token_type: Option<&'a [f32]>,
+}
+
+/// BERT's embeddings: `out[t] = word[ids[t]] + position[positions[t] + offset] +
+/// token_type[types[t]]`, rows of `hidden = out.len() / ids.len()` columns. Indices are checked by
+/// the caller.
 pub fn embed(
     out: &mut [f32],
-    word: &[f32],
-    position: &[f32],
-    token_type: &[f32],
+    tables: &EmbeddingTables<'_>,
     ids: &[u32],
     positions: &[u32],
     types: &[u32],
 ) {
     let hidden = out.len() / ids.len().max(1);
+    let offset = tables.position_offset as usize;
     out.par_chunks_mut(hidden)
         .zip(
             ids.par_iter()
@@ -121,11 +133,20 @@ pub fn embed(
         )
         .with_min_len(64)
         .for_each(|(row, (&id, (&pos, &ty)))| {
-            let w = &word[id as usize * hidden..][..hidden];
-            let p = &position[pos as usize * hidden..][..hidden];
-            let t = &token_type[ty as usize * hidden..][..hidden];
-            for (((o, a), b), c) in row.iter_mut().zip(w).zip(p).zip(t) {
-                *o = a + c + b;
+            let w = &tables.word[id as usize * hidden..][..hidden];
+            let p = &tables.position[(pos as usize + offset) * hidden..][..hidden];
+            match tables.token_type {
+                Some(table) => {
+                    let t = &table[ty as usize * hidden..][..hidden];
+                    for (((o, a), b), c) in row.iter_mut().zip(w).zip(p).zip(t) {
+                        *o = a + c + b;
+                    }
+                }
+                None => {
+                    for ((o, a), b) in row.iter_mut().zip(w).zip(p) {
+                        *o = a + b;
+                    }
+                }
             }
         });
 }

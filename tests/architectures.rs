@@ -1,0 +1,161 @@
+//! XLM-RoBERTa and DistilBERT cross-encoders against transformers: tiny random-weight checkpoints
+//! that `scripts/make_tiny_architectures.py` wrote with transformers (fixed seed), and the logits
+//! transformers computed for 17 pairs (`reference.json` beside each model). Both kernels, batched
+//! and one by one, token ids included.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde::Deserialize;
+use xbench::model::{CrossEncoder, Kernels, ModelFiles, Precision};
+use xbench::tokenize::PairTokenizer;
+
+#[derive(Deserialize)]
+struct Reference {
+    max_length: usize,
+    pairs: Vec<RefPair>,
+}
+
+#[derive(Deserialize)]
+struct RefPair {
+    query: String,
+    passage: String,
+    input_ids: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+fn dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(dir(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Logits of every reference pair, `batch` pairs per forward pass.
+fn logits(model: &CrossEncoder, tok: &PairTokenizer, r: &Reference, batch: usize) -> Vec<Vec<f32>> {
+    let labels = model.info().num_labels;
+    let mut out = Vec::new();
+    for chunk in r.pairs.chunks(batch) {
+        let encoded = tok
+            .encode_batch(chunk.iter().map(|p| (p.query.as_str(), p.passage.as_str())))
+            .unwrap();
+        let flat = model.logits(&encoded).unwrap();
+        out.extend(flat.chunks_exact(labels).map(<[f32]>::to_vec));
+    }
+    out
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Loads `name` with both kernels and checks token ids and logits against transformers.
+fn matches_transformers(name: &str, architecture: &str, labels: &[&str]) {
+    let r = reference(name);
+    let files = ModelFiles::resolve(dir(name).to_str().unwrap()).unwrap();
+    let want: Vec<Vec<f32>> = r.pairs.iter().map(|p| p.logits.clone()).collect();
+    for kernels in [Kernels::Fused, Kernels::Candle] {
+        let model = CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, kernels).unwrap();
+        assert_eq!(model.kernels(), kernels);
+        let info = model.info();
+        assert_eq!(info.architecture, architecture);
+        assert_eq!(info.labels, labels);
+        assert_eq!(info.max_positions, r.max_length, "usable positions");
+        let tok = PairTokenizer::load(&files, info.max_positions, None).unwrap();
+        for (i, p) in r.pairs.iter().enumerate() {
+            let e = tok.encode(&p.query, &p.passage).unwrap();
+            assert_eq!(e.ids, p.input_ids, "{name} pair {i} token ids");
+        }
+        let one = logits(&model, &tok, &r, 1);
+        let all = logits(&model, &tok, &r, r.pairs.len());
+        let d = max_diff(&one, &want);
+        assert!(
+            d <= 1e-4,
+            "{name} {kernels:?}: max |Δlogit| vs transformers {d}"
+        );
+        let d = max_diff(&one, &all);
+        assert!(d <= 1e-5, "{name} {kernels:?}: batched vs one by one {d}");
+        if kernels == Kernels::Candle {
+            // The padded rectangle (positions of padding included) gives the same logits.
+            let batch = tok
+                .encode_batch(
+                    r.pairs
+                        .iter()
+                        .map(|p| (p.query.as_str(), p.passage.as_str())),
+                )
+                .unwrap();
+            let padded = model
+                .forward_padded(&batch)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let d = max_diff(&padded, &want);
+            assert!(d <= 1e-4, "{name}: padded vs transformers {d}");
+        }
+    }
+}
+
+#[test]
+fn xlm_roberta_matches_transformers() {
+    matches_transformers(
+        "tiny-xlm-roberta",
+        "XLMRobertaForSequenceClassification",
+        &["LABEL_0"],
+    );
+}
+
+#[test]
+fn distilbert_matches_transformers() {
+    matches_transformers(
+        "tiny-distilbert",
+        "DistilBertForSequenceClassification",
+        &["irrelevant", "partial", "relevant"],
+    );
+}
+
+/// int8 runs both architectures (calibrated with their own tokenizers), stays near fp32 on these
+/// random weights and does not depend on the batch.
+#[test]
+fn int8_runs_both_architectures_batch_independently() {
+    for name in ["tiny-xlm-roberta", "tiny-distilbert"] {
+        let r = reference(name);
+        let files = ModelFiles::resolve(dir(name).to_str().unwrap()).unwrap();
+        let mut model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+        let tok = PairTokenizer::load(&files, model.info().max_positions, None).unwrap();
+        let fp32 = logits(&model, &tok, &r, r.pairs.len());
+        model.quantize(Precision::Int8).unwrap();
+        let one = logits(&model, &tok, &r, 1);
+        let all = logits(&model, &tok, &r, 7);
+        let d = max_diff(&one, &all);
+        assert!(d <= 1e-5, "{name}: int8 batched vs one by one {d}");
+        let d = max_diff(&one, &fp32);
+        assert!(d <= 0.1, "{name}: int8 vs fp32 {d}");
+    }
+}
+
+/// Pairs over the model's positions are cut to them (XLM-RoBERTa's usable positions are
+/// `max_position_embeddings - pad_token_id - 1`), and a batch over them is refused, not run.
+#[test]
+fn xlm_roberta_positions_stop_before_the_table_ends() {
+    let files = ModelFiles::resolve(dir("tiny-xlm-roberta").to_str().unwrap()).unwrap();
+    for kernels in [Kernels::Fused, Kernels::Candle] {
+        let model = CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, kernels).unwrap();
+        assert_eq!(model.info().max_positions, 64);
+        let mut batch = xbench::batch::Batch::new();
+        batch.push(&[5; 65], &[0; 65]);
+        let err = model.logits(&batch).unwrap_err();
+        let text = format!("{:#}", anyhow::Error::new(err));
+        assert!(text.contains("64"), "{kernels:?}: {text}");
+    }
+}
