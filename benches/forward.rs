@@ -18,6 +18,7 @@ use xbench::engine::{
     BatchingConfig, Engine, EngineConfig, ModelSpec, RerankInput, TokenizerPoolConfig,
 };
 use xbench::kernels::attention::{packed_attention, Heads};
+use xbench::kernels::half::HalfKind;
 use xbench::kernels::matmul::{Linear, Weight};
 use xbench::kernels::rows::{self, Act};
 use xbench::model::{CrossEncoder, Kernels, ModelFiles};
@@ -111,7 +112,7 @@ mod kernels {
     use super::*;
 
     const TOKENS: usize = 32 * 128;
-    const PRECISIONS: &[&str] = &["fp32", "int8"];
+    const PRECISIONS: &[&str] = &["fp32", "bf16", "fp16", "int8"];
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -128,10 +129,16 @@ mod kernels {
         )
     }
 
-    /// A product in fp32 (through gemm) or int8 (weights per column, activations per row).
+    /// A product in fp32 (through gemm), bf16 / fp16 (16-bit weights, rounded activations) or
+    /// int8 (weights per column, activations per row).
     fn matmul(bencher: Bencher, inputs: usize, outputs: usize, precision: &str) {
         let w = Linear::F32(weight(inputs, outputs));
-        let w = if precision == "int8" { w.to_int8() } else { w };
+        let w = match precision {
+            "int8" => w.to_int8(),
+            "bf16" => w.to_half(HalfKind::Bf16),
+            "fp16" => w.to_half(HalfKind::F16),
+            _ => w,
+        };
         let x = values(TOKENS * inputs, 3);
         let mut y = vec![0f32; TOKENS * outputs];
         bencher

@@ -366,10 +366,11 @@ fn every_simd_level_and_both_kernels_score_alike() {
     }
 }
 
-/// `xbench accuracy` scores the pairs at fp32 and int8 and reports the differences: the fp32 row
-/// against itself is exact, int8 stays close (the tolerances of tests/parity.rs).
+/// `xbench accuracy` scores the pairs at fp32 and, by default, fp16, bf16 and int8, and reports
+/// the differences: the fp32 row against itself is exact, the others stay close (the tolerances of
+/// tests/parity.rs).
 #[test]
-fn accuracy_reports_what_int8_does_to_scores_and_rankings() {
+fn accuracy_reports_what_each_precision_does_to_scores_and_rankings() {
     let out = xbench()
         .args([
             "accuracy",
@@ -379,7 +380,6 @@ fn accuracy_reports_what_int8_does_to_scores_and_rankings() {
             "48",
             "--json",
         ])
-        .args(["--precisions", "int8"])
         .assert()
         .success();
     let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
@@ -392,14 +392,19 @@ fn accuracy_reports_what_int8_does_to_scores_and_rankings() {
     assert_eq!(rows[0]["precision"], "fp32");
     assert_eq!(rows[0]["max_abs_diff"], 0.0);
     assert_eq!(rows[0]["ndcg_at_10"], 1.0);
-    assert_eq!(rows[1]["precision"], "int8");
-    assert!(
-        rows[1]["max_abs_diff"].as_f64().unwrap() <= 0.35,
-        "{report}"
-    );
-    assert!(rows[1]["spearman"].as_f64().unwrap() >= 0.99, "{report}");
-    assert!(rows[1]["ndcg_at_10"].as_f64().unwrap() >= 0.9, "{report}");
-    assert!(rows[1]["pairs_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(rows.len(), 4);
+    for (row, (name, tolerance)) in
+        rows[1..]
+            .iter()
+            .zip([("fp16", 0.01), ("bf16", 0.05), ("int8", 0.35)])
+    {
+        assert_eq!(row["precision"], name);
+        let diff = row["max_abs_diff"].as_f64().unwrap();
+        assert!(diff > 0.0 && diff <= tolerance, "{report}");
+        assert!(row["spearman"].as_f64().unwrap() >= 0.99, "{report}");
+        assert!(row["ndcg_at_10"].as_f64().unwrap() >= 0.9, "{report}");
+        assert!(row["pairs_per_s"].as_f64().unwrap() > 0.0);
+    }
 }
 
 /// `experiment.accuracy_pairs` adds each cell's accuracy against fp32 to the results: exact for
@@ -422,9 +427,12 @@ fn run_records_each_cells_accuracy() {
     let text = std::fs::read_to_string(out.path().join("07_precision_results.json")).unwrap();
     let results: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cells = results["cells"].as_array().unwrap();
-    assert_eq!(cells.len(), 2);
+    assert_eq!(cells.len(), 4, "fp32, fp16, bf16, int8");
     assert_eq!(cells[0]["accuracy"]["pairs"], 16);
     assert_eq!(cells[0]["accuracy"]["max_abs_diff"], 0.0);
-    let int8 = cells[1]["accuracy"]["max_abs_diff"].as_f64().unwrap();
-    assert!(int8 > 0.0 && int8 <= 0.35, "{}", cells[1]["accuracy"]);
+    // The tolerances of tests/parity.rs.
+    for (cell, tolerance) in cells[1..].iter().zip([0.01, 0.05, 0.35]) {
+        let diff = cell["accuracy"]["max_abs_diff"].as_f64().unwrap();
+        assert!(diff > 0.0 && diff <= tolerance, "{}", cell["accuracy"]);
+    }
 }

@@ -242,10 +242,11 @@ fn fused_kernels_agree_with_candle() {
     }
 }
 
-/// int8 on a model whose sizes fill no tile (hidden 36, intermediate 70), with two labels: logits
-/// near fp32, the same pair by pair in any batch, and candle's ops refuse it with a clear error.
+/// int8, bf16 and fp16 on a model whose sizes fill no tile (hidden 36, intermediate 70), with two
+/// labels: logits near fp32, the same pair by pair in any batch; candle's ops refuse int8 with a
+/// clear error, and a converted model is not converted again.
 #[test]
-fn int8_stays_near_fp32_in_any_batch_and_needs_the_fused_kernels() {
+fn every_precision_stays_near_fp32_in_any_batch() {
     let dir = tempfile::tempdir().unwrap();
     TinyBert {
         hidden: 36,
@@ -258,29 +259,42 @@ fn int8_stays_near_fp32_in_any_batch_and_needs_the_fused_kernels() {
     .unwrap();
     let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
     let fp32 = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-    let mut int8 = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-    int8.quantize(Precision::Int8).unwrap();
-    assert_eq!(int8.precision(), Precision::Int8);
     let tok = PairTokenizer::load(&files, 64, None).unwrap();
     let pairs = pairs();
     let all = tok
         .encode_batch(pairs.iter().map(|p| (p.query.as_str(), p.passage.as_str())))
         .unwrap();
     let want = fp32.forward(&all).unwrap().to_vec2::<f32>().unwrap();
-    let got = int8.forward(&all).unwrap().to_vec2::<f32>().unwrap();
     let range = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-    for (w, g) in want.iter().flatten().zip(got.iter().flatten()) {
+    for (precision, tolerance) in [
+        (Precision::Int8, 0.05),
+        (Precision::Bf16, 0.02),
+        (Precision::Fp16, 0.002),
+    ] {
+        let mut model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+        model.quantize(precision).unwrap();
+        assert_eq!(model.precision(), precision);
+        let got = model.forward(&all).unwrap().to_vec2::<f32>().unwrap();
+        let mut worst = 0f32;
+        for (w, g) in want.iter().flatten().zip(got.iter().flatten()) {
+            worst = worst.max((w - g).abs());
+        }
         assert!(
-            (w - g).abs() <= 0.05 * range.max(1.0),
-            "int8 {g} vs fp32 {w}"
+            worst <= tolerance * range.max(1.0) && worst > 0.0,
+            "{precision:?}: max |diff| {worst} of {range}"
         );
-    }
-    for (i, p) in pairs.iter().enumerate() {
-        let one = tok
-            .encode_batch([(p.query.as_str(), p.passage.as_str())])
-            .unwrap();
-        let alone = int8.forward(&one).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(alone[0], got[i], "pair {i} alone vs in the batch");
+        for (i, p) in pairs.iter().enumerate() {
+            let one = tok
+                .encode_batch([(p.query.as_str(), p.passage.as_str())])
+                .unwrap();
+            let alone = model.forward(&one).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(
+                alone[0], got[i],
+                "{precision:?} pair {i} alone vs in the batch"
+            );
+        }
+        let err = model.quantize(Precision::Fp32).unwrap_err().to_string();
+        assert!(err.contains("load it again"), "{err}");
     }
     let mut candle =
         CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, Kernels::Candle).unwrap();

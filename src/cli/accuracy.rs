@@ -17,7 +17,12 @@ pub struct AccuracyArgs {
     #[arg(long, default_value = "models/demo-minilm-l6")]
     pub model: String,
     /// Precisions to compare with fp32, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "int8")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fp16,bf16,int8"
+    )]
     pub precisions: Vec<Precision>,
     /// JSON lines of {"query": ..., "passage": ...}; pairs sharing a query form one ranking.
     #[arg(long, default_value = "data/pairs.jsonl")]

@@ -252,11 +252,12 @@ impl XbenchConfig {
             }
             let precision =
                 Precision::parse(&m.quantization).map_err(|why| bad(&key("quantization"), why))?;
-            if precision == Precision::Int8 && (m.kernels != Kernels::Fused || m.device != "cpu") {
+            if precision.needs_fused() && (m.kernels != Kernels::Fused || m.device != "cpu") {
                 return Err(bad(
                     &key("quantization"),
                     format!(
-                        "int8 runs on the fused CPU kernels; this entry has kernels: {} and device: {} (use kernels: fused, device: cpu, or quantization: fp32)",
+                        "{} runs on the fused CPU kernels; this entry has kernels: {} and device: {} (use kernels: fused, device: cpu, or quantization: fp32, fp16 or bf16)",
+                        precision.name(),
                         m.kernels.name(),
                         m.device
                     ),
@@ -471,7 +472,7 @@ mod tests {
             err.contains("model_pool.instances[0].quantization"),
             "{err}"
         );
-        assert!(err.contains("available: fp32, int8"), "{err}");
+        assert!(err.contains("available: fp32, fp16, bf16, int8"), "{err}");
         let o = [
             Override::parse("++model_pool.instances.0.quantization=int8").unwrap(),
             Override::parse("++model_pool.instances.0.kernels=candle").unwrap(),

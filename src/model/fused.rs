@@ -10,6 +10,7 @@
 use super::bert::HeadAct;
 use crate::batch::Batch;
 use xbench_kernels::attention::{packed_attention, Heads};
+use xbench_kernels::half::HalfKind;
 use xbench_kernels::math;
 use xbench_kernels::matmul::{Linear, Weight};
 use xbench_kernels::rows::{self, Act};
@@ -126,6 +127,22 @@ impl FusedBert {
                 }
             }
             before = magnitude(&layer.output_norm);
+        }
+    }
+
+    /// The encoder layers' four products in bf16 or fp16 (weights stored in the type, activations
+    /// rounded to it, f32 accumulation); embeddings, LayerNorms, attention, the pooler and the
+    /// classifier stay f32.
+    pub fn to_half(&mut self, kind: HalfKind) {
+        for layer in &mut self.layers {
+            for product in [
+                &mut layer.qkv,
+                &mut layer.attention_output,
+                &mut layer.intermediate,
+                &mut layer.output,
+            ] {
+                *product = product.to_half(kind);
+            }
         }
     }
 

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::batch::Batch;
 pub use files::ModelFiles;
+use xbench_kernels::half::HalfKind;
 
 /// Architectures (the `architectures` entry of `config.json`) that xbench can load.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
@@ -90,6 +91,11 @@ pub enum ModelError {
         "quantization {0} runs on the fused CPU kernels only: use kernels: fused and device: cpu"
     )]
     NeedsFused(&'static str),
+    #[error("the model is already in {from}; load it again to convert it to {to}")]
+    Requantize {
+        from: &'static str,
+        to: &'static str,
+    },
     #[error("cannot calibrate int8 for '{name}': {why}")]
     Calibration { name: String, why: String },
 }
@@ -103,6 +109,15 @@ pub enum Precision {
     /// f32 weights and activations: the reference.
     #[default]
     Fp32,
+    /// bf16. Fused CPU kernels: the encoder layers' products take bf16 weights and activations
+    /// rounded to bf16, accumulating in f32 (AVX-512 BF16's `vdpbf16ps` where the CPU has it);
+    /// embeddings, LayerNorm, attention, GELU, the pooler and the classifier stay f32. Candle's
+    /// ops (other devices, `kernels: candle`): every weight and activation in bf16, LayerNorm in
+    /// f32 as candle computes it.
+    Bf16,
+    /// fp16, as bf16 says (on x86 CPUs, fp16 weights are widened to f32 in registers: half the
+    /// weight memory and fp16's rounding, not more speed).
+    Fp16,
     /// The encoder layers' products in int8: weights per output column, activations per token,
     /// i32 accumulation (AVX-512 VNNI where the CPU has it). Embeddings, LayerNorm, attention,
     /// the pooler and the classifier stay f32. Fused CPU kernels only.
@@ -110,24 +125,57 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// Every precision, in the order the docs list them.
+    pub const ALL: [Precision; 4] = [
+        Precision::Fp32,
+        Precision::Fp16,
+        Precision::Bf16,
+        Precision::Int8,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
             Precision::Int8 => "int8",
         }
     }
 
     /// Parses a config value; the error says what is available.
     pub fn parse(text: &str) -> Result<Self, String> {
-        match text {
-            "fp32" => Ok(Precision::Fp32),
-            "int8" => Ok(Precision::Int8),
-            "fp16" | "bf16" | "int4" => Err(format!(
-                "'{text}' is not implemented yet; available: fp32, int8"
+        let available = || {
+            Self::ALL
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match Self::ALL.iter().find(|p| p.name() == text) {
+            Some(&p) => Ok(p),
+            None if text == "int4" => Err(format!(
+                "'int4' is not implemented yet; available: {}",
+                available()
             )),
-            other => Err(format!(
-                "'{other}' is not a precision; available: fp32, int8"
+            None => Err(format!(
+                "'{text}' is not a precision; available: {}",
+                available()
             )),
+        }
+    }
+
+    /// Whether only the fused CPU kernels run it.
+    pub fn needs_fused(self) -> bool {
+        self == Precision::Int8
+    }
+
+    /// The dtype candle's ops load the weights in for this precision.
+    fn candle_dtype(self) -> Option<DType> {
+        match self {
+            Precision::Fp32 => Some(DType::F32),
+            Precision::Bf16 => Some(DType::BF16),
+            Precision::Fp16 => Some(DType::F16),
+            Precision::Int8 => None,
         }
     }
 }
@@ -272,27 +320,50 @@ impl CrossEncoder {
     /// runs the built-in calibration pairs ([`calibration::PAIRS`]) in fp32 to measure each
     /// product's input ranges, which it smooths by.
     pub fn quantize(&mut self, precision: Precision) -> Result<(), ModelError> {
+        if self.precision == precision {
+            return Ok(());
+        }
+        if self.precision != Precision::Fp32 {
+            return Err(ModelError::Requantize {
+                from: self.precision.name(),
+                to: precision.name(),
+            });
+        }
         match (precision, &mut self.inner) {
             (Precision::Fp32, _) => Ok(()),
+            (Precision::Bf16 | Precision::Fp16, Inner::FusedBert(m)) => {
+                m.to_half(match precision {
+                    Precision::Bf16 => HalfKind::Bf16,
+                    _ => HalfKind::F16,
+                });
+                self.precision = precision;
+                Ok(())
+            }
+            (Precision::Bf16 | Precision::Fp16, Inner::Bert(_)) => {
+                // candle's ops: load the checkpoint again in that dtype.
+                let dtype = precision.candle_dtype().unwrap_or(DType::F32);
+                let reloaded = Self::load_with(&self.files, &self.device, dtype, Kernels::Candle)?;
+                self.inner = reloaded.inner;
+                self.precision = precision;
+                Ok(())
+            }
             (Precision::Int8, Inner::FusedBert(m)) => {
-                if self.precision != Precision::Int8 {
-                    let failed = |why: String| ModelError::Calibration {
-                        name: self.files.name.clone(),
-                        why,
-                    };
-                    let tokenizer = crate::tokenize::PairTokenizer::load(
-                        &self.files,
-                        self.info.max_positions,
-                        None,
-                    )
+                let failed = |why: String| ModelError::Calibration {
+                    name: self.files.name.clone(),
+                    why,
+                };
+                let tokenizer = crate::tokenize::PairTokenizer::load(
+                    &self.files,
+                    self.info.max_positions,
+                    None,
+                )
+                .map_err(|e| failed(e.to_string()))?;
+                let batch = tokenizer
+                    .encode_batch(calibration::PAIRS.iter().copied())
                     .map_err(|e| failed(e.to_string()))?;
-                    let batch = tokenizer
-                        .encode_batch(calibration::PAIRS.iter().copied())
-                        .map_err(|e| failed(e.to_string()))?;
-                    let ranges = m.activation_ranges(&batch)?;
-                    m.quantize_int8(Some(&ranges));
-                    self.precision = Precision::Int8;
-                }
+                let ranges = m.activation_ranges(&batch)?;
+                m.quantize_int8(Some(&ranges));
+                self.precision = Precision::Int8;
                 Ok(())
             }
             (Precision::Int8, Inner::Bert(_)) => Err(ModelError::NeedsFused("int8")),

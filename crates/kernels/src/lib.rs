@@ -12,10 +12,12 @@
 //! Each has a test against a plain scalar reference.
 
 pub mod attention;
+pub mod half;
 pub mod math;
 pub mod matmul;
 pub mod quant;
 pub mod rows;
+mod tiles;
 
 use std::sync::OnceLock;
 

@@ -4,6 +4,7 @@
 
 use gemm::Parallelism;
 
+use crate::half::{HalfKind, HalfWeight};
 use crate::quant::QWeight;
 
 /// A linear layer's weight stored transposed, `[in, out]` row-major, and its bias.
@@ -79,13 +80,15 @@ impl Weight {
     }
 }
 
-/// A layer's product in one of the precisions the fused pass runs: fp32 weights, or int8 weights
-/// with activations quantized per row ([`QWeight`]). Either way the bias stays f32 and is added by
-/// the pass that follows the product.
+/// A layer's product in one of the precisions the fused pass runs: fp32 weights, int8 weights
+/// with activations quantized per row ([`QWeight`]), or bf16 / fp16 weights with activations
+/// rounded to that type ([`HalfWeight`]). Either way the bias stays f32 and is added by the pass
+/// that follows the product.
 #[derive(Debug, Clone)]
 pub enum Linear {
     F32(Weight),
     Int8(QWeight),
+    Half(HalfWeight),
 }
 
 impl Linear {
@@ -94,6 +97,7 @@ impl Linear {
         match self {
             Linear::F32(w) => w.matmul_into(x, y, accumulate),
             Linear::Int8(w) => w.matmul_into(x, y, accumulate),
+            Linear::Half(w) => w.matmul_into(x, y, accumulate),
         }
     }
 
@@ -101,6 +105,7 @@ impl Linear {
         match self {
             Linear::F32(w) => &w.bias,
             Linear::Int8(w) => &w.bias,
+            Linear::Half(w) => &w.bias,
         }
     }
 
@@ -108,6 +113,7 @@ impl Linear {
         match self {
             Linear::F32(w) => w.outputs,
             Linear::Int8(w) => w.outputs,
+            Linear::Half(w) => w.outputs,
         }
     }
 
@@ -116,23 +122,40 @@ impl Linear {
         match self {
             Linear::F32(w) => 4 * w.w.len(),
             Linear::Int8(w) => w.weight_bytes(),
+            Linear::Half(w) => w.weight_bytes(),
+        }
+    }
+
+    /// The fp32 weight this layer converts from; `None` once converted.
+    fn fp32(&self) -> Option<&Weight> {
+        match self {
+            Linear::F32(w) => Some(w),
+            Linear::Int8(_) | Linear::Half(_) => None,
         }
     }
 
     /// The same layer with int8 weights, activations smoothed per input channel by their typical
-    /// magnitudes (see [`QWeight::quantize_smoothed`]).
+    /// magnitudes (see [`QWeight::quantize_smoothed`]). A converted layer stays as it is.
     pub fn to_int8_smoothed(&self, activation: &[f32], alpha: f32) -> Linear {
-        match self {
-            Linear::F32(w) => Linear::Int8(QWeight::quantize_smoothed(w, activation, alpha)),
-            Linear::Int8(w) => Linear::Int8(w.clone()),
+        match self.fp32() {
+            Some(w) => Linear::Int8(QWeight::quantize_smoothed(w, activation, alpha)),
+            None => self.clone(),
         }
     }
 
-    /// The same layer with int8 weights (an int8 layer stays as it is).
+    /// The same layer with int8 weights (a converted layer stays as it is).
     pub fn to_int8(&self) -> Linear {
-        match self {
-            Linear::F32(w) => Linear::Int8(QWeight::quantize(w)),
-            Linear::Int8(w) => Linear::Int8(w.clone()),
+        match self.fp32() {
+            Some(w) => Linear::Int8(QWeight::quantize(w)),
+            None => self.clone(),
+        }
+    }
+
+    /// The same layer in bf16 or fp16 (a converted layer stays as it is).
+    pub fn to_half(&self, kind: HalfKind) -> Linear {
+        match self.fp32() {
+            Some(w) => Linear::Half(HalfWeight::new(w, kind)),
+            None => self.clone(),
         }
     }
 }

@@ -8,20 +8,9 @@
 //! row's range mapped onto 0..=255 with zero exact), which suits `vpdpbusd` (unsigned × signed bytes)
 //! and skewed rows such as GELU outputs; the `z · Σₖ w` this adds is subtracted per column after.
 
-use rayon::prelude::*;
-
 use crate::matmul::Weight;
-use crate::{multiversion, SharedMut};
-
-/// Outputs per block (i32 lanes of a 512-bit register).
-const LANES: usize = 16;
-/// Blocks per tile: a tile is `MR` rows × 64 outputs, 24 accumulators.
-const BLOCKS: usize = 4;
-const TILE_COLS: usize = LANES * BLOCKS;
-/// Rows per tile.
-const MR: usize = 6;
-/// Rows per parallel task (a multiple of MR).
-const TASK_ROWS: usize = 8 * MR;
+use crate::multiversion;
+use crate::tiles::{for_each_tile, store, BLOCKS, LANES, MR, TILE_COLS};
 
 /// A linear layer's weight quantized to int8, packed for the product, and its bias (f32).
 #[derive(Debug, Clone)]
@@ -159,52 +148,39 @@ impl QWeight {
         if rows == 0 {
             return;
         }
-        // Tasks: row chunks × tile ranges, enough of them to keep every thread busy even when
-        // there are few rows.
-        let row_chunks = rows.div_ceil(TASK_ROWS);
-        let wanted = 4 * rayon::current_num_threads();
-        let col_chunks = wanted.div_ceil(row_chunks).clamp(1, self.tiles);
-        let tiles_per_chunk = self.tiles.div_ceil(col_chunks);
-        let col_chunks = self.tiles.div_ceil(tiles_per_chunk);
-        let out = SharedMut::new(y.as_mut_ptr());
-        (0..row_chunks * col_chunks)
-            .into_par_iter()
-            .for_each(|task| {
-                let (rc, cc) = (task / col_chunks, task % col_chunks);
-                let r0 = rc * TASK_ROWS;
-                let r1 = (r0 + TASK_ROWS).min(rows);
-                let t0 = cc * tiles_per_chunk;
-                let t1 = (t0 + tiles_per_chunk).min(self.tiles);
-                let kp = self.groups * 4;
-                let mut xq = vec![128u8; (r1 - r0).div_ceil(MR) * MR * kp];
-                let mut sx = vec![RowScale::default(); (r1 - r0).div_ceil(MR) * MR];
-                for r in r0..r1 {
-                    let i = r - r0;
-                    let row = &x[r * k..(r + 1) * k];
-                    sx[i] = quantize_row(row, &self.smooth, &mut xq[i * kp..i * kp + k]);
-                }
-                let out = out.get();
-                for tile in t0..t1 {
-                    for (ti, tile_rows) in (r0..r1).step_by(MR).enumerate() {
-                        let valid = (r1 - tile_rows).min(MR);
-                        let a = &xq[ti * MR * kp..(ti + 1) * MR * kp];
-                        let s = &sx[ti * MR..(ti + 1) * MR];
-                        // SAFETY: the task writes rows r0..r1 × the columns of tiles t0..t1 of
-                        // y, which no other task writes; `y` outlives the parallel loop.
-                        let y_tile = unsafe { out.add(tile_rows * n) };
-                        #[cfg(target_arch = "x86_64")]
-                        if vnni {
-                            // SAFETY: vnni_available() checked the CPU features.
-                            unsafe {
-                                vnni::tile(self, tile, a, kp, s, valid, y_tile, accumulate);
-                            }
-                            continue;
-                        }
-                        let _ = vnni;
-                        portable_tile(self, tile, a, kp, s, valid, y_tile, accumulate);
+        let kp = self.groups * 4;
+        // Each task quantizes its rows once, then runs them against its tiles.
+        let prepare = |chunk: std::ops::Range<usize>| {
+            let mut xq = vec![128u8; chunk.len().div_ceil(MR) * MR * kp];
+            let mut sx = vec![RowScale::default(); chunk.len().div_ceil(MR) * MR];
+            for (i, r) in chunk.enumerate() {
+                let row = &x[r * k..(r + 1) * k];
+                sx[i] = quantize_row(row, &self.smooth, &mut xq[i * kp..i * kp + k]);
+            }
+            (xq, sx)
+        };
+        for_each_tile(
+            rows,
+            n,
+            self.tiles,
+            y,
+            prepare,
+            |(xq, sx), tile, ti, valid, y_tile| {
+                let a = &xq[ti * MR * kp..(ti + 1) * MR * kp];
+                let s = &sx[ti * MR..(ti + 1) * MR];
+                #[cfg(target_arch = "x86_64")]
+                if vnni {
+                    // SAFETY: vnni_available() checked the CPU features; `a` holds MR rows of kp
+                    // bytes and y_tile `valid` rows of the tile's region, which only this call writes.
+                    unsafe {
+                        vnni::tile(self, tile, a, kp, s, valid, y_tile, accumulate);
                     }
+                    return;
                 }
-            });
+                let _ = vnni;
+                portable_tile(self, tile, a, kp, s, valid, y_tile, accumulate);
+            },
+        );
     }
 }
 
@@ -313,10 +289,7 @@ fn portable_tile(
             }
             let v = (acc - s.zero * w.col_sums[j]) as f32 * (s.scale * w.scales[j]);
             // SAFETY: row r < valid and column j < n lie inside the task's region of y.
-            unsafe {
-                let p = y.add(r * n + j);
-                *p = if accumulate { *p + v } else { v };
-            }
+            unsafe { store(y, n, r, j, v, accumulate) };
         }
     }
 }
@@ -326,6 +299,7 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::{QWeight, RowScale, BLOCKS, LANES, MR, TILE_COLS};
+    use crate::tiles::lane_mask;
 
     /// One tile, `MR` rows × 64 outputs, over every input: 24 accumulators in registers, per
     /// group of 4 inputs 4 weight loads, 6 broadcasts and 24 `vpdpbusd`.
@@ -372,12 +346,7 @@ mod vnni {
                 if j >= n {
                     break;
                 }
-                let left = n - j;
-                let mask: __mmask16 = if left >= LANES {
-                    0xFFFF
-                } else {
-                    (1u16 << left) - 1
-                };
+                let mask = lane_mask(n, j);
                 let sums = _mm512_loadu_si512(w.col_sums.as_ptr().add(j) as *const _);
                 let offset = _mm512_mullo_epi32(zero, sums);
                 let scale = _mm512_loadu_ps(w.scales.as_ptr().add(j));
