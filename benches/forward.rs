@@ -112,7 +112,7 @@ mod kernels {
     use super::*;
 
     const TOKENS: usize = 32 * 128;
-    const PRECISIONS: &[&str] = &["fp32", "bf16", "fp16", "int8"];
+    const PRECISIONS: &[&str] = &["fp32", "bf16", "fp16", "int8", "int4"];
 
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -129,12 +129,13 @@ mod kernels {
         )
     }
 
-    /// A product in fp32 (through gemm), bf16 / fp16 (16-bit weights, rounded activations) or
-    /// int8 (weights per column, activations per row).
+    /// A product in fp32 (through gemm), bf16 / fp16 (16-bit weights, rounded activations),
+    /// int8 (weights per column, activations per row) or int4 (weights per group of 32 inputs).
     fn matmul(bencher: Bencher, inputs: usize, outputs: usize, precision: &str) {
         let w = Linear::F32(weight(inputs, outputs));
         let w = match precision {
             "int8" => w.to_int8(),
+            "int4" => w.to_int4(),
             "bf16" => w.to_half(HalfKind::Bf16),
             "fp16" => w.to_half(HalfKind::F16),
             _ => w,

@@ -366,7 +366,7 @@ fn every_simd_level_and_both_kernels_score_alike() {
     }
 }
 
-/// `xbench accuracy` scores the pairs at fp32 and, by default, fp16, bf16 and int8, and reports
+/// `xbench accuracy` scores the pairs at fp32 and, by default, fp16, bf16, int8 and int4, and reports
 /// the differences: the fp32 row against itself is exact, the others stay close (the tolerances of
 /// tests/parity.rs).
 #[test]
@@ -401,8 +401,8 @@ fn accuracy_reports_what_each_precision_does_to_scores_and_rankings() {
         assert_eq!(row["precision"], name);
         let diff = row["max_abs_diff"].as_f64().unwrap();
         assert!(diff > 0.0 && diff <= tolerance, "{report}");
-        assert!(row["spearman"].as_f64().unwrap() >= 0.99, "{report}");
-        assert!(row["ndcg_at_10"].as_f64().unwrap() >= 0.9, "{report}");
+        assert!(row["spearman"].as_f64().unwrap() >= 0.95, "{report}");
+        assert!(row["ndcg_at_10"].as_f64().unwrap() >= 0.85, "{report}");
         assert!(row["pairs_per_s"].as_f64().unwrap() > 0.0);
     }
 }
@@ -427,11 +427,11 @@ fn run_records_each_cells_accuracy() {
     let text = std::fs::read_to_string(out.path().join("07_precision_results.json")).unwrap();
     let results: serde_json::Value = serde_json::from_str(&text).unwrap();
     let cells = results["cells"].as_array().unwrap();
-    assert_eq!(cells.len(), 4, "fp32, fp16, bf16, int8");
+    assert_eq!(cells.len(), 5, "fp32, fp16, bf16, int8, int4");
     assert_eq!(cells[0]["accuracy"]["pairs"], 16);
     assert_eq!(cells[0]["accuracy"]["max_abs_diff"], 0.0);
     // The tolerances of tests/parity.rs.
-    for (cell, tolerance) in cells[1..].iter().zip([0.01, 0.05, 0.35]) {
+    for (cell, tolerance) in cells[1..].iter().zip([0.01, 0.05, 0.35, 2.0]) {
         let diff = cell["accuracy"]["max_abs_diff"].as_f64().unwrap();
         assert!(diff > 0.0 && diff <= tolerance, "{}", cell["accuracy"]);
     }

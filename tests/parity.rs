@@ -22,6 +22,11 @@ const BATCH_TOLERANCE: f32 = 1e-5;
 /// --test parity -- --nocapture`): max 0.259, mean 0.061, Spearman 0.9988.
 const INT8_TOLERANCE: f32 = 0.35;
 const INT8_MEAN_TOLERANCE: f32 = 0.1;
+/// int4, measured the same way: max 1.66, mean 0.38, Spearman 0.973. Four bits cost this small
+/// model much more than eight: the ranking mostly holds, the logits move.
+const INT4_TOLERANCE: f32 = 2.0;
+const INT4_MEAN_TOLERANCE: f32 = 0.45;
+const INT4_MIN_SPEARMAN: f64 = 0.96;
 /// bf16 and fp16 on the fused kernels (the products' weights and inputs in the type, everything
 /// else f32), measured the same way: bf16 max 0.0327, mean 0.0085, Spearman 0.99988; fp16 max
 /// 0.0038, mean 0.0011, Spearman 1.00000.
@@ -170,6 +175,23 @@ fn int8_logits_stay_near_transformers_and_do_not_depend_on_batch_size() {
     );
 }
 
+/// int4 (weights in groups of 32 inputs): its tolerances of transformers' fp32, batch size
+/// changing nothing, about half of int8's weight memory.
+#[test]
+fn int4_logits_stay_near_transformers_and_do_not_depend_on_batch_size() {
+    if !device().is_cpu() {
+        eprintln!("int4 runs on the CPU only; skipped on {:?}", device());
+        return;
+    }
+    let (int4, fp32) = stays_near_transformers(
+        Precision::Int4,
+        Kernels::Fused,
+        (INT4_TOLERANCE, INT4_MEAN_TOLERANCE, BATCH_TOLERANCE),
+        usize::MAX,
+    );
+    assert!(int4 * 6 < fp32, "int4 {int4} vs fp32 {fp32} bytes");
+}
+
 /// bf16 and fp16 on the fused kernels (candle's ops on other devices): within their tolerances of
 /// transformers' fp32, batch size changing nothing, half of fp32's weight memory.
 #[test]
@@ -216,8 +238,8 @@ fn half_precision_on_candles_ops_stays_near_transformers() {
 }
 
 /// Scores the first `limit` reference pairs at `precision` by 32, 7 and 1: max and mean |Δlogit|
-/// against transformers within the first two `tolerances`, Spearman ≥ 0.995, batch sizes equal
-/// within the third. Returns the product weights' bytes at `precision` and at fp32 (0 on candle's
+/// against transformers within the first two `tolerances`, Spearman ≥ 0.995 (int4: 0.96), batch
+/// sizes equal within the third. Returns the product weights' bytes at `precision` and at fp32 (0 on candle's
 /// ops).
 fn stays_near_transformers(
     precision: Precision,
@@ -225,6 +247,11 @@ fn stays_near_transformers(
     (max_tolerance, mean_tolerance, batch_tolerance): (f32, f32, f32),
     limit: usize,
 ) -> (usize, usize) {
+    let min_spearman = if precision == Precision::Int4 {
+        INT4_MIN_SPEARMAN
+    } else {
+        0.995
+    };
     let (reference, mut scorer) = setup_with(kernels);
     let fp32_bytes = scorer.model().layer_weight_bytes().unwrap_or(0);
     scorer.quantize(precision).unwrap();
@@ -257,7 +284,7 @@ fn stays_near_transformers(
     );
     assert!(max <= max_tolerance, "{name}: max |diff| {max}");
     assert!(mean <= mean_tolerance, "{name}: mean |diff| {mean}");
-    assert!(rho >= 0.995, "{name}: Spearman {rho}");
+    assert!(rho >= min_spearman, "{name}: Spearman {rho}");
     for b in [1, 7] {
         let other = scorer.score(&pairs, b).unwrap();
         let (worst, _) = abs_diff(&by_32, &other);

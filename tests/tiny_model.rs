@@ -242,7 +242,7 @@ fn fused_kernels_agree_with_candle() {
     }
 }
 
-/// int8, bf16 and fp16 on a model whose sizes fill no tile (hidden 36, intermediate 70), with two
+/// int8, int4, bf16 and fp16 on a model whose sizes fill no tile (hidden 36, intermediate 70), with two
 /// labels: logits near fp32, the same pair by pair in any batch; candle's ops refuse int8 with a
 /// clear error, and a converted model is not converted again.
 #[test]
@@ -268,6 +268,7 @@ fn every_precision_stays_near_fp32_in_any_batch() {
     let range = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
     for (precision, tolerance) in [
         (Precision::Int8, 0.05),
+        (Precision::Int4, 0.5),
         (Precision::Bf16, 0.02),
         (Precision::Fp16, 0.002),
     ] {

@@ -472,7 +472,10 @@ mod tests {
             err.contains("model_pool.instances[0].quantization"),
             "{err}"
         );
-        assert!(err.contains("available: fp32, fp16, bf16, int8"), "{err}");
+        assert!(
+            err.contains("available: fp32, fp16, bf16, int8, int4"),
+            "{err}"
+        );
         let o = [
             Override::parse("++model_pool.instances.0.quantization=int8").unwrap(),
             Override::parse("++model_pool.instances.0.kernels=candle").unwrap(),

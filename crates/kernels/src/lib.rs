@@ -13,6 +13,7 @@
 
 pub mod attention;
 pub mod half;
+pub mod int4;
 pub mod math;
 pub mod matmul;
 pub mod quant;

@@ -5,6 +5,7 @@
 use gemm::Parallelism;
 
 use crate::half::{HalfKind, HalfWeight};
+use crate::int4::Q4Weight;
 use crate::quant::QWeight;
 
 /// A linear layer's weight stored transposed, `[in, out]` row-major, and its bias.
@@ -80,14 +81,15 @@ impl Weight {
     }
 }
 
-/// A layer's product in one of the precisions the fused pass runs: fp32 weights, int8 weights
-/// with activations quantized per row ([`QWeight`]), or bf16 / fp16 weights with activations
-/// rounded to that type ([`HalfWeight`]). Either way the bias stays f32 and is added by the pass
+/// A layer's product in one of the precisions the fused pass runs: fp32 weights, int8 or int4
+/// weights with activations quantized per row ([`QWeight`], [`Q4Weight`]), or bf16 / fp16 weights
+/// with activations rounded to that type ([`HalfWeight`]). Either way the bias stays f32 and is added by the pass
 /// that follows the product.
 #[derive(Debug, Clone)]
 pub enum Linear {
     F32(Weight),
     Int8(QWeight),
+    Int4(Q4Weight),
     Half(HalfWeight),
 }
 
@@ -97,6 +99,7 @@ impl Linear {
         match self {
             Linear::F32(w) => w.matmul_into(x, y, accumulate),
             Linear::Int8(w) => w.matmul_into(x, y, accumulate),
+            Linear::Int4(w) => w.matmul_into(x, y, accumulate),
             Linear::Half(w) => w.matmul_into(x, y, accumulate),
         }
     }
@@ -105,6 +108,7 @@ impl Linear {
         match self {
             Linear::F32(w) => &w.bias,
             Linear::Int8(w) => &w.bias,
+            Linear::Int4(w) => &w.bias,
             Linear::Half(w) => &w.bias,
         }
     }
@@ -113,6 +117,7 @@ impl Linear {
         match self {
             Linear::F32(w) => w.outputs,
             Linear::Int8(w) => w.outputs,
+            Linear::Int4(w) => w.outputs,
             Linear::Half(w) => w.outputs,
         }
     }
@@ -122,6 +127,7 @@ impl Linear {
         match self {
             Linear::F32(w) => 4 * w.w.len(),
             Linear::Int8(w) => w.weight_bytes(),
+            Linear::Int4(w) => w.weight_bytes(),
             Linear::Half(w) => w.weight_bytes(),
         }
     }
@@ -130,7 +136,7 @@ impl Linear {
     fn fp32(&self) -> Option<&Weight> {
         match self {
             Linear::F32(w) => Some(w),
-            Linear::Int8(_) | Linear::Half(_) => None,
+            Linear::Int8(_) | Linear::Int4(_) | Linear::Half(_) => None,
         }
     }
 
@@ -147,6 +153,23 @@ impl Linear {
     pub fn to_int8(&self) -> Linear {
         match self.fp32() {
             Some(w) => Linear::Int8(QWeight::quantize(w)),
+            None => self.clone(),
+        }
+    }
+
+    /// The same layer with int4 weights in groups of 32 inputs, smoothed as
+    /// [`Linear::to_int8_smoothed`] (a converted layer stays as it is).
+    pub fn to_int4_smoothed(&self, activation: &[f32], alpha: f32) -> Linear {
+        match self.fp32() {
+            Some(w) => Linear::Int4(Q4Weight::quantize_smoothed(w, activation, alpha)),
+            None => self.clone(),
+        }
+    }
+
+    /// The same layer with int4 weights (a converted layer stays as it is).
+    pub fn to_int4(&self) -> Linear {
+        match self.fp32() {
+            Some(w) => Linear::Int4(Q4Weight::quantize(w)),
             None => self.clone(),
         }
     }

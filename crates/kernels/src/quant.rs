@@ -51,45 +51,12 @@ impl QWeight {
             w.inputs,
             "one activation magnitude per input"
         );
-        let n = w.outputs;
-        let s: Vec<f32> = activation
-            .iter()
-            .enumerate()
-            .map(|(k, &a)| {
-                let wmax = w.w[k * n..(k + 1) * n]
-                    .iter()
-                    .fold(0f32, |m, v| m.max(v.abs()));
-                let s = a.abs().powf(alpha) / wmax.powf(1.0 - alpha);
-                if s.is_finite() && s > 0.0 {
-                    s
-                } else {
-                    1.0
-                }
-            })
-            .collect();
-        Self::quantize_scaled(w, Some(s))
+        Self::quantize_scaled(w, Some(smoothing(w, activation, alpha)))
     }
 
     fn quantize_scaled(w: &Weight, s: Option<Vec<f32>>) -> Self {
-        let scaled;
-        let w = match &s {
-            Some(s) => {
-                let n = w.outputs;
-                let mut m = w.clone();
-                for (k, &s) in s.iter().enumerate() {
-                    for v in &mut m.w[k * n..(k + 1) * n] {
-                        *v *= s;
-                    }
-                }
-                scaled = m;
-                &scaled
-            }
-            None => w,
-        };
-        let smooth = match s {
-            Some(s) => s.iter().map(|v| 1.0 / v).collect(),
-            None => vec![1.0; w.inputs],
-        };
+        let (scaled, smooth) = smoothed(w, s);
+        let w = &scaled;
         let (k, n) = (w.inputs, w.outputs);
         let groups = k.div_ceil(4);
         let tiles = n.div_ceil(TILE_COLS);
@@ -184,6 +151,51 @@ impl QWeight {
     }
 }
 
+/// SmoothQuant's per-input multipliers `s = activation^α / max|w row|^(1-α)` (1 where that is not
+/// a positive finite number): activations are divided by `s`, the weight's rows multiplied by it.
+pub(crate) fn smoothing(w: &Weight, activation: &[f32], alpha: f32) -> Vec<f32> {
+    assert_eq!(
+        activation.len(),
+        w.inputs,
+        "one activation magnitude per input"
+    );
+    let n = w.outputs;
+    activation
+        .iter()
+        .enumerate()
+        .map(|(k, &a)| {
+            let wmax = w.w[k * n..(k + 1) * n]
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
+            let s = a.abs().powf(alpha) / wmax.powf(1.0 - alpha);
+            if s.is_finite() && s > 0.0 {
+                s
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// The weight with its rows multiplied by `s` (a copy when `s` is `None`), and the multipliers
+/// the activations then take: `1 / s`, or ones.
+pub(crate) fn smoothed(w: &Weight, s: Option<Vec<f32>>) -> (Weight, Vec<f32>) {
+    let n = w.outputs;
+    let mut m = w.clone();
+    let smooth = match s {
+        Some(s) => {
+            for (k, &s) in s.iter().enumerate() {
+                for v in &mut m.w[k * n..(k + 1) * n] {
+                    *v *= s;
+                }
+            }
+            s.iter().map(|v| 1.0 / v).collect()
+        }
+        None => vec![1.0; w.inputs],
+    };
+    (m, smooth)
+}
+
 /// Whether the AVX-512 VNNI kernel runs here (never when `XBENCH_SIMD` lowers the level).
 pub fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -198,9 +210,9 @@ pub fn vnni_available() -> bool {
 
 /// How a row was quantized: `x ≈ scale · (q − zero)`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct RowScale {
-    scale: f32,
-    zero: i32,
+pub(crate) struct RowScale {
+    pub scale: f32,
+    pub zero: i32,
 }
 
 multiversion! {
@@ -208,7 +220,7 @@ multiversion! {
     /// (0..=255) for its range `[lo, hi]` (widened to hold 0, which stays exact),
     /// `s = (hi − lo) / 255`, `z = round(−lo / s)`. The scale is NaN when the row holds a NaN or an
     /// infinity, which then comes out of the product.
-    fn quantize_row(x: &[f32], m: &[f32], q: &mut [u8]) -> RowScale {
+    pub(crate) fn quantize_row(x: &[f32], m: &[f32], q: &mut [u8]) -> RowScale {
         // 16 independent extremes so it vectorizes; `poison` turns NaN if any value is not finite.
         let mut lo = [0f32; 16];
         let mut hi = [0f32; 16];

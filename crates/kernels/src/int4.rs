@@ -1,0 +1,419 @@
+//! Int4 matrix products: weights quantized to 4 bits in groups of [`GROUP`] inputs per output
+//! column (symmetric, −7..=7, one fp16 scale per group and column: 4.5 bits a weight, about half
+//! of int8's memory), activations per row to u8 as int8 does ([`crate::quant`]). In the kernel the
+//! nibbles are unpacked to int8 and multiplied with AVX-512 VNNI's `vpdpbusd`; each group's i32
+//! sums are scaled into f32 accumulators.
+//!
+//! With `x ≈ s_r (q_x − z_r)` and `w ≈ s_g q_w` for the group `g` holding input `k`:
+//! `y = s_r (Σ_g s_g Σ_{k∈g} q_x q_w − z_r C)`, where the column's `C = Σ_g s_g Σ_{k∈g} q_w` is
+//! computed once, at load. A row's result depends on that row alone.
+
+use ::half::f16;
+
+use crate::matmul::Weight;
+use crate::quant::{quantize_row, smoothed, smoothing, RowScale};
+use crate::tiles::{for_each_tile, store, BLOCKS, LANES, MR, TILE_COLS};
+
+/// Inputs per scale group (8 steps of 4 inputs in the kernel).
+pub const GROUP: usize = 32;
+/// Largest magnitude of a 4-bit weight (symmetric: the offset-binary nibble is `q + 8`, 1..=15).
+const LEVELS: f32 = 7.0;
+
+/// A linear layer's weight in int4, packed for the product, and its bias (f32).
+#[derive(Debug, Clone)]
+pub struct Q4Weight {
+    /// `[tile][step of 4 inputs][2 vectors][16 outputs][4 inputs]` bytes: vector 0 holds blocks
+    /// 0 (low nibble) and 1 (high nibble), vector 1 blocks 2 and 3. Zero weights (nibble 8) past
+    /// the real sizes.
+    packed: Vec<u8>,
+    /// `[tile][group][64 outputs]` fp16 bits: `w ≈ scale · q`.
+    scales: Vec<u16>,
+    /// Per output (padded to whole tiles): `Σ_g scale_g Σ_{k∈g} q`, times a row's zero point the
+    /// offset its activations add.
+    offsets: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub inputs: usize,
+    pub outputs: usize,
+    groups: usize,
+    tiles: usize,
+    /// Per input, what activations are multiplied by before quantizing (SmoothQuant; ones when
+    /// not smoothed).
+    smooth: Vec<f32>,
+}
+
+impl Q4Weight {
+    /// Quantizes an fp32 weight, each group of 32 inputs of each column with its own scale.
+    pub fn quantize(w: &Weight) -> Self {
+        Self::quantize_scaled(w, None)
+    }
+
+    /// Quantizes with activations smoothed per input channel (SmoothQuant, as
+    /// [`crate::quant::QWeight::quantize_smoothed`]).
+    pub fn quantize_smoothed(w: &Weight, activation: &[f32], alpha: f32) -> Self {
+        Self::quantize_scaled(w, Some(smoothing(w, activation, alpha)))
+    }
+
+    fn quantize_scaled(w: &Weight, s: Option<Vec<f32>>) -> Self {
+        let (w, smooth) = smoothed(w, s);
+        let (k, n) = (w.inputs, w.outputs);
+        let groups = k.div_ceil(GROUP);
+        let steps = groups * GROUP / 4;
+        let tiles = n.div_ceil(TILE_COLS);
+        let mut packed = vec![0x88u8; tiles * steps * 2 * 64];
+        let mut scales = vec![0u16; tiles * groups * TILE_COLS];
+        let mut offsets = vec![0f32; tiles * TILE_COLS];
+        for (j, offset) in offsets.iter_mut().enumerate().take(n) {
+            let (tile, col) = (j / TILE_COLS, j % TILE_COLS);
+            let (block, c) = (col / LANES, col % LANES);
+            for g in 0..groups {
+                let ks = g * GROUP..((g + 1) * GROUP).min(k);
+                let max = ks
+                    .clone()
+                    .map(|kk| w.w[kk * n + j].abs())
+                    .fold(0f32, f32::max);
+                let scale = f16::from_f32(max / LEVELS);
+                scales[(tile * groups + g) * TILE_COLS + col] = scale.to_bits();
+                let scale = scale.to_f32();
+                let mut sum = 0i32;
+                for kk in ks {
+                    let q = if scale > 0.0 {
+                        (w.w[kk * n + j] / scale).round().clamp(-LEVELS, LEVELS) as i32
+                    } else {
+                        0
+                    };
+                    sum += q;
+                    let (step, t) = (kk / 4, kk % 4);
+                    let byte = ((tile * steps + step) * 2 + block / 2) * 64 + c * 4 + t;
+                    let nibble = (q + 8) as u8;
+                    packed[byte] = if block % 2 == 0 {
+                        (packed[byte] & 0xF0) | nibble
+                    } else {
+                        (packed[byte] & 0x0F) | (nibble << 4)
+                    };
+                }
+                *offset += scale * sum as f32;
+            }
+        }
+        Self {
+            packed,
+            scales,
+            offsets,
+            bias: w.bias.clone(),
+            inputs: k,
+            outputs: n,
+            groups,
+            tiles,
+            smooth,
+        }
+    }
+
+    /// Bytes the quantized weight holds (nibbles, scales, offsets; not the bias).
+    pub fn weight_bytes(&self) -> usize {
+        self.packed.len() + 2 * self.scales.len() + 4 * self.offsets.len()
+    }
+
+    /// `y = x · W` for `x` `[rows, in]` (no bias), each row quantized to u8 on the way; with
+    /// `accumulate`, `y += x · W`.
+    pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
+        self.matmul_into_with(x, y, accumulate, crate::quant::vnni_available());
+    }
+
+    /// With the VNNI kernel or the portable loop (tests run both).
+    fn matmul_into_with(&self, x: &[f32], y: &mut [f32], accumulate: bool, vnni: bool) {
+        let (k, n) = (self.inputs, self.outputs);
+        let rows = x.len() / k;
+        assert_eq!(x.len(), rows * k, "x is not [rows, in]");
+        assert_eq!(y.len(), rows * n, "y is not [rows, out]");
+        let kp = self.groups * GROUP;
+        // Each task quantizes its rows once, then runs them against its tiles.
+        let prepare = |chunk: std::ops::Range<usize>| {
+            let mut xq = vec![128u8; chunk.len().div_ceil(MR) * MR * kp];
+            let mut sx = vec![RowScale::default(); chunk.len().div_ceil(MR) * MR];
+            for (i, r) in chunk.enumerate() {
+                let row = &x[r * k..(r + 1) * k];
+                sx[i] = quantize_row(row, &self.smooth, &mut xq[i * kp..i * kp + k]);
+            }
+            (xq, sx)
+        };
+        for_each_tile(
+            rows,
+            n,
+            self.tiles,
+            y,
+            prepare,
+            |(xq, sx), tile, group, valid, y| {
+                let a = &xq[group * MR * kp..(group + 1) * MR * kp];
+                let s = &sx[group * MR..(group + 1) * MR];
+                #[cfg(target_arch = "x86_64")]
+                if vnni {
+                    // SAFETY: vnni_available() checked the CPU features; `a` holds MR rows of kp
+                    // bytes and y `valid` rows of the tile's region, which only this call writes.
+                    unsafe { vnni::tile(self, tile, a, s, valid, y, accumulate) };
+                    return;
+                }
+                let _ = vnni;
+                portable_tile(self, tile, a, s, valid, y, accumulate);
+            },
+        );
+    }
+
+    /// The int4 value of input `kk`, output `j` (tests and the portable loop).
+    fn q(&self, kk: usize, j: usize) -> i32 {
+        let (tile, col) = (j / TILE_COLS, j % TILE_COLS);
+        let (block, c) = (col / LANES, col % LANES);
+        let steps = self.groups * GROUP / 4;
+        let byte = ((tile * steps + kk / 4) * 2 + block / 2) * 64 + c * 4 + kk % 4;
+        let nibble = if block % 2 == 0 {
+            self.packed[byte] & 0x0F
+        } else {
+            self.packed[byte] >> 4
+        };
+        nibble as i32 - 8
+    }
+
+    fn scale(&self, g: usize, j: usize) -> f32 {
+        let (tile, col) = (j / TILE_COLS, j % TILE_COLS);
+        f16::from_bits(self.scales[(tile * self.groups + g) * TILE_COLS + col]).to_f32()
+    }
+}
+
+/// One tile in plain loops: the same arithmetic as the VNNI kernel.
+fn portable_tile(
+    w: &Q4Weight,
+    tile: usize,
+    a: &[u8],
+    sx: &[RowScale],
+    valid: usize,
+    y: *mut f32,
+    accumulate: bool,
+) {
+    let (n, kp) = (w.outputs, w.groups * GROUP);
+    for (r, s) in sx.iter().enumerate().take(valid) {
+        let row = &a[r * kp..(r + 1) * kp];
+        for c in 0..TILE_COLS {
+            let j = tile * TILE_COLS + c;
+            if j >= n {
+                break;
+            }
+            let mut acc = 0f32;
+            for g in 0..w.groups {
+                // Inputs past the real ones hold zero weights.
+                let sum: i32 = (g * GROUP..(g + 1) * GROUP)
+                    .map(|kk| row[kk] as i32 * w.q(kk, j))
+                    .sum();
+                acc += sum as f32 * w.scale(g, j);
+            }
+            let v = s.scale * (acc - s.zero as f32 * w.offsets[j]);
+            // SAFETY: row r < valid and column j < n lie inside the task's region of y.
+            unsafe { store(y, n, r, j, v, accumulate) };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{Q4Weight, RowScale, BLOCKS, GROUP, LANES, MR, TILE_COLS};
+    use crate::tiles::lane_mask;
+
+    /// One tile, `MR` rows × 64 outputs. Per step of 4 inputs: 2 loads of 64 bytes unpacked into
+    /// 4 int8 weight vectors (mask, shift, −8), 6 broadcasts, 24 `vpdpbusd` into i32
+    /// accumulators; per group of 32 inputs, those are scaled by the group's fp16 scales into f32
+    /// accumulators.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VNNI; `a` holds `MR` rows of `groups * GROUP` bytes; `y`
+    /// points at the tile's first row of a `[rows, outputs]` matrix with `valid` rows from there.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile(
+        w: &Q4Weight,
+        tile: usize,
+        a: &[u8],
+        sx: &[RowScale],
+        valid: usize,
+        y: *mut f32,
+        accumulate: bool,
+    ) {
+        let kp = w.groups * GROUP;
+        let low = _mm512_set1_epi8(0x0F);
+        let eight = _mm512_set1_epi8(8);
+        let mut total = [[_mm512_setzero_ps(); BLOCKS]; MR];
+        let mut wp = w.packed.as_ptr().add(tile * (kp / 4) * 128);
+        let mut sp = w.scales.as_ptr().add(tile * w.groups * TILE_COLS);
+        let ap = a.as_ptr();
+        for g in 0..w.groups {
+            let mut acc = [[_mm512_setzero_si512(); BLOCKS]; MR];
+            for step in 0..GROUP / 4 {
+                let p0 = _mm512_loadu_si512(wp as *const _);
+                let p1 = _mm512_loadu_si512(wp.add(64) as *const _);
+                wp = wp.add(128);
+                let b = [
+                    _mm512_sub_epi8(_mm512_and_si512(p0, low), eight),
+                    _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(p0, 4), low), eight),
+                    _mm512_sub_epi8(_mm512_and_si512(p1, low), eight),
+                    _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(p1, 4), low), eight),
+                ];
+                let at = g * GROUP + step * 4;
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_epi32((ap.add(r * kp + at) as *const i32).read_unaligned());
+                    for (acc, b) in acc.iter_mut().zip(&b) {
+                        *acc = _mm512_dpbusd_epi32(*acc, x, *b);
+                    }
+                }
+            }
+            let scales = [
+                _mm512_cvtph_ps(_mm256_loadu_si256(sp as *const _)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(sp.add(16) as *const _)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(sp.add(32) as *const _)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(sp.add(48) as *const _)),
+            ];
+            sp = sp.add(TILE_COLS);
+            for (total, acc) in total.iter_mut().zip(&acc) {
+                for ((t, a), s) in total.iter_mut().zip(acc).zip(&scales) {
+                    *t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*a), *s, *t);
+                }
+            }
+        }
+        let n = w.outputs;
+        for (r, total) in total.iter().enumerate().take(valid) {
+            let s = _mm512_set1_ps(sx[r].scale);
+            let zero = _mm512_set1_ps(sx[r].zero as f32);
+            for (bl, t) in total.iter().enumerate() {
+                let j = tile * TILE_COLS + bl * LANES;
+                if j >= n {
+                    break;
+                }
+                let mask = lane_mask(n, j);
+                let offsets = _mm512_loadu_ps(w.offsets.as_ptr().add(j));
+                let v = _mm512_mul_ps(_mm512_fnmadd_ps(zero, offsets, *t), s);
+                let p = y.add(r * n + j);
+                let v = if accumulate {
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), v)
+                } else {
+                    v
+                };
+                _mm512_mask_storeu_ps(p, mask, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weight(outputs: usize, inputs: usize) -> Weight {
+        let w: Vec<f32> = (0..outputs * inputs)
+            .map(|i| (i as f32 * 0.37).sin() * 0.1 * (1.0 + (i % 7) as f32))
+            .collect();
+        let bias = (0..outputs).map(|j| j as f32 * 0.01).collect();
+        Weight::from_out_in(&w, bias, outputs, inputs)
+    }
+
+    fn data(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (i as f32 * 0.123).cos() * 2.0 + 0.3)
+            .collect()
+    }
+
+    /// What the kernels must compute: the same quantization, in f64.
+    fn reference(w: &Q4Weight, x: &[f32], rows: usize) -> Vec<f64> {
+        let (k, n) = (w.inputs, w.outputs);
+        let mut out = vec![0f64; rows * n];
+        for r in 0..rows {
+            let mut q = vec![0u8; k];
+            let s = quantize_row(&x[r * k..(r + 1) * k], &w.smooth, &mut q);
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|kk| {
+                        (q[kk] as f64 - s.zero as f64)
+                            * w.q(kk, j) as f64
+                            * w.scale(kk / GROUP, j) as f64
+                    })
+                    .sum();
+                out[r * n + j] = s.scale as f64 * dot;
+            }
+        }
+        out
+    }
+
+    /// Sizes off every tile and group, both paths, overwriting and accumulating; and the result
+    /// within the analytic rounding bound of the fp32 product.
+    #[test]
+    fn both_paths_equal_the_reference_and_stay_near_fp32() {
+        for (rows, inputs, outputs) in [(1, 7, 5), (13, 45, 70), (50, 96, 130)] {
+            let w = weight(outputs, inputs);
+            let x = data(rows * inputs);
+            let q = Q4Weight::quantize(&w);
+            let want = reference(&q, &x, rows);
+            let mut exact = vec![0f32; rows * outputs];
+            w.matmul_into(&x, &mut exact, false);
+            let mut paths = vec![false];
+            if crate::quant::vnni_available() {
+                paths.push(true);
+            }
+            for vnni in paths {
+                let mut y = vec![f32::NAN; rows * outputs];
+                q.matmul_into_with(&x, &mut y, false, vnni);
+                let mut z = vec![1.0; rows * outputs];
+                q.matmul_into_with(&x, &mut z, true, vnni);
+                for i in 0..rows * outputs {
+                    let tol = 1e-4 * (1.0 + want[i].abs());
+                    assert!(
+                        (y[i] as f64 - want[i]).abs() <= tol,
+                        "vnni={vnni} {rows}x{inputs}x{outputs} [{i}]: {} vs {}",
+                        y[i],
+                        want[i]
+                    );
+                    assert!((z[i] as f64 - 1.0 - want[i]).abs() <= tol + 1e-5);
+                    // Each weight is off by at most half its group's step, each activation by
+                    // half its row's step.
+                    let (r, j) = (i / outputs, i % outputs);
+                    let xs = &x[r * inputs..(r + 1) * inputs];
+                    let row_step = {
+                        let (lo, hi) = xs
+                            .iter()
+                            .fold((0f32, 0f32), |(l, h), &v| (l.min(v), h.max(v)));
+                        (hi - lo) / 255.0
+                    };
+                    let bound: f32 = (0..inputs)
+                        .map(|kk| {
+                            let wk = w.w[kk * outputs + j];
+                            xs[kk].abs() * q.scale(kk / GROUP, j) / 2.0
+                                + (wk.abs() + q.scale(kk / GROUP, j)) * row_step / 2.0
+                        })
+                        .sum();
+                    assert!(
+                        (y[i] - exact[i]).abs() <= bound * 1.001 + 1e-5,
+                        "[{i}] {} vs fp32 {} (bound {bound})",
+                        y[i],
+                        exact[i]
+                    );
+                }
+            }
+        }
+    }
+
+    /// A row's result does not depend on the other rows; the weight takes about half of int8's
+    /// memory.
+    #[test]
+    fn rows_are_independent_and_the_weight_is_half_of_int8() {
+        let (rows, inputs, outputs) = (20, 384, 1152);
+        let w = weight(outputs, inputs);
+        let x = data(rows * inputs);
+        let q = Q4Weight::quantize(&w);
+        let mut y = vec![0f32; rows * outputs];
+        q.matmul_into(&x, &mut y, false);
+        let mut alone = vec![0f32; outputs];
+        q.matmul_into(&x[7 * inputs..8 * inputs], &mut alone, false);
+        assert_eq!(alone, y[7 * outputs..8 * outputs]);
+        let int8 = crate::quant::QWeight::quantize(&w).weight_bytes();
+        let ratio = q.weight_bytes() as f64 / int8 as f64;
+        assert!(
+            ratio < 0.58,
+            "int4 {} vs int8 {int8} bytes",
+            q.weight_bytes()
+        );
+    }
+}
