@@ -124,23 +124,31 @@ fn distilbert_matches_transformers() {
     );
 }
 
-/// int8 runs both architectures (calibrated with their own tokenizers), stays near fp32 on these
-/// random weights and does not depend on the batch.
+/// Every precision runs both architectures (int8 and int4 calibrated with their own tokenizers),
+/// stays near fp32 on these random weights and does not depend on the batch.
 #[test]
-fn int8_runs_both_architectures_batch_independently() {
+fn every_precision_runs_both_architectures_batch_independently() {
     for name in ["tiny-xlm-roberta", "tiny-distilbert"] {
         let r = reference(name);
         let files = ModelFiles::resolve(dir(name).to_str().unwrap()).unwrap();
-        let mut model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-        let tok = PairTokenizer::load(&files, model.info().max_positions, None).unwrap();
-        let fp32 = logits(&model, &tok, &r, r.pairs.len());
-        model.quantize(Precision::Int8).unwrap();
-        let one = logits(&model, &tok, &r, 1);
-        let all = logits(&model, &tok, &r, 7);
-        let d = max_diff(&one, &all);
-        assert!(d <= 1e-5, "{name}: int8 batched vs one by one {d}");
-        let d = max_diff(&one, &fp32);
-        assert!(d <= 0.1, "{name}: int8 vs fp32 {d}");
+        let fp32 = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+        let tok = PairTokenizer::load(&files, fp32.info().max_positions, None).unwrap();
+        let want = logits(&fp32, &tok, &r, r.pairs.len());
+        for (precision, tolerance) in [
+            (Precision::Fp16, 0.005),
+            (Precision::Bf16, 0.05),
+            (Precision::Int8, 0.1),
+            (Precision::Int4, 1.0),
+        ] {
+            let mut model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+            model.quantize(precision).unwrap();
+            let one = logits(&model, &tok, &r, 1);
+            let all = logits(&model, &tok, &r, 7);
+            let d = max_diff(&one, &all);
+            assert!(d <= 1e-5, "{name} {precision:?}: batched vs one by one {d}");
+            let d = max_diff(&one, &want);
+            assert!(d <= tolerance, "{name} {precision:?}: vs fp32 {d}");
+        }
     }
 }
 

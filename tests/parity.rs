@@ -22,10 +22,11 @@ const BATCH_TOLERANCE: f32 = 1e-5;
 /// --test parity -- --nocapture`): max 0.259, mean 0.061, Spearman 0.9988.
 const INT8_TOLERANCE: f32 = 0.35;
 const INT8_MEAN_TOLERANCE: f32 = 0.1;
-/// int4, measured the same way: max 1.66, mean 0.38, Spearman 0.973. Four bits cost this small
-/// model much more than eight: the ranking mostly holds, the logits move.
-const INT4_TOLERANCE: f32 = 2.0;
-const INT4_MEAN_TOLERANCE: f32 = 0.45;
+/// int4 (GPTQ), measured the same way: max 1.24, mean 0.353, Spearman 0.970 (rounding to nearest:
+/// 1.66 / 0.381 / 0.973). Four bits cost this small model much more than eight: the ranking mostly
+/// holds, the logits move.
+const INT4_TOLERANCE: f32 = 1.6;
+const INT4_MEAN_TOLERANCE: f32 = 0.42;
 const INT4_MIN_SPEARMAN: f64 = 0.96;
 /// bf16 and fp16 on the fused kernels (the products' weights and inputs in the type, everything
 /// else f32), measured the same way: bf16 max 0.0327, mean 0.0085, Spearman 0.99988; fp16 max

@@ -362,12 +362,11 @@ impl CrossEncoder {
                 let batch = tokenizer
                     .encode_batch(calibration::PAIRS.iter().copied())
                     .map_err(|e| failed(e.to_string()))?;
-                let ranges = m.activation_ranges(&batch)?;
                 let width = match precision {
                     Precision::Int4 => fused::IntWidth::Int4,
                     _ => fused::IntWidth::Int8,
                 };
-                m.quantize_integer(width, Some(&ranges));
+                m.quantize_integer(width, Some(&batch))?;
                 self.precision = precision;
                 Ok(())
             }

@@ -10,6 +10,7 @@
 
 use ::half::f16;
 
+use crate::gptq::{self, Hessian};
 use crate::matmul::Weight;
 use crate::quant::{quantize_row, smoothed, smoothing, RowScale};
 use crate::tiles::{for_each_tile, store, BLOCKS, LANES, MR, TILE_COLS};
@@ -44,21 +45,64 @@ pub struct Q4Weight {
 impl Q4Weight {
     /// Quantizes an fp32 weight, each group of 32 inputs of each column with its own scale.
     pub fn quantize(w: &Weight) -> Self {
-        Self::quantize_scaled(w, None)
+        Self::quantize_scaled(w, None, None)
     }
 
     /// Quantizes with activations smoothed per input channel (SmoothQuant, as
     /// [`crate::quant::QWeight::quantize_smoothed`]).
     pub fn quantize_smoothed(w: &Weight, activation: &[f32], alpha: f32) -> Self {
-        Self::quantize_scaled(w, Some(smoothing(w, activation, alpha)))
+        Self::quantize_scaled(w, Some(smoothing(w, activation, alpha)), None)
     }
 
-    fn quantize_scaled(w: &Weight, s: Option<Vec<f32>>) -> Self {
-        let (w, smooth) = smoothed(w, s);
+    /// [`Q4Weight::quantize_smoothed`], rounding by GPTQ ([`crate::gptq`]) on the Hessian of the
+    /// product's calibration inputs; each group's scale is chosen when GPTQ reaches its first
+    /// input, from the weights as the errors before it left them.
+    pub fn quantize_gptq(w: &Weight, activation: &[f32], alpha: f32, hessian: &Hessian) -> Self {
+        Self::quantize_scaled(w, Some(smoothing(w, activation, alpha)), Some(hessian))
+    }
+
+    fn quantize_scaled(w: &Weight, s: Option<Vec<f32>>, hessian: Option<&Hessian>) -> Self {
+        let (mut w, smooth) = smoothed(w, s);
         let (k, n) = (w.inputs, w.outputs);
         let groups = k.div_ceil(GROUP);
         let steps = groups * GROUP / 4;
         let tiles = n.div_ceil(TILE_COLS);
+        // `[group][output]`, fp16-rounded.
+        let mut group_scales = vec![0f32; groups * n];
+        let choose = |g: usize, w: &[f32], scales: &mut [f32]| {
+            for (j, scale) in scales[g * n..(g + 1) * n].iter_mut().enumerate() {
+                let max = (g * GROUP..((g + 1) * GROUP).min(k))
+                    .map(|kk| w[kk * n + j].abs())
+                    .fold(0f32, f32::max);
+                *scale = f16::from_f32(max / LEVELS).to_f32();
+            }
+        };
+        let level = |v: f32, scale: f32| {
+            if scale > 0.0 {
+                (v / scale).round().clamp(-LEVELS, LEVELS)
+            } else {
+                0.0
+            }
+        };
+        match hessian {
+            Some(h) => {
+                gptq::quantize(&mut w.w, n, &h.multiplied(&smooth), |kk, w| {
+                    let g = kk / GROUP;
+                    if kk % GROUP == 0 {
+                        choose(g, w, &mut group_scales);
+                    }
+                    let scales = &group_scales[g * n..(g + 1) * n];
+                    for (v, &scale) in w[kk * n..(kk + 1) * n].iter_mut().zip(scales) {
+                        *v = level(*v, scale) * scale;
+                    }
+                });
+            }
+            None => {
+                for g in 0..groups {
+                    choose(g, &w.w, &mut group_scales);
+                }
+            }
+        }
         let mut packed = vec![0x88u8; tiles * steps * 2 * 64];
         let mut scales = vec![0u16; tiles * groups * TILE_COLS];
         let mut offsets = vec![0f32; tiles * TILE_COLS];
@@ -66,21 +110,11 @@ impl Q4Weight {
             let (tile, col) = (j / TILE_COLS, j % TILE_COLS);
             let (block, c) = (col / LANES, col % LANES);
             for g in 0..groups {
-                let ks = g * GROUP..((g + 1) * GROUP).min(k);
-                let max = ks
-                    .clone()
-                    .map(|kk| w.w[kk * n + j].abs())
-                    .fold(0f32, f32::max);
-                let scale = f16::from_f32(max / LEVELS);
-                scales[(tile * groups + g) * TILE_COLS + col] = scale.to_bits();
-                let scale = scale.to_f32();
+                let scale = group_scales[g * n + j];
+                scales[(tile * groups + g) * TILE_COLS + col] = f16::from_f32(scale).to_bits();
                 let mut sum = 0i32;
-                for kk in ks {
-                    let q = if scale > 0.0 {
-                        (w.w[kk * n + j] / scale).round().clamp(-LEVELS, LEVELS) as i32
-                    } else {
-                        0
-                    };
+                for kk in g * GROUP..((g + 1) * GROUP).min(k) {
+                    let q = level(w.w[kk * n + j], scale) as i32;
                     sum += q;
                     let (step, t) = (kk / 4, kk % 4);
                     let byte = ((tile * steps + step) * 2 + block / 2) * 64 + c * 4 + t;

@@ -12,6 +12,7 @@
 //! Each has a test against a plain scalar reference.
 
 pub mod attention;
+pub mod gptq;
 pub mod half;
 pub mod int4;
 pub mod math;

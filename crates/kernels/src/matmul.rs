@@ -4,6 +4,7 @@
 
 use gemm::Parallelism;
 
+use crate::gptq::Hessian;
 use crate::half::{HalfKind, HalfWeight};
 use crate::int4::Q4Weight;
 use crate::quant::QWeight;
@@ -153,6 +154,14 @@ impl Linear {
     pub fn to_int8(&self) -> Linear {
         match self.fp32() {
             Some(w) => Linear::Int8(QWeight::quantize(w)),
+            None => self.clone(),
+        }
+    }
+
+    /// [`Linear::to_int4_smoothed`] with GPTQ's rounding on the Hessian of the layer's inputs.
+    pub fn to_int4_gptq(&self, activation: &[f32], alpha: f32, hessian: &Hessian) -> Linear {
+        match self.fp32() {
+            Some(w) => Linear::Int4(Q4Weight::quantize_gptq(w, activation, alpha, hessian)),
             None => self.clone(),
         }
     }

@@ -56,27 +56,31 @@ impl QWeight {
 
     fn quantize_scaled(w: &Weight, s: Option<Vec<f32>>) -> Self {
         let (scaled, smooth) = smoothed(w, s);
-        let w = &scaled;
-        let (k, n) = (w.inputs, w.outputs);
+        let (k, n) = (scaled.inputs, scaled.outputs);
         let groups = k.div_ceil(4);
         let tiles = n.div_ceil(TILE_COLS);
         let padded = tiles * TILE_COLS;
         let mut scales = vec![0f32; padded];
         for (j, scale) in scales.iter_mut().enumerate().take(n) {
-            let max = (0..k).map(|kk| w.w[kk * n + j].abs()).fold(0f32, f32::max);
+            let max = (0..k)
+                .map(|kk| scaled.w[kk * n + j].abs())
+                .fold(0f32, f32::max);
             *scale = max / 127.0;
         }
+        let level = |v: f32, scale: f32| {
+            if scale > 0.0 {
+                (v / scale).round().clamp(-127.0, 127.0)
+            } else {
+                0.0
+            }
+        };
+        let w = &scaled;
         let mut packed = vec![0i8; tiles * groups * TILE_COLS * 4];
         let mut col_sums = vec![0i32; padded];
         for kk in 0..k {
             let (g, t) = (kk / 4, kk % 4);
             for j in 0..n {
-                let scale = scales[j];
-                let q = if scale > 0.0 {
-                    (w.w[kk * n + j] / scale).round().clamp(-127.0, 127.0) as i8
-                } else {
-                    0
-                };
+                let q = level(w.w[kk * n + j], scales[j]) as i8;
                 let (tile, col) = (j / TILE_COLS, j % TILE_COLS);
                 packed[((tile * groups + g) * TILE_COLS + col) * 4 + t] = q;
                 col_sums[j] += q as i32;
