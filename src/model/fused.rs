@@ -7,6 +7,8 @@
 //! followed by one bias + LayerNorm pass; the intermediate dense is followed by one bias + GELU pass.
 //! The weights are copied out of candle once, at load, transposed for the products.
 
+use rayon::prelude::*;
+
 use super::bert::HeadAct;
 use crate::batch::Batch;
 use xbench_kernels::attention::{packed_attention, Heads};
@@ -126,24 +128,32 @@ impl FusedBert {
         let a = CALIBRATED_ALPHA;
         for l in 0..self.layers.len() {
             let [r_qkv, r_attention_output, r_intermediate, r_output] = &ranges.layers[l];
-            let hessians = match width {
-                IntWidth::Int4 => Some(self.layer_hessians(batch, l)?),
-                IntWidth::Int8 => None,
+            let hessians: [Option<Hessian>; 4] = match width {
+                IntWidth::Int4 => self.layer_hessians(batch, l)?.map(Some),
+                IntWidth::Int8 => Default::default(),
             };
             let layer = &mut self.layers[l];
             let products = [
-                (&mut layer.qkv, r_qkv),
-                (&mut layer.attention_output, r_attention_output),
-                (&mut layer.intermediate, r_intermediate),
-                (&mut layer.output, r_output),
+                &mut layer.qkv,
+                &mut layer.attention_output,
+                &mut layer.intermediate,
+                &mut layer.output,
             ];
-            for (p, (product, range)) in products.into_iter().enumerate() {
-                *product = match (width, &hessians) {
-                    (IntWidth::Int4, Some(h)) => product.to_int4_gptq(range, a, &h[p]),
-                    (IntWidth::Int4, None) => product.to_int4_smoothed(range, a),
-                    (IntWidth::Int8, _) => product.to_int8_smoothed(range, a),
-                };
-            }
+            let ranges = [r_qkv, r_attention_output, r_intermediate, r_output];
+            // The four products quantize independently: in parallel.
+            products
+                .into_iter()
+                .zip(ranges)
+                .zip(hessians)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .for_each(|((product, range), hessian)| {
+                    *product = match (width, hessian) {
+                        (IntWidth::Int4, Some(h)) => product.to_int4_gptq(range, a, h),
+                        (IntWidth::Int4, None) => product.to_int4_smoothed(range, a),
+                        (IntWidth::Int8, _) => product.to_int8_smoothed(range, a),
+                    };
+                });
         }
         Ok(())
     }

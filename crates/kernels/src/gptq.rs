@@ -48,19 +48,14 @@ impl Hessian {
 
     /// The Hessian of the inputs multiplied by `m` per input (SmoothQuant multiplies the
     /// activations by `m` and the weight's rows by `1 / m`).
-    pub fn multiplied(&self, m: &[f32]) -> Hessian {
+    pub fn multiplied(mut self, m: &[f32]) -> Hessian {
         let k = self.inputs;
-        let mut h = self.h.clone();
         for i in 0..k {
             for j in i..k {
-                h[i * k + j] *= m[i] as f64 * m[j] as f64;
+                self.h[i * k + j] *= m[i] as f64 * m[j] as f64;
             }
         }
-        Hessian {
-            inputs: k,
-            h,
-            rows: self.rows,
-        }
+        self
     }
 
     /// The upper triangular `U` with `(H + λI)⁻¹ = Uᵀ U`, row-major, where
@@ -68,36 +63,29 @@ impl Hessian {
     ///
     /// With `J` the order-reversing permutation: the lower Cholesky factor `L` of `J (H + λI) J`
     /// gives `H + λI = U' U'ᵀ` with `U' = J L J` upper triangular, so `(H + λI)⁻¹ = Uᵀ U` with
-    /// `U = U'⁻¹ = J L⁻¹ J`: one factorization and one triangular inverse, `k³/2` multiply-adds.
-    fn inverse_factor(&self, damp: f64) -> Option<Vec<f64>> {
+    /// `U = U'⁻¹ = J L⁻¹ J`: one factorization and one triangular inverse, `k³/2` multiply-adds,
+    /// all in the Hessian's own memory.
+    fn inverse_factor(mut self, damp: f64) -> Option<Vec<f64>> {
         let k = self.inputs;
-        let full = |i: usize, j: usize| self.h[i.min(j) * k + i.max(j)];
-        let mean = (0..k).map(|i| full(i, i)).sum::<f64>() / k.max(1) as f64;
+        let mean = (0..k).map(|i| self.h[i * k + i]).sum::<f64>() / k.max(1) as f64;
         let lambda = damp * mean.max(1e-12);
-        // b = J (H + λI) J
-        let mut b = vec![0.0; k * k];
+        // J (H + λI) J, in place: H's upper triangle mirrored, then the array reversed (index
+        // i·k + j goes to k² − 1 − (i·k + j), which is row k−1−i, column k−1−j).
+        let h = &mut self.h;
         for i in 0..k {
-            for j in 0..k {
-                let (oi, oj) = (k - 1 - i, k - 1 - j);
-                let mut v = full(oi, oj);
-                if oi == oj {
-                    if v == 0.0 {
-                        v = 1.0;
-                    }
-                    v += lambda;
-                }
-                b[i * k + j] = v;
+            if h[i * k + i] == 0.0 {
+                h[i * k + i] = 1.0;
+            }
+            h[i * k + i] += lambda;
+            for j in i + 1..k {
+                h[j * k + i] = h[i * k + j];
             }
         }
-        let l = cholesky(&b, k)?;
-        let linv = lower_inverse(&l, k);
-        let mut u = vec![0.0; k * k];
-        for i in 0..k {
-            for j in 0..=i {
-                u[(k - 1 - i) * k + (k - 1 - j)] = linv[i * k + j];
-            }
-        }
-        Some(u)
+        h.reverse();
+        cholesky(h, k)?;
+        lower_inverse(h, k);
+        h.reverse();
+        Some(std::mem::take(h))
     }
 }
 
@@ -115,41 +103,47 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// Lower Cholesky factor of the symmetric positive definite `a` (`k × k`); `None` if it is not.
-fn cholesky(a: &[f64], k: usize) -> Option<Vec<f64>> {
-    let mut l = vec![0.0; k * k];
+/// Replaces the symmetric positive definite `a` (`k × k`) by its lower Cholesky factor (zero
+/// above the diagonal); `None` if it is not positive definite.
+fn cholesky(a: &mut [f64], k: usize) -> Option<()> {
     for i in 0..k {
         for j in 0..=i {
-            let s = a[i * k + j] - dot(&l[i * k..i * k + j], &l[j * k..j * k + j]);
+            let (done, row) = a.split_at_mut(i * k);
+            let s = if j < i {
+                row[j] - dot(&row[..j], &done[j * k..j * k + j])
+            } else {
+                row[j] - dot(&row[..j], &row[..j])
+            };
             if i == j {
                 if s <= 0.0 || !s.is_finite() {
                     return None;
                 }
-                l[i * k + i] = s.sqrt();
+                row[i] = s.sqrt();
             } else {
-                l[i * k + j] = s / l[j * k + j];
+                row[j] = s / done[j * k + j];
             }
         }
+        for v in &mut a[i * k + i + 1..(i + 1) * k] {
+            *v = 0.0;
+        }
     }
-    Some(l)
+    Some(())
 }
 
-/// The inverse of a lower triangular `l`, by forward substitution of each unit vector (a column
-/// of the inverse, held contiguous while it is solved).
-fn lower_inverse(l: &[f64], k: usize) -> Vec<f64> {
-    let mut inv = vec![0.0; k * k];
+/// Replaces the lower triangular `l` by its inverse, one column at a time by forward
+/// substitution of a unit vector: solving column `j` reads only columns `j..` of `l`, so it can
+/// overwrite column `j` once solved.
+fn lower_inverse(l: &mut [f64], k: usize) {
     let mut x = vec![0.0; k];
     for j in 0..k {
-        x.fill(0.0);
         x[j] = 1.0 / l[j * k + j];
         for i in j + 1..k {
             x[i] = -dot(&l[i * k + j..i * k + i], &x[j..i]) / l[i * k + i];
         }
         for i in j..k {
-            inv[i * k + j] = x[i];
+            l[i * k + j] = x[i];
         }
     }
-    inv
 }
 
 /// Quantizes `w` (`[inputs, outputs]`) in place by GPTQ. `round(input, w)` must replace row
@@ -159,7 +153,7 @@ fn lower_inverse(l: &[f64], k: usize) -> Vec<f64> {
 pub fn quantize(
     w: &mut [f32],
     outputs: usize,
-    hessian: &Hessian,
+    hessian: Hessian,
     mut round: impl FnMut(usize, &mut [f32]),
 ) -> bool {
     let k = hessian.inputs;
@@ -171,6 +165,8 @@ pub fn quantize(
         return false;
     };
     let mut before = vec![0f32; outputs];
+    // The errors and their spreading in f64: in f32 the result came out measurably worse (int4 on
+    // the demo model, max |Δlogit| vs transformers 1.68 instead of 1.24).
     let mut error = vec![0f64; outputs];
     for i in 0..k {
         before.copy_from_slice(&w[i * outputs..(i + 1) * outputs]);
@@ -220,7 +216,7 @@ mod tests {
         let x = values(40 * k, 3);
         let mut h = Hessian::new(k);
         h.add(&x);
-        let u = h.inverse_factor(0.0).unwrap();
+        let u = h.clone().inverse_factor(0.0).unwrap();
         // U is upper triangular, and Uᵀ U · H = I.
         for i in 0..k {
             for j in 0..i {
@@ -270,7 +266,7 @@ mod tests {
         let mut h = Hessian::new(k);
         h.add(&x);
         let mut fed = w0.clone();
-        assert!(quantize(&mut fed, n, &h, round));
+        assert!(quantize(&mut fed, n, h.clone(), round));
         let err = |w: &[f32]| -> f64 {
             let mut e = 0.0;
             for r in 0..rows {

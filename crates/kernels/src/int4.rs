@@ -57,11 +57,11 @@ impl Q4Weight {
     /// [`Q4Weight::quantize_smoothed`], rounding by GPTQ ([`crate::gptq`]) on the Hessian of the
     /// product's calibration inputs; each group's scale is chosen when GPTQ reaches its first
     /// input, from the weights as the errors before it left them.
-    pub fn quantize_gptq(w: &Weight, activation: &[f32], alpha: f32, hessian: &Hessian) -> Self {
+    pub fn quantize_gptq(w: &Weight, activation: &[f32], alpha: f32, hessian: Hessian) -> Self {
         Self::quantize_scaled(w, Some(smoothing(w, activation, alpha)), Some(hessian))
     }
 
-    fn quantize_scaled(w: &Weight, s: Option<Vec<f32>>, hessian: Option<&Hessian>) -> Self {
+    fn quantize_scaled(w: &Weight, s: Option<Vec<f32>>, hessian: Option<Hessian>) -> Self {
         let (mut w, smooth) = smoothed(w, s);
         let (k, n) = (w.inputs, w.outputs);
         let groups = k.div_ceil(GROUP);
@@ -86,7 +86,7 @@ impl Q4Weight {
         };
         match hessian {
             Some(h) => {
-                gptq::quantize(&mut w.w, n, &h.multiplied(&smooth), |kk, w| {
+                gptq::quantize(&mut w.w, n, h.multiplied(&smooth), |kk, w| {
                     let g = kk / GROUP;
                     if kk % GROUP == 0 {
                         choose(g, w, &mut group_scales);

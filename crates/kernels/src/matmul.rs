@@ -159,7 +159,7 @@ impl Linear {
     }
 
     /// [`Linear::to_int4_smoothed`] with GPTQ's rounding on the Hessian of the layer's inputs.
-    pub fn to_int4_gptq(&self, activation: &[f32], alpha: f32, hessian: &Hessian) -> Linear {
+    pub fn to_int4_gptq(&self, activation: &[f32], alpha: f32, hessian: Hessian) -> Linear {
         match self.fp32() {
             Some(w) => Linear::Int4(Q4Weight::quantize_gptq(w, activation, alpha, hessian)),
             None => self.clone(),
