@@ -392,12 +392,13 @@ fn accuracy_reports_what_each_precision_does_to_scores_and_rankings() {
     assert_eq!(rows[0]["precision"], "fp32");
     assert_eq!(rows[0]["max_abs_diff"], 0.0);
     assert_eq!(rows[0]["ndcg_at_10"], 1.0);
-    assert_eq!(rows.len(), 4);
-    for (row, (name, tolerance)) in
-        rows[1..]
-            .iter()
-            .zip([("fp16", 0.01), ("bf16", 0.05), ("int8", 0.35)])
-    {
+    assert_eq!(rows.len(), 5);
+    for (row, (name, tolerance)) in rows[1..].iter().zip([
+        ("fp16", 0.01),
+        ("bf16", 0.05),
+        ("int8", 0.35),
+        ("int4", 2.0),
+    ]) {
         assert_eq!(row["precision"], name);
         let diff = row["max_abs_diff"].as_f64().unwrap();
         assert!(diff > 0.0 && diff <= tolerance, "{report}");

@@ -1669,5 +1669,7 @@ fn multi_label_models_answer_every_logit_and_score_their_last_label() {
         info["models"][0]["architecture"],
         "DistilBertForSequenceClassification"
     );
+    assert_eq!(info["models"][0]["precision"], "fp32");
+    assert_eq!(info["models"][0]["kernels"], "fused");
     server.stop();
 }

@@ -21,7 +21,7 @@ pub struct AccuracyArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "fp16,bf16,int8"
+        default_value = "fp16,bf16,int8,int4"
     )]
     pub precisions: Vec<Precision>,
     /// JSON lines of {"query": ..., "passage": ...}; pairs sharing a query form one ranking.

@@ -34,7 +34,8 @@ pub struct ScoreArgs {
     /// CPU fp32 kernels: fused (xbench's) or candle (candle's ops).
     #[arg(long, value_enum, default_value = "fused")]
     pub kernels: Kernels,
-    /// Precision: fp32, or int8 (the encoder's products in int8; fused kernels on CPU).
+    /// Precision: fp32, fp16, bf16, int8 or int4 (the encoder's products in that precision on the
+    /// fused CPU kernels; int8 and int4 run there only, fp16 and bf16 also on candle's ops).
     #[arg(long, value_enum, default_value = "fp32")]
     pub quantization: Precision,
 }

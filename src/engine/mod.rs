@@ -100,7 +100,7 @@ pub struct ModelSpec {
     /// fused (xbench's CPU kernels, fp32) or candle (candle's ops).
     #[serde(default)]
     pub kernels: Kernels,
-    /// fp32, or int8 (fused CPU kernels).
+    /// fp32, fp16, bf16, int8 or int4 (int8 and int4 on the fused CPU kernels only).
     #[serde(default)]
     pub quantization: Precision,
 }

@@ -93,6 +93,8 @@ fn start(mock: Mock, batching: BatchingConfig, instances: usize) -> Fixture {
             hidden_size: 8,
             num_layers: 1,
             max_positions: 64,
+            precision: crate::model::Precision::Fp32,
+            kernels: crate::model::Kernels::Candle,
         };
         Ok((files, info, backend.clone() as Arc<dyn Backend>))
     })

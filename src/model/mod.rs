@@ -224,6 +224,9 @@ pub struct ModelInfo {
     pub num_layers: usize,
     /// Longest sequence (in tokens, special tokens included) the position embeddings allow.
     pub max_positions: usize,
+    /// What computes it: the precision and the kernels.
+    pub precision: Precision,
+    pub kernels: Kernels,
 }
 
 enum Inner {
@@ -291,12 +294,22 @@ impl CrossEncoder {
             hidden_size: config.hidden_size,
             num_layers: config.num_hidden_layers,
             max_positions: family.max_positions(&config),
+            precision: match dtype {
+                DType::BF16 => Precision::Bf16,
+                DType::F16 => Precision::Fp16,
+                _ => Precision::Fp32,
+            },
+            kernels: if fuse {
+                Kernels::Fused
+            } else {
+                Kernels::Candle
+            },
         };
         Ok(Self {
             inner,
-            info,
             device: device.clone(),
-            precision: Precision::Fp32,
+            precision: info.precision,
+            info,
             files: files.clone(),
         })
     }
@@ -321,6 +334,12 @@ impl CrossEncoder {
     /// runs the built-in calibration pairs ([`calibration::PAIRS`]) in fp32 to measure each
     /// product's input ranges, which it smooths by.
     pub fn quantize(&mut self, precision: Precision) -> Result<(), ModelError> {
+        self.convert(precision)?;
+        self.info.precision = self.precision;
+        Ok(())
+    }
+
+    fn convert(&mut self, precision: Precision) -> Result<(), ModelError> {
         if self.precision == precision {
             return Ok(());
         }
