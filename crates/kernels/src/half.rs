@@ -349,13 +349,7 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    fn weight(outputs: usize, inputs: usize) -> Weight {
-        let w: Vec<f32> = (0..outputs * inputs)
-            .map(|i| (i as f32 * 0.37).sin() * 0.1)
-            .collect();
-        let bias = (0..outputs).map(|j| j as f32 * 0.01).collect();
-        Weight::from_out_in(&w, bias, outputs, inputs)
-    }
+    use crate::tiles::test_weight as weight;
 
     fn data(n: usize, seed: f32) -> Vec<f32> {
         (0..n).map(|i| (i as f32 * seed).cos() * 2.0).collect()

@@ -12,7 +12,7 @@ use ::half::f16;
 
 use crate::gptq::{self, Hessian};
 use crate::matmul::Weight;
-use crate::quant::{quantize_row, smoothed, smoothing, RowScale};
+use crate::quant::{quantize_rows, smoothed, smoothing, RowScale};
 use crate::tiles::{for_each_tile, store, BLOCKS, LANES, MR, TILE_COLS};
 
 /// Inputs per scale group (8 steps of 4 inputs in the kernel).
@@ -160,15 +160,7 @@ impl Q4Weight {
         assert_eq!(y.len(), rows * n, "y is not [rows, out]");
         let kp = self.groups * GROUP;
         // Each task quantizes its rows once, then runs them against its tiles.
-        let prepare = |chunk: std::ops::Range<usize>| {
-            let mut xq = vec![128u8; chunk.len().div_ceil(MR) * MR * kp];
-            let mut sx = vec![RowScale::default(); chunk.len().div_ceil(MR) * MR];
-            for (i, r) in chunk.enumerate() {
-                let row = &x[r * k..(r + 1) * k];
-                sx[i] = quantize_row(row, &self.smooth, &mut xq[i * kp..i * kp + k]);
-            }
-            (xq, sx)
-        };
+        let prepare = |chunk| quantize_rows(x, k, kp, &self.smooth, chunk);
         for_each_tile(
             rows,
             n,
@@ -336,6 +328,7 @@ mod vnni {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::quantize_row;
 
     fn weight(outputs: usize, inputs: usize) -> Weight {
         let w: Vec<f32> = (0..outputs * inputs)

@@ -121,15 +121,7 @@ impl QWeight {
         }
         let kp = self.groups * 4;
         // Each task quantizes its rows once, then runs them against its tiles.
-        let prepare = |chunk: std::ops::Range<usize>| {
-            let mut xq = vec![128u8; chunk.len().div_ceil(MR) * MR * kp];
-            let mut sx = vec![RowScale::default(); chunk.len().div_ceil(MR) * MR];
-            for (i, r) in chunk.enumerate() {
-                let row = &x[r * k..(r + 1) * k];
-                sx[i] = quantize_row(row, &self.smooth, &mut xq[i * kp..i * kp + k]);
-            }
-            (xq, sx)
-        };
+        let prepare = |chunk| quantize_rows(x, k, kp, &self.smooth, chunk);
         for_each_tile(
             rows,
             n,
@@ -153,6 +145,25 @@ impl QWeight {
             },
         );
     }
+}
+
+/// Quantizes rows `chunk` of `x` (`[rows, k]`, multiplied by `smooth`) to u8 rows of `kp` bytes
+/// (the padding holds the zero of 128, against zero weights), in whole groups of `MR` rows, with
+/// each row's scale: what a task of an integer product computes once for all its tiles.
+pub(crate) fn quantize_rows(
+    x: &[f32],
+    k: usize,
+    kp: usize,
+    smooth: &[f32],
+    chunk: std::ops::Range<usize>,
+) -> (Vec<u8>, Vec<RowScale>) {
+    let mut xq = vec![128u8; chunk.len().div_ceil(MR) * MR * kp];
+    let mut sx = vec![RowScale::default(); chunk.len().div_ceil(MR) * MR];
+    for (i, r) in chunk.enumerate() {
+        let row = &x[r * k..(r + 1) * k];
+        sx[i] = quantize_row(row, smooth, &mut xq[i * kp..i * kp + k]);
+    }
+    (xq, sx)
 }
 
 /// SmoothQuant's per-input multipliers `s = activation^α / max|w row|^(1-α)` (1 where that is not
@@ -386,13 +397,7 @@ mod vnni {
 mod tests {
     use super::*;
 
-    fn weight(outputs: usize, inputs: usize) -> Weight {
-        let w: Vec<f32> = (0..outputs * inputs)
-            .map(|i| (i as f32 * 0.37).sin() * 0.1)
-            .collect();
-        let bias = (0..outputs).map(|j| j as f32 * 0.01).collect();
-        Weight::from_out_in(&w, bias, outputs, inputs)
-    }
+    use crate::tiles::test_weight as weight;
 
     /// What the kernels must compute exactly: the same quantization, in f64.
     fn reference(w: &QWeight, x: &[f32], rows: usize) -> Vec<f64> {

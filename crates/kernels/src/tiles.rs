@@ -90,3 +90,13 @@ pub(crate) fn lane_mask(n: usize, j: usize) -> u16 {
         (1u16 << left) - 1
     }
 }
+
+/// A deterministic `[outputs, inputs]` weight for the products' tests.
+#[cfg(test)]
+pub(crate) fn test_weight(outputs: usize, inputs: usize) -> crate::matmul::Weight {
+    let w: Vec<f32> = (0..outputs * inputs)
+        .map(|i| (i as f32 * 0.37).sin() * 0.1)
+        .collect();
+    let bias = (0..outputs).map(|j| j as f32 * 0.01).collect();
+    crate::matmul::Weight::from_out_in(&w, bias, outputs, inputs)
+}
