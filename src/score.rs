@@ -6,7 +6,7 @@ use std::io::BufRead;
 use candle_core::{DType, Device};
 use serde_json::Value;
 
-use crate::model::{CrossEncoder, Kernels, ModelError, ModelFiles, Precision};
+use crate::model::{CacheUse, CrossEncoder, Kernels, ModelError, ModelFiles, Precision};
 use crate::tokenize::{PairTokenizer, TokenizeError};
 
 /// One (query, passage) pair.
@@ -166,6 +166,12 @@ impl Scorer {
     /// Converts the model's weights to `precision` (see [`CrossEncoder::quantize`]).
     pub fn quantize(&mut self, precision: Precision) -> Result<(), ScoreError> {
         Ok(self.model.quantize(precision)?)
+    }
+
+    /// [`Scorer::quantize`] through the cache of quantized layers (see
+    /// [`CrossEncoder::quantize_cached`]).
+    pub fn quantize_cached(&mut self, precision: Precision) -> Result<CacheUse, ScoreError> {
+        Ok(self.model.quantize_cached(precision)?)
     }
 
     pub fn model(&self) -> &CrossEncoder {

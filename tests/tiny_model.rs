@@ -1,7 +1,7 @@
 //! The cross-encoder on a tiny generated BERT: batching, padding and truncation invariants.
 
 use candle_core::{DType, Device};
-use xbench::model::{CrossEncoder, Kernels, ModelFiles, Precision};
+use xbench::model::{CacheUse, CrossEncoder, Kernels, ModelFiles, Precision};
 use xbench::score::{Pair, Scorer};
 use xbench::testing::TinyBert;
 use xbench::tokenize::PairTokenizer;
@@ -301,4 +301,75 @@ fn every_precision_stays_near_fp32_in_any_batch() {
         CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, Kernels::Candle).unwrap();
     let err = candle.quantize(Precision::Int8).unwrap_err().to_string();
     assert!(err.contains("fused CPU kernels"), "{err}");
+}
+
+/// The quantized-layer cache: written beside the model on the first load, read on the next with
+/// the same logits, written over when the file is damaged or the weights change.
+#[test]
+fn quantized_layers_are_cached_beside_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    TinyBert {
+        hidden: 36,
+        heads: 3,
+        intermediate: 70,
+        ..TinyBert::default()
+    }
+    .write(dir.path())
+    .unwrap();
+    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
+    let load = || CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
+    let tok = PairTokenizer::load(&files, 64, None).unwrap();
+    let pairs = pairs();
+    let batch = tok
+        .encode_batch(pairs.iter().map(|p| (p.query.as_str(), p.passage.as_str())))
+        .unwrap();
+    for precision in [
+        Precision::Int8,
+        Precision::Int4,
+        Precision::Bf16,
+        Precision::Fp16,
+    ] {
+        let mut plain = load();
+        plain.quantize(precision).unwrap();
+        let want = plain.logits(&batch).unwrap();
+        let mut first = load();
+        let path = match first.quantize_cached(precision).unwrap() {
+            CacheUse::Written(path) => path,
+            other => panic!("{precision:?}: {other:?}"),
+        };
+        assert_eq!(
+            path,
+            dir.path().join(format!("xbench-{}.gguf", precision.name()))
+        );
+        assert_eq!(first.logits(&batch).unwrap(), want, "{precision:?}");
+        let mut second = load();
+        assert_eq!(
+            second.quantize_cached(precision).unwrap(),
+            CacheUse::Read(path.clone())
+        );
+        assert_eq!(second.precision(), precision);
+        assert_eq!(second.info().precision, precision);
+        assert_eq!(second.logits(&batch).unwrap(), want, "{precision:?} cached");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let mut third = load();
+        let used = third.quantize_cached(precision).unwrap();
+        assert!(matches!(used, CacheUse::Replaced { .. }), "{used:?}");
+        assert_eq!(third.logits(&batch).unwrap(), want);
+    }
+    // New weights (a later modification time): the cache is stale, computed and written again.
+    let weights = dir.path().join("model.safetensors");
+    std::fs::File::options()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+        .unwrap();
+    let used = load().quantize_cached(Precision::Int8).unwrap();
+    assert!(matches!(used, CacheUse::Written(_)), "{used:?}");
+    // fp32 has nothing to cache.
+    assert_eq!(
+        load().quantize_cached(Precision::Fp32).unwrap(),
+        CacheUse::None
+    );
 }

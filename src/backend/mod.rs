@@ -4,7 +4,7 @@
 use candle_core::{DType, Device};
 
 use crate::batch::Batch;
-use crate::model::{CrossEncoder, Kernels, ModelError, ModelFiles, ModelInfo, Precision};
+use crate::model::{CacheUse, CrossEncoder, Kernels, ModelError, ModelFiles, ModelInfo, Precision};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
@@ -59,6 +59,12 @@ impl CandleBackend {
     /// Converts the weights to `precision` (see [`CrossEncoder::quantize`]).
     pub fn quantize(&mut self, precision: Precision) -> Result<(), ModelError> {
         self.model.quantize(precision)
+    }
+
+    /// Converts the weights through the cache of quantized layers (see
+    /// [`CrossEncoder::quantize_cached`]).
+    pub fn quantize_cached(&mut self, precision: Precision) -> Result<CacheUse, ModelError> {
+        self.model.quantize_cached(precision)
     }
 
     pub fn precision(&self) -> Precision {

@@ -192,6 +192,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             device: args.device.clone(),
             kernels: args.kernels,
             quantization: args.quantization,
+            quantization_cache: false,
         }],
         tokenizer_pool: TokenizerPoolConfig {
             workers: args.tokenizer_workers,

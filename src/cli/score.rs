@@ -38,6 +38,9 @@ pub struct ScoreArgs {
     /// fused CPU kernels; int8 and int4 run there only, fp16 and bf16 also on candle's ops).
     #[arg(long, value_enum, default_value = "fp32")]
     pub quantization: Precision,
+    /// Keep the quantized layers in `xbench-<precision>.gguf` beside the model and reuse them.
+    #[arg(long)]
+    pub quantization_cache: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -55,7 +58,11 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let started = Instant::now();
     let mut scorer = Scorer::load_with(&args.model, &device, args.max_length, args.kernels)?;
-    scorer.quantize(args.quantization)?;
+    if args.quantization_cache {
+        scorer.quantize_cached(args.quantization)?;
+    } else {
+        scorer.quantize(args.quantization)?;
+    }
     tracing::info!(
         model = %args.model,
         max_length = scorer.tokenizer().max_length(),

@@ -52,9 +52,14 @@ pub struct InstanceConfig {
     /// `cpu`, `cuda[:N]`, `metal[:N]`.
     #[serde(default = "cpu")]
     pub device: String,
-    /// Precision: `fp32`, or `int8` (the encoder's products in int8; fused CPU kernels only).
+    /// Precision: `fp32`, `fp16`, `bf16`, `int8` or `int4` (int8 and int4 on the fused CPU
+    /// kernels only).
     #[serde(default = "fp32")]
     pub quantization: String,
+    /// Cache the quantized layers beside the checkpoint (`xbench-<precision>.gguf`) and reuse
+    /// them.
+    #[serde(default)]
+    pub quantization_cache: bool,
     /// Truncation length in tokens; default the model's limit.
     #[serde(default)]
     pub max_length: Option<usize>,
@@ -355,6 +360,7 @@ impl XbenchConfig {
                 device: m.device.clone(),
                 kernels: m.kernels,
                 quantization,
+                quantization_cache: m.quantization_cache,
             };
             match models.iter_mut().find(|s| s.name == spec.name) {
                 Some(s) if ModelSpec { instances: s.instances, ..spec.clone() } == *s => {

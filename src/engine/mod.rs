@@ -103,6 +103,10 @@ pub struct ModelSpec {
     /// fp32, fp16, bf16, int8 or int4 (int8 and int4 on the fused CPU kernels only).
     #[serde(default)]
     pub quantization: Precision,
+    /// Keep the quantized layers in `xbench-<precision>.gguf` beside the checkpoint and reuse
+    /// them at the next load.
+    #[serde(default)]
+    pub quantization_cache: bool,
 }
 
 fn one() -> usize {
@@ -122,6 +126,7 @@ impl ModelSpec {
             device: cpu(),
             kernels: Kernels::default(),
             quantization: Precision::default(),
+            quantization_cache: false,
         }
     }
 }
@@ -275,7 +280,11 @@ impl Engine {
             let files = ModelFiles::resolve(&spec.name)?;
             let device = parse_device(&spec.device)?;
             let mut backend = CandleBackend::load_with(&files, &device, spec.kernels)?;
-            backend.quantize(spec.quantization)?;
+            if spec.quantization_cache {
+                backend.quantize_cached(spec.quantization)?;
+            } else {
+                backend.quantize(spec.quantization)?;
+            }
             // What actually runs: fused kernels are CPU fp32 only, whatever the config asked.
             tracing::info!(
                 model = %spec.name,

@@ -9,6 +9,8 @@ pub mod bert;
 pub mod calibration;
 pub mod files;
 pub mod fused;
+mod gguf;
+mod quant_cache;
 
 use std::path::{Path, PathBuf};
 
@@ -98,6 +100,21 @@ pub enum ModelError {
     },
     #[error("cannot calibrate int8 for '{name}': {why}")]
     Calibration { name: String, why: String },
+}
+
+/// How [`CrossEncoder::quantize_cached`] came by the converted layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Nothing to cache (fp32, or candle's ops).
+    None,
+    /// Read from this file.
+    Read(PathBuf),
+    /// Computed and written to this file.
+    Written(PathBuf),
+    /// The file was damaged (why); computed and written over it.
+    Replaced { path: PathBuf, why: String },
+    /// Computed; the file could not be written (why).
+    Failed(String),
 }
 
 /// The precision a model instance computes in (`quantization` of a model instance).
@@ -391,6 +408,52 @@ impl CrossEncoder {
             }
             (Precision::Int8 | Precision::Int4, Inner::Bert(_)) => {
                 Err(ModelError::NeedsFused(precision.name()))
+            }
+        }
+    }
+
+    /// [`CrossEncoder::quantize`] through the cache of quantized layers beside the checkpoint
+    /// (`xbench-<precision>.gguf`, see [`quant_cache`]): read when it was made from these weight
+    /// files by this version of xbench's quantization, else computed and written. The fused
+    /// kernels' precisions only; otherwise the same as `quantize`. A cache that cannot be read or
+    /// written is logged and computed around, never an error.
+    pub fn quantize_cached(&mut self, precision: Precision) -> Result<CacheUse, ModelError> {
+        let fused = matches!(self.inner, Inner::FusedBert(_));
+        if precision == Precision::Fp32 || self.precision != Precision::Fp32 || !fused {
+            self.quantize(precision)?;
+            return Ok(CacheUse::None);
+        }
+        let mut damaged = None;
+        if let Inner::FusedBert(m) = &mut self.inner {
+            match quant_cache::load(&self.files, precision, m) {
+                Ok(Some(path)) => {
+                    self.precision = precision;
+                    self.info.precision = precision;
+                    tracing::info!(model = %self.files.name, path = %path.display(), "read the quantized layers");
+                    return Ok(CacheUse::Read(path));
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::warn!(model = %self.files.name, %why, "ignoring a damaged cache of quantized layers");
+                    damaged = Some(why);
+                }
+            }
+        }
+        self.quantize(precision)?;
+        let Inner::FusedBert(m) = &self.inner else {
+            return Ok(CacheUse::None);
+        };
+        match quant_cache::save(&self.files, precision, m) {
+            Ok(path) => {
+                tracing::info!(model = %self.files.name, path = %path.display(), "wrote the quantized layers");
+                Ok(match damaged {
+                    Some(why) => CacheUse::Replaced { path, why },
+                    None => CacheUse::Written(path),
+                })
+            }
+            Err(why) => {
+                tracing::warn!(model = %self.files.name, %why, "cannot cache the quantized layers");
+                Ok(CacheUse::Failed(why))
             }
         }
     }

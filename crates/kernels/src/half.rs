@@ -94,6 +94,28 @@ impl HalfWeight {
         }
     }
 
+    /// Its packed 16-bit values, for a cache.
+    pub fn stored(&self) -> Vec<u16> {
+        self.packed.clone()
+    }
+
+    /// The weight of `w`'s shape and bias in `kind` from the values [`HalfWeight::stored`] gave.
+    pub fn from_stored(w: &Weight, kind: HalfKind, packed: Vec<u16>) -> Result<Self, String> {
+        let step = kind.step();
+        let kp = w.inputs.div_ceil(step) * step;
+        let tiles = w.outputs.div_ceil(TILE_COLS);
+        crate::quant::check_len("packed", packed.len(), tiles * kp * TILE_COLS)?;
+        Ok(Self {
+            kind,
+            packed,
+            bias: w.bias.clone(),
+            inputs: w.inputs,
+            outputs: w.outputs,
+            kp,
+            tiles,
+        })
+    }
+
     /// Bytes of the packed weight (not the bias).
     pub fn weight_bytes(&self) -> usize {
         2 * self.packed.len()

@@ -12,7 +12,7 @@ use ::half::f16;
 
 use crate::gptq::{self, Hessian};
 use crate::matmul::Weight;
-use crate::quant::{quantize_rows, smoothed, smoothing, RowScale};
+use crate::quant::{check_len, quantize_rows, smoothed, smoothing, RowScale};
 use crate::tiles::{for_each_tile, store, BLOCKS, LANES, MR, TILE_COLS};
 
 /// Inputs per scale group (8 steps of 4 inputs in the kernel).
@@ -139,6 +139,41 @@ impl Q4Weight {
             tiles,
             smooth,
         }
+    }
+
+    /// Its arrays, for a cache: `(packed, scales, offsets, smooth)`.
+    pub fn stored(&self) -> (Vec<u8>, Vec<u16>, Vec<f32>, Vec<f32>) {
+        (
+            self.packed.clone(),
+            self.scales.clone(),
+            self.offsets.clone(),
+            self.smooth.clone(),
+        )
+    }
+
+    /// The weight of `w`'s shape and bias from the arrays [`Q4Weight::stored`] gave.
+    pub fn from_stored(
+        w: &Weight,
+        (packed, scales, offsets, smooth): (Vec<u8>, Vec<u16>, Vec<f32>, Vec<f32>),
+    ) -> Result<Self, String> {
+        let (k, n) = (w.inputs, w.outputs);
+        let groups = k.div_ceil(GROUP);
+        let tiles = n.div_ceil(TILE_COLS);
+        check_len("packed", packed.len(), tiles * (groups * GROUP / 4) * 128)?;
+        check_len("scales", scales.len(), tiles * groups * TILE_COLS)?;
+        check_len("offsets", offsets.len(), tiles * TILE_COLS)?;
+        check_len("smooth", smooth.len(), k)?;
+        Ok(Self {
+            packed,
+            scales,
+            offsets,
+            bias: w.bias.clone(),
+            inputs: k,
+            outputs: n,
+            groups,
+            tiles,
+            smooth,
+        })
     }
 
     /// Bytes the quantized weight holds (nibbles, scales, offsets; not the bias).

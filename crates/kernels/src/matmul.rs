@@ -94,7 +94,83 @@ pub enum Linear {
     Half(HalfWeight),
 }
 
+/// A converted layer's arrays, as a cache stores them (the bias and the shape come from the fp32
+/// layer they were made from).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    Int8 {
+        packed: Vec<i8>,
+        scales: Vec<f32>,
+        col_sums: Vec<i32>,
+        smooth: Vec<f32>,
+    },
+    Int4 {
+        packed: Vec<u8>,
+        scales: Vec<u16>,
+        offsets: Vec<f32>,
+        smooth: Vec<f32>,
+    },
+    Half {
+        kind: HalfKind,
+        packed: Vec<u16>,
+    },
+}
+
 impl Linear {
+    /// A converted layer's arrays; `None` for fp32.
+    pub fn stored(&self) -> Option<Stored> {
+        match self {
+            Linear::F32(_) => None,
+            Linear::Int8(w) => {
+                let (packed, scales, col_sums, smooth) = w.stored();
+                Some(Stored::Int8 {
+                    packed,
+                    scales,
+                    col_sums,
+                    smooth,
+                })
+            }
+            Linear::Int4(w) => {
+                let (packed, scales, offsets, smooth) = w.stored();
+                Some(Stored::Int4 {
+                    packed,
+                    scales,
+                    offsets,
+                    smooth,
+                })
+            }
+            Linear::Half(w) => Some(Stored::Half {
+                kind: w.kind,
+                packed: w.stored(),
+            }),
+        }
+    }
+
+    /// This fp32 layer converted as `stored` says, without computing anything; an error when the
+    /// arrays do not fit its shape, or when the layer is already converted.
+    pub fn from_stored(&self, stored: Stored) -> Result<Linear, String> {
+        let w = self
+            .fp32()
+            .ok_or_else(|| "the layer is already converted".to_string())?;
+        Ok(match stored {
+            Stored::Int8 {
+                packed,
+                scales,
+                col_sums,
+                smooth,
+            } => Linear::Int8(QWeight::from_stored(w, (packed, scales, col_sums, smooth))?),
+            Stored::Int4 {
+                packed,
+                scales,
+                offsets,
+                smooth,
+            } => Linear::Int4(Q4Weight::from_stored(w, (packed, scales, offsets, smooth))?),
+            Stored::Half { kind, packed } => {
+                Linear::Half(HalfWeight::from_stored(w, kind, packed)?)
+            }
+        })
+    }
+
     /// `y = x · W`, or `y += x · W` with `accumulate` (see [`Weight::matmul_into`]).
     pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
         match self {
@@ -195,6 +271,46 @@ impl Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every converted layer comes back from its stored arrays computing the same products; arrays
+    /// of the wrong length are refused.
+    #[test]
+    fn converted_layers_come_back_from_their_stored_arrays() {
+        let w = Linear::F32(crate::tiles::test_weight(70, 45));
+        let x: Vec<f32> = (0..9 * 45).map(|i| (i as f32 * 0.13).cos()).collect();
+        for converted in [
+            w.to_int8(),
+            w.to_int4(),
+            w.to_half(HalfKind::Bf16),
+            w.to_half(HalfKind::F16),
+        ] {
+            let stored = converted.stored().unwrap();
+            let back = w.from_stored(stored.clone()).unwrap();
+            let (mut a, mut b) = (vec![0f32; 9 * 70], vec![0f32; 9 * 70]);
+            converted.matmul_into(&x, &mut a, false);
+            back.matmul_into(&x, &mut b, false);
+            assert_eq!(a, b);
+            assert_eq!(back.stored(), Some(stored));
+            assert!(back.from_stored(converted.stored().unwrap()).is_err());
+        }
+        let short = match w.to_int8().stored().unwrap() {
+            Stored::Int8 {
+                packed,
+                scales,
+                col_sums,
+                smooth,
+            } => Stored::Int8 {
+                packed,
+                scales: scales[1..].to_vec(),
+                col_sums,
+                smooth,
+            },
+            _ => unreachable!(),
+        };
+        let err = w.from_stored(short).unwrap_err();
+        assert!(err.contains("scales"), "{err}");
+        assert!(w.stored().is_none());
+    }
 
     #[test]
     fn matmul_overwrites_or_accumulates() {

@@ -99,6 +99,42 @@ impl QWeight {
         }
     }
 
+    /// Its arrays, for a cache: `(packed, scales, col_sums, smooth)`.
+    pub fn stored(&self) -> (Vec<i8>, Vec<f32>, Vec<i32>, Vec<f32>) {
+        (
+            self.packed.clone(),
+            self.scales.clone(),
+            self.col_sums.clone(),
+            self.smooth.clone(),
+        )
+    }
+
+    /// The weight of `w`'s shape and bias from the arrays [`QWeight::stored`] gave; an error
+    /// names the array whose length does not fit the shape.
+    pub fn from_stored(
+        w: &Weight,
+        (packed, scales, col_sums, smooth): (Vec<i8>, Vec<f32>, Vec<i32>, Vec<f32>),
+    ) -> Result<Self, String> {
+        let (k, n) = (w.inputs, w.outputs);
+        let groups = k.div_ceil(4);
+        let tiles = n.div_ceil(TILE_COLS);
+        check_len("packed", packed.len(), tiles * groups * TILE_COLS * 4)?;
+        check_len("scales", scales.len(), tiles * TILE_COLS)?;
+        check_len("col_sums", col_sums.len(), tiles * TILE_COLS)?;
+        check_len("smooth", smooth.len(), k)?;
+        Ok(Self {
+            packed,
+            scales,
+            col_sums,
+            bias: w.bias.clone(),
+            inputs: k,
+            outputs: n,
+            groups,
+            tiles,
+            smooth,
+        })
+    }
+
     /// Bytes the quantized weight holds (packed values, scales, column sums; not the bias).
     pub fn weight_bytes(&self) -> usize {
         self.packed.len() + 4 * (self.scales.len() + self.col_sums.len())
@@ -144,6 +180,17 @@ impl QWeight {
                 portable_tile(self, tile, a, kp, s, valid, y_tile, accumulate);
             },
         );
+    }
+}
+
+/// An error when a stored array's length is not what the weight's shape needs.
+pub(crate) fn check_len(name: &str, found: usize, want: usize) -> Result<(), String> {
+    if found == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} holds {found} values; the shape needs {want}"
+        ))
     }
 }
 
