@@ -125,17 +125,13 @@ pub fn load(
     if !path.is_file() {
         return Ok(None);
     }
-    let mut g = Gguf::read(&path)?;
+    let g = Gguf::read(&path)?;
     for (key, want) in metadata(files, precision)? {
         if g.metadata.get(&key) != Some(&want) {
             return Ok(None);
         }
     }
-    let mut take = |key: String| {
-        g.tensors
-            .remove(&key)
-            .ok_or_else(|| format!("{} has no tensor {key}", path.display()))
-    };
+    let mut t = Tensors { g, path: &path };
     let mut converted = Vec::with_capacity(model.layers.len());
     for (l, layer) in model.layers.iter().enumerate() {
         let products = [
@@ -147,55 +143,26 @@ pub fn load(
         let mut four = Vec::with_capacity(4);
         for (name, product) in PRODUCTS.iter().zip(products) {
             let key = |field: &str| format!("blk.{l}.{name}.{field}");
-            let wrong =
-                |field: &str| format!("{}: {} has the wrong type", path.display(), key(field));
             let stored = match precision {
                 Precision::Int8 => Stored::Int8 {
-                    packed: match take(key("packed"))? {
-                        Tensor::I8(v) => v,
-                        _ => return Err(wrong("packed")),
-                    },
-                    scales: match take(key("scales"))? {
-                        Tensor::F32(v) => v,
-                        _ => return Err(wrong("scales")),
-                    },
-                    col_sums: match take(key("col_sums"))? {
-                        Tensor::I32(v) => v,
-                        _ => return Err(wrong("col_sums")),
-                    },
-                    smooth: match take(key("smooth"))? {
-                        Tensor::F32(v) => v,
-                        _ => return Err(wrong("smooth")),
-                    },
+                    packed: t.i8(key("packed"))?,
+                    scales: t.f32(key("scales"))?,
+                    col_sums: t.i32(key("col_sums"))?,
+                    smooth: t.f32(key("smooth"))?,
                 },
                 Precision::Int4 => Stored::Int4 {
-                    packed: match take(key("nibbles"))? {
-                        Tensor::I8(v) => v.into_iter().map(|b| b as u8).collect(),
-                        _ => return Err(wrong("nibbles")),
-                    },
-                    scales: match take(key("scales"))? {
-                        Tensor::F16(v) => v,
-                        _ => return Err(wrong("scales")),
-                    },
-                    offsets: match take(key("offsets"))? {
-                        Tensor::F32(v) => v,
-                        _ => return Err(wrong("offsets")),
-                    },
-                    smooth: match take(key("smooth"))? {
-                        Tensor::F32(v) => v,
-                        _ => return Err(wrong("smooth")),
-                    },
+                    packed: t.i8(key("nibbles"))?.into_iter().map(|b| b as u8).collect(),
+                    scales: t.f16(key("scales"))?,
+                    offsets: t.f32(key("offsets"))?,
+                    smooth: t.f32(key("smooth"))?,
                 },
-                Precision::Bf16 | Precision::Fp16 => match (precision, take(key("packed"))?) {
-                    (Precision::Bf16, Tensor::Bf16(packed)) => Stored::Half {
-                        kind: HalfKind::Bf16,
-                        packed,
-                    },
-                    (Precision::Fp16, Tensor::F16(packed)) => Stored::Half {
-                        kind: HalfKind::F16,
-                        packed,
-                    },
-                    _ => return Err(wrong("packed")),
+                Precision::Bf16 => Stored::Half {
+                    kind: HalfKind::Bf16,
+                    packed: t.bf16(key("packed"))?,
+                },
+                Precision::Fp16 => Stored::Half {
+                    kind: HalfKind::F16,
+                    packed: t.f16(key("packed"))?,
                 },
                 Precision::Fp32 => return Ok(None),
             };
@@ -216,4 +183,58 @@ pub fn load(
         layer.output = output;
     }
     Ok(Some(path))
+}
+
+/// A cache file's tensors, taken out by name and type.
+struct Tensors<'a> {
+    g: Gguf,
+    path: &'a std::path::Path,
+}
+
+impl Tensors<'_> {
+    fn take(&mut self, key: &str) -> Result<Tensor, String> {
+        self.g
+            .tensors
+            .remove(key)
+            .ok_or_else(|| format!("{} has no tensor {key}", self.path.display()))
+    }
+
+    fn wrong(&self, key: &str) -> String {
+        format!("{}: {key} has the wrong type", self.path.display())
+    }
+
+    fn f32(&mut self, key: String) -> Result<Vec<f32>, String> {
+        match self.take(&key)? {
+            Tensor::F32(v) => Ok(v),
+            _ => Err(self.wrong(&key)),
+        }
+    }
+
+    fn f16(&mut self, key: String) -> Result<Vec<u16>, String> {
+        match self.take(&key)? {
+            Tensor::F16(v) => Ok(v),
+            _ => Err(self.wrong(&key)),
+        }
+    }
+
+    fn bf16(&mut self, key: String) -> Result<Vec<u16>, String> {
+        match self.take(&key)? {
+            Tensor::Bf16(v) => Ok(v),
+            _ => Err(self.wrong(&key)),
+        }
+    }
+
+    fn i8(&mut self, key: String) -> Result<Vec<i8>, String> {
+        match self.take(&key)? {
+            Tensor::I8(v) => Ok(v),
+            _ => Err(self.wrong(&key)),
+        }
+    }
+
+    fn i32(&mut self, key: String) -> Result<Vec<i32>, String> {
+        match self.take(&key)? {
+            Tensor::I32(v) => Ok(v),
+            _ => Err(self.wrong(&key)),
+        }
+    }
 }
