@@ -128,17 +128,9 @@ impl Q4Weight {
                 *offset += scale * sum as f32;
             }
         }
-        Self {
-            packed,
-            scales,
-            offsets,
-            bias: w.bias.clone(),
-            inputs: k,
-            outputs: n,
-            groups,
-            tiles,
-            smooth,
-        }
+        // The arrays fit the shape by construction.
+        Self::from_stored(&w, (packed, scales, offsets, smooth))
+            .expect("quantization builds arrays of the weight's shape")
     }
 
     /// Its arrays, for a cache: `(packed, scales, offsets, smooth)`.

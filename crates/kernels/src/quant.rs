@@ -86,17 +86,9 @@ impl QWeight {
                 col_sums[j] += q as i32;
             }
         }
-        Self {
-            packed,
-            scales,
-            col_sums,
-            bias: w.bias.clone(),
-            inputs: k,
-            outputs: n,
-            groups,
-            tiles,
-            smooth,
-        }
+        // The arrays fit the shape by construction.
+        Self::from_stored(w, (packed, scales, col_sums, smooth))
+            .expect("quantization builds arrays of the weight's shape")
     }
 
     /// Its arrays, for a cache: `(packed, scales, col_sums, smooth)`.
