@@ -730,6 +730,7 @@ impl BertForSequenceClassification {
             classifier: fused_weight(&self.classifier)?,
             hidden: e.word_embeddings.hidden_size(),
             heads: self.layers.first().map_or(1, |l| l.attention.heads),
+            scratch: Default::default(),
         })
     }
 }

@@ -15,7 +15,7 @@ use xbench_kernels::attention::{packed_attention, Heads};
 use xbench_kernels::gptq::Hessian;
 use xbench_kernels::half::HalfKind;
 use xbench_kernels::math;
-use xbench_kernels::matmul::{Linear, Weight};
+use xbench_kernels::matmul::{feed_forward_in_place, Linear, Weight};
 use xbench_kernels::rows::{self, Act};
 
 /// LayerNorm parameters.
@@ -62,6 +62,37 @@ pub struct FusedBert {
     pub classifier: Weight,
     pub hidden: usize,
     pub heads: usize,
+    /// Buffers the last pass left for the next one.
+    pub scratch: Scratch,
+}
+
+/// The activation buffers of a forward pass, kept from one pass to the next: allocated fresh,
+/// a pass's ~8 KB per token of them were first touched, page-faulted and zeroed by the kernel
+/// every time (3–5% of a bf16 pass). A pass takes them while it runs; a pass that finds them
+/// taken (another thread on the same model) allocates its own. They keep the size of the
+/// largest batch seen.
+#[derive(Default)]
+pub struct Scratch(std::sync::Mutex<Buffers>);
+
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    inner: Vec<f32>,
+}
+
+impl Clone for Scratch {
+    /// Fresh, empty buffers (a clone shares nothing with its original).
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scratch")
+    }
 }
 
 /// Sees the input of every encoder product: `(layer, product, rows, columns)`.
@@ -162,13 +193,17 @@ impl FusedBert {
     /// now, earlier layers quantized or not).
     fn layer_hessians(&self, batch: &Batch, l: usize) -> Result<[Hessian; 4], FusedError> {
         let mut hessians: [Option<Hessian>; 4] = Default::default();
-        self.forward_layers(batch, l + 1, &mut |layer, product, x, columns| {
-            if layer == l {
-                hessians[product]
-                    .get_or_insert_with(|| Hessian::new(columns))
-                    .add(x);
-            }
-        })?;
+        self.forward_layers(
+            batch,
+            l + 1,
+            Some(&mut |layer, product, x, columns| {
+                if layer == l {
+                    hessians[product]
+                        .get_or_insert_with(|| Hessian::new(columns))
+                        .add(x);
+                }
+            }),
+        )?;
         let h = self.hidden;
         let inner = self.layers[l].intermediate.outputs();
         let [a, b, c, d] = hessians;
@@ -287,7 +322,7 @@ impl FusedBert {
 
     /// Logits `[pairs, num_labels]`, row-major. Runs on the caller's rayon pool.
     pub fn forward(&self, batch: &Batch) -> Result<Vec<f32>, FusedError> {
-        self.forward_observed(batch, &mut |_, _, _, _| {})
+        self.forward_layers(batch, self.layers.len(), None)
     }
 
     /// [`FusedBert::forward`], showing `observe(layer, product, input, columns)` the input of
@@ -297,17 +332,25 @@ impl FusedBert {
         batch: &Batch,
         observe: &mut Observer<'_>,
     ) -> Result<Vec<f32>, FusedError> {
-        self.forward_layers(batch, self.layers.len(), observe)
+        self.forward_layers(batch, self.layers.len(), Some(observe))
     }
 
     /// [`FusedBert::forward_observed`] through the first `layers` encoder layers only; the
-    /// logits (empty when it stopped early) come from a pass through all of them.
+    /// logits (empty when it stopped early) come from a pass through all of them. Unobserved,
+    /// the feed-forward blocks may run fused ([`feed_forward_in_place`]), their intermediate
+    /// activations never written out.
     fn forward_layers(
         &self,
         batch: &Batch,
         layers: usize,
-        observe: &mut Observer<'_>,
+        observe: Option<&mut Observer<'_>>,
     ) -> Result<Vec<f32>, FusedError> {
+        let watched = observe.is_some();
+        let mut ignore = |_: usize, _: usize, _: &[f32], _: usize| {};
+        let observe: &mut Observer<'_> = match observe {
+            Some(o) => o,
+            None => &mut ignore,
+        };
         self.check(batch)?;
         let h = self.hidden;
         let tokens = batch.total_tokens();
@@ -315,8 +358,26 @@ impl FusedBert {
         if pairs == 0 {
             return Ok(Vec::new());
         }
+        let mut held = self.scratch.0.try_lock().ok();
+        let mut own = Buffers::default();
+        let Buffers {
+            x,
+            qkv,
+            context,
+            inner,
+        } = match held.as_deref_mut() {
+            Some(kept) => kept,
+            None => &mut own,
+        };
+        // Every row of x, qkv and context is written before it is read: their old contents need
+        // no clearing.
+        x.resize(tokens * h, 0.0);
+        qkv.resize(tokens * 3 * h, 0.0);
+        context.resize(tokens * h, 0.0);
+        let x = &mut x[..tokens * h];
+        let qkv = &mut qkv[..tokens * 3 * h];
+        let context = &mut context[..tokens * h];
         let e = &self.embeddings;
-        let mut x = vec![0f32; tokens * h];
         let tables = rows::EmbeddingTables {
             word: &e.word,
             position: &e.position,
@@ -324,13 +385,13 @@ impl FusedBert {
             token_type: (!e.token_type.is_empty()).then_some(e.token_type.as_slice()),
         };
         rows::embed(
-            &mut x,
+            x,
             &tables,
             &batch.input_ids,
             &batch.position_ids,
             &batch.token_type_ids,
         );
-        rows::bias_layer_norm(&mut x, None, &e.norm.gamma, &e.norm.beta, e.norm.eps);
+        rows::bias_layer_norm(x, None, &e.norm.gamma, &e.norm.beta, e.norm.eps);
 
         let ranges: Vec<(usize, usize)> = (0..pairs)
             .map(|i| {
@@ -342,32 +403,41 @@ impl FusedBert {
             heads: self.heads,
             head_dim: h / self.heads,
         };
-        let mut qkv = vec![0f32; tokens * 3 * h];
-        let mut context = vec![0f32; tokens * h];
+        // The intermediate activations, when they are observed (else feed_forward_in_place sizes
+        // them, if it needs them).
+        if watched {
+            let width = self.layers.iter().map(|l| l.intermediate.outputs()).max();
+            inner.resize(tokens * width.unwrap_or(0), 0.0);
+        }
         for (l, layer) in self.layers.iter().enumerate().take(layers) {
-            observe(l, 0, &x, h);
-            layer.qkv.matmul_into(&x, &mut qkv, false);
-            packed_attention(&qkv, layer.qkv.bias(), &ranges, shape, &mut context);
+            observe(l, 0, x, h);
+            layer.qkv.matmul_into(x, qkv, false);
+            packed_attention(qkv, layer.qkv.bias(), &ranges, shape, context);
             // x ← LayerNorm(context · Wo + bo + x)
-            observe(l, 1, &context, h);
-            layer.attention_output.matmul_into(&context, &mut x, true);
+            observe(l, 1, context, h);
+            layer.attention_output.matmul_into(context, x, true);
             let n = &layer.attention_norm;
             rows::bias_layer_norm(
-                &mut x,
+                x,
                 Some(layer.attention_output.bias()),
                 &n.gamma,
                 &n.beta,
                 n.eps,
             );
-            let mut inner = vec![0f32; tokens * layer.intermediate.outputs()];
-            observe(l, 2, &x, h);
-            layer.intermediate.matmul_into(&x, &mut inner, false);
-            rows::bias_act(&mut inner, layer.intermediate.bias(), layer.act);
-            observe(l, 3, &inner, layer.intermediate.outputs());
             // x ← LayerNorm(act(x · Wi + bi) · Wo2 + bo2 + x)
-            layer.output.matmul_into(&inner, &mut x, true);
+            if watched {
+                let inner = &mut inner[..tokens * layer.intermediate.outputs()];
+                observe(l, 2, x, h);
+                layer.intermediate.matmul_into(x, inner, false);
+                rows::bias_act(inner, layer.intermediate.bias(), layer.act);
+                observe(l, 3, inner, layer.intermediate.outputs());
+                layer.output.matmul_into(inner, x, true);
+            } else {
+                let (up, down) = (&layer.intermediate, &layer.output);
+                feed_forward_in_place(x, up, layer.act, down, inner);
+            }
             let n = &layer.output_norm;
-            rows::bias_layer_norm(&mut x, Some(layer.output.bias()), &n.gamma, &n.beta, n.eps);
+            rows::bias_layer_norm(x, Some(layer.output.bias()), &n.gamma, &n.beta, n.eps);
         }
 
         if layers < self.layers.len() {

@@ -248,7 +248,7 @@ pub struct ModelInfo {
 
 enum Inner {
     Bert(bert::BertForSequenceClassification),
-    FusedBert(fused::FusedBert),
+    FusedBert(Box<fused::FusedBert>),
 }
 
 /// A loaded cross-encoder on one device.
@@ -299,7 +299,7 @@ impl CrossEncoder {
         let model =
             bert::BertForSequenceClassification::load(vb, &config, family).map_err(weights)?;
         let inner = if fuse {
-            Inner::FusedBert(model.fused().map_err(weights)?)
+            Inner::FusedBert(Box::new(model.fused().map_err(weights)?))
         } else {
             Inner::Bert(model)
         };

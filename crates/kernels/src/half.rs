@@ -124,11 +124,18 @@ impl HalfWeight {
     /// `y = x · W` for `x` `[rows, in]` (no bias), with each activation rounded to the weight's
     /// type on the way; `y += x · W` with `accumulate`.
     pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
-        self.matmul_into_with(x, y, accumulate, simd_available(self.kind));
+        self.matmul_into_with(x, y, accumulate, simd_available(self.kind), true);
     }
 
     /// With the AVX-512 kernel or the portable loop (tests run both).
-    fn matmul_into_with(&self, x: &[f32], y: &mut [f32], accumulate: bool, simd: bool) {
+    pub(crate) fn matmul_into_with(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        accumulate: bool,
+        simd: bool,
+        parallel: bool,
+    ) {
         let (k, n, kp) = (self.inputs, self.outputs, self.kp);
         let rows = x.len() / k;
         assert_eq!(x.len(), rows * k, "x is not [rows, in]");
@@ -145,6 +152,11 @@ impl HalfWeight {
             for (i, r) in chunk.enumerate() {
                 let row = &x[r * k..(r + 1) * k];
                 match self.kind {
+                    #[cfg(target_arch = "x86_64")]
+                    HalfKind::Bf16 if simd => {
+                        // SAFETY: simd_available(Bf16) checked AVX-512 F/BW/VL and BF16.
+                        unsafe { avx512::to_bf16(row, &mut bits[i * kp..i * kp + k]) }
+                    }
                     HalfKind::Bf16 => {
                         for (b, &v) in bits[i * kp..].iter_mut().zip(row) {
                             *b = bf16::from_f32(v).to_bits();
@@ -195,6 +207,7 @@ impl HalfWeight {
                 };
                 portable_tile(self, tile, &a, valid, y_tile, accumulate);
             },
+            parallel,
         );
     }
 }
@@ -283,6 +296,24 @@ mod avx512 {
                 };
                 _mm512_mask_storeu_ps(p, mask, v);
             }
+        }
+    }
+
+    /// `dst[i]` = the bf16 bits of `src[i]`, rounded to nearest even by `vcvtneps2bf16`, 16 at a
+    /// time (which reads subnormal inputs as zero: values below 1.2e-38, far under anything a
+    /// product of this model adds up).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW, VL and BF16; `dst` is as long as `src`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
+        assert_eq!(src.len(), dst.len(), "to_bf16: lengths differ");
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        for i in (0..src.len()).step_by(LANES) {
+            let mask = lane_mask(src.len(), i);
+            let v = _mm512_maskz_loadu_ps(mask, sp.add(i));
+            let b = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v));
+            _mm256_mask_storeu_epi16(dp.add(i) as *mut i16, mask, b);
         }
     }
 
@@ -408,9 +439,9 @@ mod tests {
                 }
                 for simd in paths {
                     let mut y = vec![f32::NAN; rows * outputs];
-                    h.matmul_into_with(&x, &mut y, false, simd);
+                    h.matmul_into_with(&x, &mut y, false, simd, true);
                     let mut z = vec![1.0; rows * outputs];
-                    h.matmul_into_with(&x, &mut z, true, simd);
+                    h.matmul_into_with(&x, &mut z, true, simd, true);
                     for i in 0..rows * outputs {
                         let tol = 1e-5 * (1.0 + want[i].abs());
                         assert!(

@@ -176,11 +176,18 @@ impl Q4Weight {
     /// `y = x · W` for `x` `[rows, in]` (no bias), each row quantized to u8 on the way; with
     /// `accumulate`, `y += x · W`.
     pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
-        self.matmul_into_with(x, y, accumulate, crate::quant::vnni_available());
+        self.matmul_into_with(x, y, accumulate, crate::quant::vnni_available(), true);
     }
 
     /// With the VNNI kernel or the portable loop (tests run both).
-    fn matmul_into_with(&self, x: &[f32], y: &mut [f32], accumulate: bool, vnni: bool) {
+    pub(crate) fn matmul_into_with(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        accumulate: bool,
+        vnni: bool,
+        parallel: bool,
+    ) {
         let (k, n) = (self.inputs, self.outputs);
         let rows = x.len() / k;
         assert_eq!(x.len(), rows * k, "x is not [rows, in]");
@@ -207,6 +214,7 @@ impl Q4Weight {
                 let _ = vnni;
                 portable_tile(self, tile, a, s, valid, y, accumulate);
             },
+            parallel,
         );
     }
 
@@ -409,9 +417,9 @@ mod tests {
             }
             for vnni in paths {
                 let mut y = vec![f32::NAN; rows * outputs];
-                q.matmul_into_with(&x, &mut y, false, vnni);
+                q.matmul_into_with(&x, &mut y, false, vnni, true);
                 let mut z = vec![1.0; rows * outputs];
-                q.matmul_into_with(&x, &mut z, true, vnni);
+                q.matmul_into_with(&x, &mut z, true, vnni, true);
                 for i in 0..rows * outputs {
                     let tol = 1e-4 * (1.0 + want[i].abs());
                     assert!(

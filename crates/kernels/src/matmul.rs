@@ -3,11 +3,14 @@
 //! accumulate onto a matrix that already holds the residual.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 use crate::gptq::Hessian;
-use crate::half::{HalfKind, HalfWeight};
+use crate::half::{simd_available, HalfKind, HalfWeight};
 use crate::int4::Q4Weight;
-use crate::quant::QWeight;
+use crate::quant::{vnni_available, QWeight};
+use crate::rows::{self, Act};
+use crate::tiles::TASK_ROWS;
 
 /// A linear layer's weight stored transposed, `[in, out]` row-major, and its bias.
 #[derive(Debug, Clone)]
@@ -41,18 +44,22 @@ impl Weight {
     /// `y = x · W` for `x` `[rows, in]` (no bias). With `accumulate`, `y += x · W` onto what `y`
     /// holds; otherwise `y` is overwritten.
     pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
-        let rows = x.len() / self.inputs;
-        assert_eq!(x.len(), rows * self.inputs, "x is not [rows, in]");
-        assert_eq!(y.len(), rows * self.outputs, "y is not [rows, out]");
-        if rows == 0 {
-            return;
-        }
         let threads = rayon::current_num_threads();
         let parallelism = if threads > 1 {
             Parallelism::Rayon(threads)
         } else {
             Parallelism::None
         };
+        self.gemm_into(x, y, accumulate, parallelism);
+    }
+
+    fn gemm_into(&self, x: &[f32], y: &mut [f32], accumulate: bool, parallelism: Parallelism) {
+        let rows = x.len() / self.inputs;
+        assert_eq!(x.len(), rows * self.inputs, "x is not [rows, in]");
+        assert_eq!(y.len(), rows * self.outputs, "y is not [rows, out]");
+        if rows == 0 {
+            return;
+        }
         // SAFETY: the pointers cover the asserted [rows, in], [in, out] and [rows, out] row-major
         // matrices (column stride 1, row stride = columns), y does not alias x or the weights
         // (distinct borrows), and gemm only reads y when `accumulate` says so.
@@ -181,6 +188,17 @@ impl Linear {
         }
     }
 
+    /// [`Linear::matmul_into`] on the calling thread alone (for a task that already owns its
+    /// rows).
+    pub fn matmul_serial_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
+        match self {
+            Linear::F32(w) => w.gemm_into(x, y, accumulate, Parallelism::None),
+            Linear::Int8(w) => w.matmul_into_with(x, y, accumulate, vnni_available(), false),
+            Linear::Int4(w) => w.matmul_into_with(x, y, accumulate, vnni_available(), false),
+            Linear::Half(w) => w.matmul_into_with(x, y, accumulate, simd_available(w.kind), false),
+        }
+    }
+
     pub fn bias(&self) -> &[f32] {
         match self {
             Linear::F32(w) => &w.bias,
@@ -266,6 +284,42 @@ impl Linear {
             None => self.clone(),
         }
     }
+}
+
+/// A BERT layer's feed-forward block on the residual stream `x` (`[rows, in]`):
+/// `x += act(x · Wi + bi) · Wo`, without `Wo`'s bias (the LayerNorm pass after it adds that).
+///
+/// With xbench's own kernels for both products and rows enough for every thread, each task takes
+/// a block of rows through both products and the activation with its intermediate rows in cache:
+/// the `[rows, intermediate]` matrix is never written out, and the second product reads its
+/// inputs from cache instead of memory. Otherwise (fp32 through gemm, or a few rows, which split
+/// better by columns) it is the two products and the activation pass over `scratch`.
+pub fn feed_forward_in_place(
+    x: &mut [f32],
+    intermediate: &Linear,
+    act: Act,
+    output: &Linear,
+    scratch: &mut Vec<f32>,
+) {
+    let (k, inner) = (output.outputs(), intermediate.outputs());
+    let rows = x.len() / k;
+    assert_eq!(x.len(), rows * k, "x is not [rows, in]");
+    let own = |l: &Linear| !matches!(l, Linear::F32(_));
+    let threads = rayon::current_num_threads().max(1);
+    if own(intermediate) && own(output) && rows >= 2 * threads * TASK_ROWS {
+        x.par_chunks_mut(TASK_ROWS * k).for_each(|block| {
+            let mut hidden = vec![0f32; block.len() / k * inner];
+            intermediate.matmul_serial_into(block, &mut hidden, false);
+            rows::bias_act_rows(&mut hidden, intermediate.bias(), act);
+            output.matmul_serial_into(&hidden, block, true);
+        });
+        return;
+    }
+    scratch.resize(rows * inner, 0.0);
+    let hidden = &mut scratch[..rows * inner];
+    intermediate.matmul_into(x, hidden, false);
+    rows::bias_act(hidden, intermediate.bias(), act);
+    output.matmul_into(hidden, x, true);
 }
 
 #[cfg(test)]

@@ -135,11 +135,18 @@ impl QWeight {
     /// `y = x · W` for `x` `[rows, in]` (no bias), as [`Weight::matmul_into`] does, with each
     /// row of `x` quantized to int8 on the way. With `accumulate`, `y += x · W`.
     pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
-        self.matmul_into_with(x, y, accumulate, vnni_available());
+        self.matmul_into_with(x, y, accumulate, vnni_available(), true);
     }
 
     /// [`QWeight::matmul_into`] with the VNNI kernel or the portable loop (tests run both).
-    fn matmul_into_with(&self, x: &[f32], y: &mut [f32], accumulate: bool, vnni: bool) {
+    pub(crate) fn matmul_into_with(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        accumulate: bool,
+        vnni: bool,
+        parallel: bool,
+    ) {
         let (k, n) = (self.inputs, self.outputs);
         let rows = x.len() / k;
         assert_eq!(x.len(), rows * k, "x is not [rows, in]");
@@ -171,6 +178,7 @@ impl QWeight {
                 let _ = vnni;
                 portable_tile(self, tile, a, kp, s, valid, y_tile, accumulate);
             },
+            parallel,
         );
     }
 }
@@ -472,9 +480,9 @@ mod tests {
             fp32.matmul_into(&x, &mut exact, false);
             for vnni in [false, vnni_available()] {
                 let mut y = vec![f32::NAN; rows * outputs];
-                q.matmul_into_with(&x, &mut y, false, vnni);
+                q.matmul_into_with(&x, &mut y, false, vnni, true);
                 let mut z = vec![1.0f32; rows * outputs];
-                q.matmul_into_with(&x, &mut z, true, vnni);
+                q.matmul_into_with(&x, &mut z, true, vnni, true);
                 for i in 0..rows * outputs {
                     let tol = 1e-5 * want[i].abs().max(1.0);
                     assert!(
@@ -529,7 +537,7 @@ mod tests {
         let (mut err, mut plain_err) = (0f64, 0f64);
         for vnni in [false, vnni_available()] {
             let mut y = vec![0f32; rows * outputs];
-            q.matmul_into_with(&x, &mut y, false, vnni);
+            q.matmul_into_with(&x, &mut y, false, vnni, true);
             for i in 0..rows * outputs {
                 assert!((y[i] as f64 - want[i]).abs() < 1e-5 * want[i].abs().max(1.0));
                 err += (y[i] - exact[i]).abs() as f64;

@@ -37,7 +37,7 @@ pub fn bias_act(x: &mut [f32], bias: &[f32], act: Act) {
 }
 
 multiversion! {
-    fn bias_act_rows(x: &mut [f32], bias: &[f32], act: Act) {
+    pub(crate) fn bias_act_rows(x: &mut [f32], bias: &[f32], act: Act) {
         // One loop per activation (a match per element would keep the loop from vectorizing).
         match act {
             Act::GeluErf => apply(x, bias, math::gelu_erf),

@@ -21,7 +21,7 @@ pub(crate) const MR: usize = 6;
 pub(crate) const TASK_ROWS: usize = 8 * MR;
 
 /// Runs a product over `tiles` column tiles of `y` (`[rows, n]`), in parallel on the caller's
-/// rayon pool. Each task first calls `prepare(rows)` once on its range of rows (to convert them
+/// rayon pool (or, without `parallel`, task after task on the calling thread). Each task first calls `prepare(rows)` once on its range of rows (to convert them
 /// into what the microkernel reads), then `kernel(&prepared, tile, group, valid, y_tile)` for each
 /// of its tiles and each group of `MR` rows: `group` counts the groups from the task's first row,
 /// `valid` is how many of the group's `MR` rows exist, `y_tile` points at the group's first row of
@@ -34,38 +34,46 @@ pub(crate) fn for_each_tile<P>(
     y: &mut [f32],
     prepare: impl Fn(Range<usize>) -> P + Sync,
     kernel: impl Fn(&P, usize, usize, usize, *mut f32) + Sync,
+    parallel: bool,
 ) {
     assert_eq!(y.len(), rows * n, "y is not [rows, n]");
     if rows == 0 || tiles == 0 {
         return;
     }
     let row_chunks = rows.div_ceil(TASK_ROWS);
-    let wanted = 4 * rayon::current_num_threads();
+    let wanted = if parallel {
+        4 * rayon::current_num_threads()
+    } else {
+        1
+    };
     let col_chunks = wanted.div_ceil(row_chunks).clamp(1, tiles);
     let tiles_per_chunk = tiles.div_ceil(col_chunks);
     let col_chunks = tiles.div_ceil(tiles_per_chunk);
     let out = SharedMut::new(y.as_mut_ptr());
-    (0..row_chunks * col_chunks)
-        .into_par_iter()
-        .for_each(|task| {
-            let (rc, cc) = (task / col_chunks, task % col_chunks);
-            let r0 = rc * TASK_ROWS;
-            let r1 = (r0 + TASK_ROWS).min(rows);
-            let t0 = cc * tiles_per_chunk;
-            let t1 = (t0 + tiles_per_chunk).min(tiles);
-            let prepared = prepare(r0..r1);
-            let out = out.get();
-            for tile in t0..t1 {
-                for (group, first) in (r0..r1).step_by(MR).enumerate() {
-                    let valid = (r1 - first).min(MR);
-                    // SAFETY: `first * n` is inside y (first < rows); the task owns rows r0..r1 ×
-                    // the columns of tiles t0..t1, which no other task writes, and `y` outlives
-                    // the parallel loop.
-                    let y_tile = unsafe { out.add(first * n) };
-                    kernel(&prepared, tile, group, valid, y_tile);
-                }
+    let run = |task: usize| {
+        let (rc, cc) = (task / col_chunks, task % col_chunks);
+        let r0 = rc * TASK_ROWS;
+        let r1 = (r0 + TASK_ROWS).min(rows);
+        let t0 = cc * tiles_per_chunk;
+        let t1 = (t0 + tiles_per_chunk).min(tiles);
+        let prepared = prepare(r0..r1);
+        let out = out.get();
+        for tile in t0..t1 {
+            for (group, first) in (r0..r1).step_by(MR).enumerate() {
+                let valid = (r1 - first).min(MR);
+                // SAFETY: `first * n` is inside y (first < rows); the task owns rows r0..r1 ×
+                // the columns of tiles t0..t1, which no other task writes, and `y` outlives
+                // the parallel loop.
+                let y_tile = unsafe { out.add(first * n) };
+                kernel(&prepared, tile, group, valid, y_tile);
             }
-        });
+        }
+    };
+    if parallel {
+        (0..row_chunks * col_chunks).into_par_iter().for_each(run);
+    } else {
+        (0..row_chunks * col_chunks).for_each(run);
+    }
 }
 
 /// Where a tile's `valid` rows × columns below `n` go: `y[r * n + j]` from the tile's first row,
