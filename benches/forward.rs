@@ -17,7 +17,7 @@ use xbench::batch::Batch;
 use xbench::engine::{
     BatchingConfig, Engine, EngineConfig, ModelSpec, RerankInput, TokenizerPoolConfig,
 };
-use xbench::kernels::attention::{packed_attention, Heads};
+use xbench::kernels::attention::{packed_attention, Heads, Scores};
 use xbench::kernels::half::HalfKind;
 use xbench::kernels::matmul::{Linear, Weight};
 use xbench::kernels::rows::{self, Act};
@@ -185,8 +185,13 @@ mod kernels {
             .bench_local(|| rows::bias_layer_norm(&mut x, Some(&bias), &gamma, &beta, 1e-12));
     }
 
-    #[divan::bench(sample_count = 20)]
-    fn attention_32_pairs_of_128(bencher: Bencher) {
+    /// In f32, and in bf16 (a bf16 model's).
+    #[divan::bench(args = ["f32", "bf16"], sample_count = 20)]
+    fn attention_32_pairs_of_128(bencher: Bencher, scores: &str) {
+        let scores = match scores {
+            "bf16" => Scores::Bf16,
+            _ => Scores::F32,
+        };
         let shape = Heads {
             heads: 12,
             head_dim: 32,
@@ -198,7 +203,7 @@ mod kernels {
         // QKᵀ and PV: 2 · 2 · len² · head_dim per head.
         bencher
             .counter(ItemsCount::new(32usize * 12 * 4 * 128 * 128 * 32))
-            .bench_local(|| packed_attention(&qkv, &bias, &ranges, shape, &mut out));
+            .bench_local(|| packed_attention(&qkv, &bias, &ranges, shape, scores, &mut out));
     }
 }
 

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::bert::HeadAct;
 use crate::batch::Batch;
-use xbench_kernels::attention::{packed_attention, Heads};
+use xbench_kernels::attention::{packed_attention, Heads, Scores};
 use xbench_kernels::gptq::Hessian;
 use xbench_kernels::half::HalfKind;
 use xbench_kernels::math;
@@ -246,8 +246,8 @@ impl FusedBert {
     }
 
     /// The encoder layers' four products in bf16 or fp16 (weights stored in the type, activations
-    /// rounded to it, f32 accumulation); embeddings, LayerNorms, attention, the pooler and the
-    /// classifier stay f32.
+    /// rounded to it, f32 accumulation); embeddings, LayerNorms, the pooler and the classifier
+    /// stay f32. With bf16 layers, attention's products run in bf16 too ([`Scores::Bf16`]).
     pub fn to_half(&mut self, kind: HalfKind) {
         for layer in &mut self.layers {
             for product in [
@@ -412,7 +412,11 @@ impl FusedBert {
         for (l, layer) in self.layers.iter().enumerate().take(layers) {
             observe(l, 0, x, h);
             layer.qkv.matmul_into(x, qkv, false);
-            packed_attention(qkv, layer.qkv.bias(), &ranges, shape, context);
+            let scores = match &layer.qkv {
+                Linear::Half(w) if w.kind == HalfKind::Bf16 => Scores::Bf16,
+                _ => Scores::F32,
+            };
+            packed_attention(qkv, layer.qkv.bias(), &ranges, shape, scores, context);
             // x ← LayerNorm(context · Wo + bo + x)
             observe(l, 1, context, h);
             layer.attention_output.matmul_into(context, x, true);

@@ -127,13 +127,16 @@ pub enum Precision {
     #[default]
     Fp32,
     /// bf16. Fused CPU kernels: the encoder layers' products take bf16 weights and activations
-    /// rounded to bf16, accumulating in f32 (AVX-512 BF16's `vdpbf16ps` where the CPU has it);
-    /// embeddings, LayerNorm, attention, GELU, the pooler and the classifier stay f32. Candle's
+    /// rounded to bf16, accumulating in f32 (AVX-512 BF16's `vdpbf16ps` where the CPU has it),
+    /// and so do attention's two products (queries, keys, values and probabilities rounded to
+    /// bf16; softmax in f32); embeddings, LayerNorm, GELU, the pooler and the classifier stay
+    /// f32. Candle's
     /// ops (other devices, `kernels: candle`): every weight and activation in bf16, LayerNorm in
     /// f32 as candle computes it.
     Bf16,
-    /// fp16, as bf16 says (on x86 CPUs, fp16 weights are widened to f32 in registers: half the
-    /// weight memory and fp16's rounding, not more speed).
+    /// fp16, as bf16 says for the four products (on x86 CPUs, fp16 weights are widened to f32 in
+    /// registers: half the weight memory and fp16's rounding, not more speed); attention stays
+    /// f32.
     Fp16,
     /// The encoder layers' products in int8: weights per output column, activations per token,
     /// i32 accumulation (AVX-512 VNNI where the CPU has it). Embeddings, LayerNorm, attention,

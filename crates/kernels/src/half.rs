@@ -264,7 +264,7 @@ fn portable_tile(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{HalfWeight, BLOCKS, LANES, MR, TILE_COLS};

@@ -116,6 +116,15 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// The first `n` values of `buffer`, which grows (with default values) when it is shorter; what
+/// the values held before is left in them.
+pub(crate) fn grow<T: Copy + Default>(buffer: &mut Vec<T>, n: usize) -> &mut [T] {
+    if buffer.len() < n {
+        buffer.resize(n, T::default());
+    }
+    &mut buffer[..n]
+}
+
 /// A raw pointer that parallel tasks may share, each writing a region no other task touches.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut(*mut f32);

@@ -6,6 +6,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::gptq::Hessian;
+use crate::grow;
 use crate::half::{simd_available, HalfKind, HalfWeight};
 use crate::int4::Q4Weight;
 use crate::quant::{vnni_available, QWeight};
@@ -307,11 +308,17 @@ pub fn feed_forward_in_place(
     let own = |l: &Linear| !matches!(l, Linear::F32(_));
     let threads = rayon::current_num_threads().max(1);
     if own(intermediate) && own(output) && rows >= 2 * threads * TASK_ROWS {
+        thread_local! {
+            // Each thread's block of intermediate activations, kept between calls.
+            static HIDDEN: std::cell::RefCell<Vec<f32>> = std::cell::RefCell::default();
+        }
         x.par_chunks_mut(TASK_ROWS * k).for_each(|block| {
-            let mut hidden = vec![0f32; block.len() / k * inner];
-            intermediate.matmul_serial_into(block, &mut hidden, false);
-            rows::bias_act_rows(&mut hidden, intermediate.bias(), act);
-            output.matmul_serial_into(&hidden, block, true);
+            HIDDEN.with_borrow_mut(|hidden| {
+                let hidden = grow(hidden, block.len() / k * inner);
+                intermediate.matmul_serial_into(block, hidden, false);
+                rows::bias_act_rows(hidden, intermediate.bias(), act);
+                output.matmul_serial_into(hidden, block, true);
+            })
         });
         return;
     }
