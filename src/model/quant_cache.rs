@@ -15,7 +15,7 @@ use super::gguf::{Gguf, Tensor};
 use super::{ModelFiles, Precision};
 
 /// Bumped whenever a precision's arrays or how they are computed change: older files are stale.
-const FORMAT: &str = "xbench quantized layers 1";
+const FORMAT: &str = "xbench quantized layers 2";
 const PRODUCTS: [&str; 4] = ["qkv", "attention_output", "intermediate", "output"];
 
 /// Where the cache of `precision` for `files` lives: beside `config.json`.

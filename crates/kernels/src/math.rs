@@ -31,25 +31,38 @@ pub fn exp(x: f32) -> f32 {
     e * scale
 }
 
-/// erf(x) through erfc(|x|) = t · exp(-x² + P(t)), t = 1 / (1 + |x|/2): the Chebyshev fit of
-/// Numerical Recipes' `erfcc` (relative error of erfc below 1.2e-7 in exact arithmetic).
+/// erf(x) as `x · P(x²) / Q(x²)`, P and Q of degree 5, on |x| ≤ 3.925 (beyond, erf(x) is ±1 in
+/// f32): a rational fit made for xbench by `scripts/fit_erf.py` (weighted least squares towards
+/// minimax; largest error 7.0e-8 in exact arithmetic). Twelve multiply-adds and one division, no
+/// `exp`: half the instructions of the `erfc = t · exp(P(t))` form this replaced.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
-    let a = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * a);
-    let mut p = 0.170_872_77_f32;
-    p = p.mul_add(t, -0.822_152_2);
-    p = p.mul_add(t, 1.488_515_9);
-    p = p.mul_add(t, -1.135_204);
-    p = p.mul_add(t, 0.278_868_07);
-    p = p.mul_add(t, -0.186_288_06);
-    p = p.mul_add(t, 0.096_784_18);
-    p = p.mul_add(t, 0.374_091_96);
-    p = p.mul_add(t, 1.000_023_7);
-    p = p.mul_add(t, -1.265_512_2);
-    let erfc = t * exp(p - a * a);
-    let y = 1.0 - erfc;
-    y.copysign(x)
+    const P: [f32; 6] = [
+        // erf'(0); the fit gives 1.128379149, one f32 step below it (no measurable change).
+        std::f32::consts::FRAC_2_SQRT_PI,
+        1.8361361e-1,
+        5.19786e-2,
+        3.511118e-3,
+        2.8551708e-4,
+        2.1843707e-6,
+    ];
+    const Q: [f32; 6] = [
+        1.0,
+        4.9605635e-1,
+        1.11418374e-1,
+        1.4452189e-2,
+        1.1128251e-3,
+        3.9519477e-5,
+    ];
+    let x = x.clamp(-3.925, 3.925);
+    let t = x * x;
+    let mut p = P[5];
+    let mut q = Q[5];
+    for i in (0..5).rev() {
+        p = p.mul_add(t, P[i]);
+        q = q.mul_add(t, Q[i]);
+    }
+    (x * p / q).clamp(-1.0, 1.0)
 }
 
 /// Exact GELU, `x · Φ(x) = x/2 · (1 + erf(x/√2))` (transformers' `gelu`).
@@ -165,7 +178,7 @@ pub(crate) mod tests {
         for x in grid() {
             worst = worst.max((erf(x) as f64 - erf64(x as f64)).abs());
         }
-        assert!(worst < 3e-7, "erf absolute error {worst}"); // measured 2.3e-7
+        assert!(worst < 3e-7, "erf absolute error {worst}"); // measured 2.2e-7
     }
 
     #[test]
@@ -176,7 +189,7 @@ pub(crate) mod tests {
             let want = 0.5 * x64 * (1.0 + erf64(x64 / 2f64.sqrt()));
             worst = worst.max((gelu_erf(x) as f64 - want).abs() / x64.abs().max(1.0));
         }
-        assert!(worst < 3e-7, "gelu error {worst}");
+        assert!(worst < 3e-7, "gelu error {worst}"); // measured 1.7e-7
         let mut worst = 0f64;
         for x in grid() {
             let x64 = x as f64;
