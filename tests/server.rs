@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -40,8 +40,24 @@ fn settings() -> ServerSettings {
     }
 }
 
-/// The real server on its own runtime thread.
-struct TestServer(Option<BackgroundServer>);
+/// The tests share one process, whose RSS moves with whatever the others load and compute (a
+/// model load is over 100 MB): a test that measures RSS holds this for writing, every other
+/// server or engine for reading.
+static PROCESS: RwLock<()> = RwLock::new(());
+
+/// A hold on [`PROCESS`].
+#[allow(dead_code)] // held for its drop
+enum Hold {
+    Shared(RwLockReadGuard<'static, ()>),
+    Alone(RwLockWriteGuard<'static, ()>),
+}
+
+fn shared() -> Hold {
+    Hold::Shared(PROCESS.read().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// The real server on its own runtime thread (dropped before its hold on the process).
+struct TestServer(Option<BackgroundServer>, #[allow(dead_code)] Hold);
 
 impl TestServer {
     fn start(
@@ -50,6 +66,17 @@ impl TestServer {
         starter: Option<EngineStarter>,
     ) -> Self {
         let s = Self::start_loading(settings, config, starter);
+        s.wait_ready();
+        s
+    }
+
+    /// [`TestServer::start`] with no other server or engine in the process while it lives.
+    fn start_alone(settings: ServerSettings, config: EngineConfig) -> Self {
+        let hold = Hold::Alone(PROCESS.write().unwrap_or_else(PoisonError::into_inner));
+        let s = Self(
+            Some(BackgroundServer::start(settings, config).unwrap()),
+            hold,
+        );
         s.wait_ready();
         s
     }
@@ -63,7 +90,7 @@ impl TestServer {
             Some(s) => BackgroundServer::start_with(settings, config, s),
             None => BackgroundServer::start(settings, config),
         };
-        Self(Some(server.unwrap()))
+        Self(Some(server.unwrap()), shared())
     }
 
     fn addr(&self) -> SocketAddr {
@@ -1288,7 +1315,7 @@ fn rss_mb() -> f64 {
 /// blow-up, and the server goes on serving.
 #[test]
 fn hostile_inputs_get_their_documented_answers() {
-    let server = TestServer::start(settings(), engine_config(BatchingConfig::default()), None);
+    let server = TestServer::start_alone(settings(), engine_config(BatchingConfig::default()));
     let before = rss_mb();
     let send = |body: Vec<u8>| {
         let r = client()
@@ -1373,6 +1400,7 @@ fn hostile_inputs_get_their_documented_answers() {
 /// model's 512 positions.
 #[test]
 fn extreme_max_length_is_refused_or_capped() {
+    let _hold = shared();
     let start = |max_length| {
         Engine::start(&EngineConfig {
             models: vec![ModelSpec {
