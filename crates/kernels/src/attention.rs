@@ -262,24 +262,8 @@ multiversion! {
                     *block = [[0f32; LANES]; ROWS];
                     micro::outer_products(&panel, LANES, &k[kb * ROWS * d..], 1, d, d, block);
                 }
-                // Softmax down each column over the real keys; 1/sum is applied to the outputs.
                 let real = &mut st.as_flattened_mut()[..len];
-                let mut max = [f32::NEG_INFINITY; LANES];
-                for row in real.iter() {
-                    for l in 0..LANES {
-                        // Not f32::max, whose NaN rules cost two more instructions per vector.
-                        if row[l] > max[l] {
-                            max[l] = row[l];
-                        }
-                    }
-                }
-                let mut sum = [0f32; LANES];
-                for row in real.iter_mut() {
-                    for l in 0..LANES {
-                        row[l] = math::exp(row[l] - max[l]);
-                        sum[l] += row[l];
-                    }
-                }
+                let sum = softmax_columns(real.as_flattened_mut());
                 if head.bf16 {
                     for x in real.as_flattened_mut() {
                         *x = ::half::bf16::from_f32(*x).to_f32();
@@ -306,6 +290,30 @@ multiversion! {
     }
 }
 
+/// Softmax down each of the LANES columns of `scores` (`[keys][LANES queries]`), in place and
+/// unnormalized: each column's largest score is subtracted before `exp`, and the column sums are
+/// returned for the outputs to divide by. Inlined into the caller's instruction set.
+#[inline(always)]
+fn softmax_columns(scores: &mut [f32]) -> [f32; LANES] {
+    let mut max = [f32::NEG_INFINITY; LANES];
+    for row in scores.chunks_exact(LANES) {
+        for l in 0..LANES {
+            // Not f32::max, whose NaN rules cost two more instructions per vector.
+            if row[l] > max[l] {
+                max[l] = row[l];
+            }
+        }
+    }
+    let mut sum = [0f32; LANES];
+    for row in scores.chunks_exact_mut(LANES) {
+        for l in 0..LANES {
+            row[l] = math::exp(row[l] - max[l]);
+            sum[l] += row[l];
+        }
+    }
+    sum
+}
+
 /// Attention of one head in bf16 on AVX-512 BF16: `vdpbf16ps` multiplies pairs of bf16 and adds
 /// both products to an f32 accumulator, so the scores pair a query's dimensions (2s, 2s + 1) with a
 /// key's, and the weighted sum pairs two keys' probabilities with their values.
@@ -314,9 +322,9 @@ mod bf16 {
     use std::arch::x86_64::*;
 
     use super::LANES;
+    use crate::grow;
     use crate::half::avx512::to_bf16;
     use crate::tiles::lane_mask;
-    use crate::{grow, math};
 
     /// The kernel's own buffers (see [`super::Buffers`]).
     #[derive(Default)]
@@ -435,23 +443,7 @@ mod bf16 {
                     _mm512_storeu_ps(st.as_mut_ptr().add((kb0 + r) * LANES), *acc);
                 }
             }
-            // Softmax down each column over the real keys, in f32; 1/sum goes to the outputs.
-            let real = &mut st[..len * LANES];
-            let mut max = [f32::NEG_INFINITY; LANES];
-            for row in real.chunks_exact(LANES) {
-                for l in 0..LANES {
-                    if row[l] > max[l] {
-                        max[l] = row[l];
-                    }
-                }
-            }
-            let mut sum = [0f32; LANES];
-            for row in real.chunks_exact_mut(LANES) {
-                for l in 0..LANES {
-                    row[l] = math::exp(row[l] - max[l]);
-                    sum[l] += row[l];
-                }
-            }
+            let sum = super::softmax_columns(&mut st[..len * LANES]);
             st[len * LANES..2 * key_pairs * LANES].fill(0.0);
             // Probabilities by pairs of keys, `[key pair][16 queries]`.
             for j in 0..key_pairs {
