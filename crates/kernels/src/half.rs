@@ -145,9 +145,12 @@ impl HalfWeight {
             let padded = chunk.len().div_ceil(MR) * MR * kp;
             let mut bits = Vec::new();
             let mut wide = Vec::new();
-            match self.kind {
-                HalfKind::Bf16 => bits.resize(padded, 0u16),
-                HalfKind::F16 => wide.resize(padded, 0f32),
+            // The AVX-512 bf16 kernel reads bf16 bits; every other path f32 values already
+            // rounded to the type.
+            if self.kind == HalfKind::Bf16 && simd {
+                bits.resize(padded, 0u16);
+            } else {
+                wide.resize(padded, 0f32);
             }
             for (i, r) in chunk.enumerate() {
                 let row = &x[r * k..(r + 1) * k];
@@ -158,8 +161,8 @@ impl HalfWeight {
                         unsafe { avx512::to_bf16(row, &mut bits[i * kp..i * kp + k]) }
                     }
                     HalfKind::Bf16 => {
-                        for (b, &v) in bits[i * kp..].iter_mut().zip(row) {
-                            *b = bf16::from_f32(v).to_bits();
+                        for (o, &v) in wide[i * kp..].iter_mut().zip(row) {
+                            *o = bf16::from_f32(v).to_f32();
                         }
                     }
                     HalfKind::F16 => {
@@ -200,12 +203,8 @@ impl HalfWeight {
                     }
                     return;
                 }
-                let _ = simd;
-                let a: Vec<f32> = match self.kind {
-                    HalfKind::Bf16 => bits[rows].iter().map(|&b| self.kind.to_f32(b)).collect(),
-                    HalfKind::F16 => wide[rows].to_vec(),
-                };
-                portable_tile(self, tile, &a, valid, y_tile, accumulate);
+                let _ = (simd, bits);
+                portable_tile(self, tile, &wide[rows], valid, y_tile, accumulate);
             },
             parallel,
         );
@@ -229,36 +228,55 @@ pub fn simd_available(kind: HalfKind) -> bool {
     }
 }
 
-/// One tile in plain loops: `a` holds `MR` rows of `kp` activations already rounded to the type.
-fn portable_tile(
-    w: &HalfWeight,
-    tile: usize,
-    a: &[f32],
-    valid: usize,
-    y: *mut f32,
-    accumulate: bool,
-) {
-    let (n, kp, step) = (w.outputs, w.kp, w.kind.step());
-    let base = tile * kp * TILE_COLS;
-    for r in 0..valid {
-        let row = &a[r * kp..(r + 1) * kp];
-        let mut acc = [0f32; TILE_COLS];
+crate::multiversion! {
+    /// One tile in plain loops, compiled for the CPU's level so that they vectorize: `a` holds
+    /// `MR` rows of `kp` activations already rounded to the type. Each step's 64 weights are
+    /// widened once for all the tile's rows; every output adds its products in input order, as
+    /// the AVX-512 kernels do.
+    fn portable_tile(
+        w: &HalfWeight,
+        tile: usize,
+        a: &[f32],
+        valid: usize,
+        y: *mut f32,
+        accumulate: bool,
+    ) {
+        let (n, kp, step) = (w.outputs, w.kp, w.kind.step());
+        let base = tile * kp * TILE_COLS;
+        let mut acc = [[0f32; TILE_COLS]; MR];
+        let mut wide = [0f32; TILE_COLS];
         for s in 0..kp / step {
             let block = &w.packed[base + s * TILE_COLS * step..base + (s + 1) * TILE_COLS * step];
-            let xs = &row[s * step..(s + 1) * step];
-            for (c, acc) in acc.iter_mut().enumerate() {
-                for (t, &x) in xs.iter().enumerate() {
-                    *acc += x * w.kind.to_f32(block[c * step + t]);
+            for t in 0..step {
+                match w.kind {
+                    HalfKind::Bf16 => {
+                        for (o, &b) in wide.iter_mut().zip(block[t..].iter().step_by(step)) {
+                            *o = f32::from_bits(u32::from(b) << 16);
+                        }
+                    }
+                    HalfKind::F16 => {
+                        for (o, &b) in wide.iter_mut().zip(block[t..].iter().step_by(step)) {
+                            *o = f16::from_bits(b).to_f32();
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter_mut().enumerate().take(valid) {
+                    let x = a[r * kp + s * step + t];
+                    for (acc, &v) in acc.iter_mut().zip(&wide) {
+                        *acc += x * v;
+                    }
                 }
             }
         }
-        for (c, &v) in acc.iter().enumerate() {
-            let j = tile * TILE_COLS + c;
-            if j >= n {
-                break;
+        for (r, acc) in acc.iter().enumerate().take(valid) {
+            for (c, &v) in acc.iter().enumerate() {
+                let j = tile * TILE_COLS + c;
+                if j >= n {
+                    break;
+                }
+                // SAFETY: row r < valid and column j < n lie inside the task's region of y.
+                unsafe { store(y, n, r, j, v, accumulate) };
             }
-            // SAFETY: row r < valid and column j < n lie inside the task's region of y.
-            unsafe { store(y, n, r, j, v, accumulate) };
         }
     }
 }

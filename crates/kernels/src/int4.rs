@@ -218,7 +218,8 @@ impl Q4Weight {
         );
     }
 
-    /// The int4 value of input `kk`, output `j` (tests and the portable loop).
+    /// The int4 value of input `kk`, output `j` (for tests, which check the packing by it).
+    #[cfg(test)]
     fn q(&self, kk: usize, j: usize) -> i32 {
         let (tile, col) = (j / TILE_COLS, j % TILE_COLS);
         let (block, c) = (col / LANES, col % LANES);
@@ -232,41 +233,74 @@ impl Q4Weight {
         nibble as i32 - 8
     }
 
+    #[cfg(test)]
     fn scale(&self, g: usize, j: usize) -> f32 {
         let (tile, col) = (j / TILE_COLS, j % TILE_COLS);
         f16::from_bits(self.scales[(tile * self.groups + g) * TILE_COLS + col]).to_f32()
     }
 }
 
-/// One tile in plain loops: the same arithmetic as the VNNI kernel.
-fn portable_tile(
-    w: &Q4Weight,
-    tile: usize,
-    a: &[u8],
-    sx: &[RowScale],
-    valid: usize,
-    y: *mut f32,
-    accumulate: bool,
-) {
-    let (n, kp) = (w.outputs, w.groups * GROUP);
-    for (r, s) in sx.iter().enumerate().take(valid) {
-        let row = &a[r * kp..(r + 1) * kp];
-        for c in 0..TILE_COLS {
-            let j = tile * TILE_COLS + c;
-            if j >= n {
-                break;
+crate::multiversion! {
+    /// One tile in plain loops, compiled for the CPU's level so that they vectorize: the same
+    /// arithmetic as the VNNI kernel (a group's integer sums, then scaled into f32 accumulators
+    /// group after group). Each group's 32 × 64 weights are unpacked once for all the tile's rows.
+    fn portable_tile(
+        w: &Q4Weight,
+        tile: usize,
+        a: &[u8],
+        sx: &[RowScale],
+        valid: usize,
+        y: *mut f32,
+        accumulate: bool,
+    ) {
+        let (n, kp) = (w.outputs, w.groups * GROUP);
+        let steps = w.groups * GROUP / 4;
+        let mut acc = [[0f32; TILE_COLS]; MR];
+        let mut q = [[0i32; TILE_COLS]; GROUP];
+        let mut scale = [0f32; TILE_COLS];
+        for g in 0..w.groups {
+            for st in 0..GROUP / 4 {
+                let step = g * GROUP / 4 + st;
+                for v in 0..2 {
+                    let first = ((tile * steps + step) * 2 + v) * 64;
+                    let bytes = &w.packed[first..first + 64];
+                    for c in 0..LANES {
+                        for t in 0..4 {
+                            let b = bytes[c * 4 + t];
+                            q[st * 4 + t][2 * v * LANES + c] = i32::from(b & 0x0F) - 8;
+                            q[st * 4 + t][(2 * v + 1) * LANES + c] = i32::from(b >> 4) - 8;
+                        }
+                    }
+                }
             }
-            let mut acc = 0f32;
-            for g in 0..w.groups {
-                // Inputs past the real ones hold zero weights.
-                let sum: i32 = (g * GROUP..(g + 1) * GROUP)
-                    .map(|kk| row[kk] as i32 * w.q(kk, j))
-                    .sum();
-                acc += sum as f32 * w.scale(g, j);
+            let scales = &w.scales[(tile * w.groups + g) * TILE_COLS..][..TILE_COLS];
+            for (o, &b) in scale.iter_mut().zip(scales) {
+                *o = f16::from_bits(b).to_f32();
             }
-            let v = s.scale * (acc - s.zero as f32 * w.offsets[j]);
-            // SAFETY: row r < valid and column j < n lie inside the task's region of y.
-            unsafe { store(y, n, r, j, v, accumulate) };
+            for (r, acc) in acc.iter_mut().enumerate().take(valid) {
+                let row = &a[r * kp + g * GROUP..r * kp + (g + 1) * GROUP];
+                let mut sum = [0i32; TILE_COLS];
+                for (&x, q) in row.iter().zip(&q) {
+                    let x = i32::from(x);
+                    for (sum, &q) in sum.iter_mut().zip(q) {
+                        *sum += x * q;
+                    }
+                }
+                for ((acc, &sum), &scale) in acc.iter_mut().zip(&sum).zip(&scale) {
+                    *acc += sum as f32 * scale;
+                }
+            }
+        }
+        for ((r, s), acc) in sx.iter().enumerate().take(valid).zip(&acc) {
+            for (c, &acc) in acc.iter().enumerate() {
+                let j = tile * TILE_COLS + c;
+                if j >= n {
+                    break;
+                }
+                let v = s.scale * (acc - s.zero as f32 * w.offsets[j]);
+                // SAFETY: row r < valid and column j < n lie inside the task's region of y.
+                unsafe { store(y, n, r, j, v, accumulate) };
+            }
         }
     }
 }

@@ -331,39 +331,52 @@ multiversion! {
     }
 }
 
-/// One tile without VNNI: the same arithmetic, in plain loops.
-#[allow(clippy::too_many_arguments)]
-fn portable_tile(
-    w: &QWeight,
-    tile: usize,
-    a: &[u8],
-    kp: usize,
-    sx: &[RowScale],
-    valid: usize,
-    y: *mut f32,
-    accumulate: bool,
-) {
-    let n = w.outputs;
-    let base = tile * w.groups * TILE_COLS * 4;
-    for (r, s) in sx.iter().enumerate().take(valid) {
-        let row = &a[r * kp..(r + 1) * kp];
-        let mut acc = [0i32; TILE_COLS];
+crate::multiversion! {
+    /// One tile in plain loops, compiled for the CPU's level so that they vectorize (integer
+    /// sums: the same values as `vpdpbusd` at every level). Each group's 4 × 64 weights are
+    /// widened once for all the tile's rows.
+    #[allow(clippy::too_many_arguments)]
+    fn portable_tile(
+        w: &QWeight,
+        tile: usize,
+        a: &[u8],
+        kp: usize,
+        sx: &[RowScale],
+        valid: usize,
+        y: *mut f32,
+        accumulate: bool,
+    ) {
+        let n = w.outputs;
+        let base = tile * w.groups * TILE_COLS * 4;
+        let mut acc = [[0i32; TILE_COLS]; MR];
+        let mut wide = [[0i32; TILE_COLS]; 4];
         for g in 0..w.groups {
             let block = &w.packed[base + g * TILE_COLS * 4..base + (g + 1) * TILE_COLS * 4];
-            let xs = &row[g * 4..g * 4 + 4];
-            for (c, acc) in acc.iter_mut().enumerate() {
-                let ws = &block[c * 4..c * 4 + 4];
-                *acc += (0..4).map(|t| xs[t] as i32 * ws[t] as i32).sum::<i32>();
+            for (t, wide) in wide.iter_mut().enumerate() {
+                for (o, &b) in wide.iter_mut().zip(block[t..].iter().step_by(4)) {
+                    *o = i32::from(b);
+                }
+            }
+            for (r, acc) in acc.iter_mut().enumerate().take(valid) {
+                let xs = &a[r * kp + g * 4..r * kp + g * 4 + 4];
+                for (&x, wide) in xs.iter().zip(&wide) {
+                    let x = i32::from(x);
+                    for (acc, &v) in acc.iter_mut().zip(wide) {
+                        *acc += x * v;
+                    }
+                }
             }
         }
-        for (c, &acc) in acc.iter().enumerate() {
-            let j = tile * TILE_COLS + c;
-            if j >= n {
-                break;
+        for ((r, s), acc) in sx.iter().enumerate().take(valid).zip(&acc) {
+            for (c, &acc) in acc.iter().enumerate() {
+                let j = tile * TILE_COLS + c;
+                if j >= n {
+                    break;
+                }
+                let v = (acc - s.zero * w.col_sums[j]) as f32 * (s.scale * w.scales[j]);
+                // SAFETY: row r < valid and column j < n lie inside the task's region of y.
+                unsafe { store(y, n, r, j, v, accumulate) };
             }
-            let v = (acc - s.zero * w.col_sums[j]) as f32 * (s.scale * w.scales[j]);
-            // SAFETY: row r < valid and column j < n lie inside the task's region of y.
-            unsafe { store(y, n, r, j, v, accumulate) };
         }
     }
 }
