@@ -1,5 +1,5 @@
 //! `cargo bench --bench forward`: the forward pass over a (pairs × tokens per pair) grid with the
-//! fused kernels and with candle's ops, each kernel of the fused pass at the demo model's shapes,
+//! fused backend and with candle's, each kernel of the fused pass at the demo model's shapes,
 //! and the tokenizer (one request, and the engine's tokenizer pool under concurrent requests).
 //!
 //! Throughput columns: `forward` counts tokens ("item" = token); `kernels` counts floating-point
@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{DType, Device};
 use divan::counter::ItemsCount;
 use divan::Bencher;
+use xbench::backend::{self, BackendKind, LoadedModel};
 use xbench::batch::Batch;
 use xbench::engine::{
     BatchingConfig, Engine, EngineConfig, ModelSpec, RerankInput, TokenizerPoolConfig,
@@ -21,7 +21,7 @@ use xbench::kernels::attention::{packed_attention, Heads, Scores};
 use xbench::kernels::half::HalfKind;
 use xbench::kernels::matmul::{Linear, Weight};
 use xbench::kernels::rows::{self, Act};
-use xbench::model::{CrossEncoder, Kernels, ModelFiles};
+use xbench::model::ModelFiles;
 use xbench::tokenize::PairTokenizer;
 
 fn main() {
@@ -41,16 +41,19 @@ fn files() -> ModelFiles {
     ModelFiles::resolve(demo().to_str().expect("a UTF-8 path")).expect("the demo model loads")
 }
 
-fn model(kernels: Kernels) -> &'static CrossEncoder {
-    static FUSED: OnceLock<CrossEncoder> = OnceLock::new();
-    static CANDLE: OnceLock<CrossEncoder> = OnceLock::new();
-    let cell = match kernels {
-        Kernels::Fused => &FUSED,
-        Kernels::Candle => &CANDLE,
+fn model(kind: BackendKind) -> &'static LoadedModel {
+    static FUSED: OnceLock<LoadedModel> = OnceLock::new();
+    static CANDLE: OnceLock<LoadedModel> = OnceLock::new();
+    let cell = match kind {
+        BackendKind::Fused => &FUSED,
+        BackendKind::Candle => &CANDLE,
     };
     cell.get_or_init(|| {
-        CrossEncoder::load_with(&files(), &Device::Cpu, DType::F32, kernels)
-            .expect("the demo model loads")
+        backend::load(&ModelSpec {
+            backend: kind,
+            ..ModelSpec::new(demo().to_str().expect("a UTF-8 path"))
+        })
+        .expect("the demo model loads")
     })
 }
 
@@ -86,23 +89,23 @@ fn shape(arg: &str) -> (usize, usize) {
 mod forward {
     use super::*;
 
-    fn run(bencher: Bencher, arg: &str, kernels: Kernels) {
+    fn run(bencher: Bencher, arg: &str, kind: BackendKind) {
         let (pairs, tokens) = shape(arg);
-        let m = model(kernels);
+        let m = model(kind);
         let b = batch(pairs, tokens);
         bencher
             .counter(ItemsCount::new(pairs * tokens))
-            .bench(|| m.predict(&b).expect("forward pass"));
+            .bench(|| m.backend.predict(&b).expect("forward pass"));
     }
 
     #[divan::bench(args = GRID, sample_count = 10, sample_size = 1)]
     fn fused(bencher: Bencher, arg: &str) {
-        run(bencher, arg, Kernels::Fused)
+        run(bencher, arg, BackendKind::Fused)
     }
 
     #[divan::bench(args = GRID, sample_count = 10, sample_size = 1)]
     fn candle(bencher: Bencher, arg: &str) {
-        run(bencher, arg, Kernels::Candle)
+        run(bencher, arg, BackendKind::Candle)
     }
 }
 

@@ -235,7 +235,7 @@ def xbench_pass(xbench: Path, model_dir: Path, pairs_file: Path, n: int, b: int,
 
 # xbench's rows: its default (the fused CPU kernels) and, for the before/after in the same run,
 # candle's own ops on the same packed batches.
-XBENCH_ROWS = [("xbench fp32", ["--kernels", "fused"]), ("xbench fp32, candle kernels", ["--kernels", "candle"])]
+XBENCH_ROWS = [("xbench fp32", ["--backend", "fused"]), ("xbench fp32, candle kernels", ["--backend", "candle"])]
 
 
 def main() -> None:

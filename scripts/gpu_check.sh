@@ -18,8 +18,8 @@ echo "== build (release, --features cuda)"
 cargo build --release --locked --features cuda
 echo "== parity on $DEVICE"
 XBENCH_TEST_DEVICE="$DEVICE" cargo test --release --locked --features cuda --test parity -- --nocapture
-echo "== one bench cell on $DEVICE (candle's ops; the fused kernels are CPU-only)"
+echo "== one bench cell on $DEVICE (candle's ops; the fused backend is CPU-only)"
 for precision in fp32 fp16; do
-  ./target/release/xbench bench --device "$DEVICE" --kernels candle --stage infer \
+  ./target/release/xbench bench --device "$DEVICE" --backend candle --stage infer \
     --quantization "$precision" --pairs-per-request 32 --concurrency 2 --duration 10 --min-requests 20
 done

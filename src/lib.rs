@@ -17,3 +17,16 @@ pub mod score;
 pub mod server;
 pub mod testing;
 pub mod tokenize;
+
+/// An error and its causes, outermost first, joined by `: ` (what a log line or an HTTP error
+/// body says).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

@@ -1,12 +1,13 @@
 //! Batch scoring: reading (query, passage) pairs from JSON lines and scoring them in order with one
-//! loaded cross-encoder, `batch_size` pairs per forward pass. `xbench score` is a thin shell over it.
+//! loaded model ([`crate::backend::load`]), `batch_size` pairs per forward pass, on the calling
+//! thread and rayon's global pool. `xbench score` is a thin shell over it.
 
 use std::io::BufRead;
 
-use candle_core::{DType, Device};
 use serde_json::Value;
 
-use crate::model::{CacheUse, CrossEncoder, Kernels, ModelError, ModelFiles, Precision};
+use crate::backend::{self, Backend, BackendError, LoadError, LoadedModel, ModelSpec};
+use crate::model::{relevance, ModelInfo};
 use crate::tokenize::{PairTokenizer, TokenizeError};
 
 /// One (query, passage) pair.
@@ -126,76 +127,80 @@ pub fn read_pairs(mut reader: impl BufRead) -> Result<Vec<Pair>, InputError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Load(#[from] LoadError),
     #[error(transparent)]
     Tokenize(#[from] TokenizeError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     #[error("batch size must be at least 1")]
     ZeroBatch,
 }
 
-/// A cross-encoder with its tokenizer, ready to score pairs.
+/// A loaded model with its tokenizer, ready to score pairs.
 pub struct Scorer {
-    model: CrossEncoder,
-    tokenizer: PairTokenizer,
+    model: LoadedModel,
 }
 
 impl Scorer {
-    /// Resolves and loads `model` (a directory or hub id) in f32 on `device`.
-    pub fn load(
-        model: &str,
-        device: &Device,
-        max_length: Option<usize>,
-    ) -> Result<Self, ScoreError> {
-        Self::load_with(model, device, max_length, Kernels::default())
+    /// Loads `spec`'s model (see [`backend::load`]).
+    pub fn load(spec: &ModelSpec) -> Result<Self, ScoreError> {
+        Ok(Self {
+            model: backend::load(spec)?,
+        })
     }
 
-    /// [`Scorer::load`] with the given kernels (see [`Kernels`]).
-    pub fn load_with(
-        model: &str,
-        device: &Device,
-        max_length: Option<usize>,
-        kernels: Kernels,
-    ) -> Result<Self, ScoreError> {
-        let files = ModelFiles::resolve(model)?;
-        let model = CrossEncoder::load_with(&files, device, DType::F32, kernels)?;
-        let info = model.info();
-        let tokenizer = PairTokenizer::load(&files, info.max_positions, max_length)?;
-        Ok(Self { model, tokenizer })
+    /// Loads `model` (a directory or hub id) on the default backend in fp32, truncating at
+    /// `max_length` (default: the model's limit).
+    pub fn load_default(model: &str, max_length: Option<usize>) -> Result<Self, ScoreError> {
+        Self::load(&ModelSpec {
+            max_length,
+            ..ModelSpec::new(model)
+        })
     }
 
-    /// Converts the model's weights to `precision` (see [`CrossEncoder::quantize`]).
-    pub fn quantize(&mut self, precision: Precision) -> Result<(), ScoreError> {
-        Ok(self.model.quantize(precision)?)
+    /// What was loaded: precision, backend, labels, sizes.
+    pub fn info(&self) -> &ModelInfo {
+        &self.model.info
     }
 
-    /// [`Scorer::quantize`] through the cache of quantized layers (see
-    /// [`CrossEncoder::quantize_cached`]).
-    pub fn quantize_cached(&mut self, precision: Precision) -> Result<CacheUse, ScoreError> {
-        Ok(self.model.quantize_cached(precision)?)
-    }
-
-    pub fn model(&self) -> &CrossEncoder {
+    /// The loaded model: its backend, tokenizer and how its quantized layers were come by.
+    pub fn model(&self) -> &LoadedModel {
         &self.model
     }
 
-    pub fn tokenizer(&self) -> &PairTokenizer {
-        &self.tokenizer
+    pub fn backend(&self) -> &dyn Backend {
+        self.model.backend.as_ref()
     }
 
-    /// Raw scores of `pairs` (the logit of a one-label reranker; see [`crate::model::relevance`]
-    /// for more labels), in order, `batch_size` pairs per forward pass.
-    pub fn score(&self, pairs: &[Pair], batch_size: usize) -> Result<Vec<f32>, ScoreError> {
+    pub fn tokenizer(&self) -> &PairTokenizer {
+        &self.model.tokenizer
+    }
+
+    /// Every pair's logits in order, `[pairs × labels]` row-major, `batch_size` pairs per forward
+    /// pass.
+    pub fn logits(&self, pairs: &[Pair], batch_size: usize) -> Result<Vec<f32>, ScoreError> {
         if batch_size == 0 {
             return Err(ScoreError::ZeroBatch);
         }
-        let mut scores = Vec::with_capacity(pairs.len());
+        let mut logits = Vec::with_capacity(pairs.len() * self.model.info.num_labels);
         for chunk in pairs.chunks(batch_size) {
             let batch = self
-                .tokenizer
+                .tokenizer()
                 .encode_batch(chunk.iter().map(|p| (p.query.as_str(), p.passage.as_str())))?;
-            scores.extend(self.model.predict(&batch)?);
+            logits.extend(self.model.backend.predict(&batch)?);
         }
-        Ok(scores)
+        Ok(logits)
+    }
+
+    /// Raw scores of `pairs` (the logit of a one-label reranker; see [`relevance`] for more
+    /// labels), in order, `batch_size` pairs per forward pass.
+    pub fn score(&self, pairs: &[Pair], batch_size: usize) -> Result<Vec<f32>, ScoreError> {
+        let labels = self.model.info.num_labels.max(1);
+        Ok(self
+            .logits(pairs, batch_size)?
+            .chunks_exact(labels)
+            .map(relevance)
+            .collect())
     }
 }
 

@@ -1,14 +1,13 @@
 //! XLM-RoBERTa and DistilBERT cross-encoders against transformers: tiny random-weight checkpoints
 //! that `scripts/make_tiny_architectures.py` wrote with transformers (fixed seed), and the logits
-//! transformers computed for 17 pairs (`reference.json` beside each model). Both kernels, batched
+//! transformers computed for 17 pairs (`reference.json` beside each model). Both backends, batched
 //! and one by one, token ids included.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
 use serde::Deserialize;
-use xbench::model::{CrossEncoder, Kernels, ModelFiles, Precision};
-use xbench::tokenize::PairTokenizer;
+use xbench::backend::{self, BackendKind, LoadedModel, ModelSpec};
+use xbench::model::Precision;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -30,20 +29,31 @@ fn dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `name` on `backend` in `precision` (max_length: the model's limit).
+fn load(name: &str, backend: BackendKind, precision: Precision) -> LoadedModel {
+    backend::load(&ModelSpec {
+        backend,
+        quantization: precision,
+        ..ModelSpec::new(dir(name).to_str().unwrap())
+    })
+    .unwrap()
+}
+
 fn reference(name: &str) -> Reference {
     let text = std::fs::read_to_string(dir(name).join("reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 /// Logits of every reference pair, `batch` pairs per forward pass.
-fn logits(model: &CrossEncoder, tok: &PairTokenizer, r: &Reference, batch: usize) -> Vec<Vec<f32>> {
-    let labels = model.info().num_labels;
+fn logits(model: &LoadedModel, r: &Reference, batch: usize) -> Vec<Vec<f32>> {
+    let labels = model.info.num_labels;
     let mut out = Vec::new();
     for chunk in r.pairs.chunks(batch) {
-        let encoded = tok
+        let encoded = model
+            .tokenizer
             .encode_batch(chunk.iter().map(|p| (p.query.as_str(), p.passage.as_str())))
             .unwrap();
-        let flat = model.logits(&encoded).unwrap();
+        let flat = model.backend.predict(&encoded).unwrap();
         out.extend(flat.chunks_exact(labels).map(<[f32]>::to_vec));
     }
     out
@@ -60,25 +70,23 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Loads `name` with both kernels and checks token ids and logits against transformers.
+/// Loads `name` on both backends and checks token ids and logits against transformers.
 fn matches_transformers(name: &str, architecture: &str, labels: &[&str]) {
     let r = reference(name);
-    let files = ModelFiles::resolve(dir(name).to_str().unwrap()).unwrap();
     let want: Vec<Vec<f32>> = r.pairs.iter().map(|p| p.logits.clone()).collect();
-    for kernels in [Kernels::Fused, Kernels::Candle] {
-        let model = CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, kernels).unwrap();
-        assert_eq!(model.kernels(), kernels);
-        let info = model.info();
+    for kernels in BackendKind::ALL {
+        let model = load(name, kernels, Precision::Fp32);
+        let info = &model.info;
+        assert_eq!(info.backend, kernels);
         assert_eq!(info.architecture, architecture);
         assert_eq!(info.labels, labels);
         assert_eq!(info.max_positions, r.max_length, "usable positions");
-        let tok = PairTokenizer::load(&files, info.max_positions, None).unwrap();
         for (i, p) in r.pairs.iter().enumerate() {
-            let e = tok.encode(&p.query, &p.passage).unwrap();
+            let e = model.tokenizer.encode(&p.query, &p.passage).unwrap();
             assert_eq!(e.ids, p.input_ids, "{name} pair {i} token ids");
         }
-        let one = logits(&model, &tok, &r, 1);
-        let all = logits(&model, &tok, &r, r.pairs.len());
+        let one = logits(&model, &r, 1);
+        let all = logits(&model, &r, r.pairs.len());
         let d = max_diff(&one, &want);
         assert!(
             d <= 1e-4,
@@ -86,20 +94,23 @@ fn matches_transformers(name: &str, architecture: &str, labels: &[&str]) {
         );
         let d = max_diff(&one, &all);
         assert!(d <= 1e-5, "{name} {kernels:?}: batched vs one by one {d}");
-        if kernels == Kernels::Candle {
+        if kernels == BackendKind::Candle {
             // The padded rectangle (positions of padding included) gives the same logits.
-            let batch = tok
+            let batch = model
+                .tokenizer
                 .encode_batch(
                     r.pairs
                         .iter()
                         .map(|p| (p.query.as_str(), p.passage.as_str())),
                 )
                 .unwrap();
-            let padded = model
-                .forward_padded(&batch)
+            let padded: Vec<Vec<f32>> = model
+                .backend
+                .predict_padded(&batch)
                 .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
+                .chunks_exact(info.num_labels)
+                .map(<[f32]>::to_vec)
+                .collect();
             let d = max_diff(&padded, &want);
             assert!(d <= 1e-4, "{name}: padded vs transformers {d}");
         }
@@ -133,20 +144,18 @@ fn distilbert_matches_transformers() {
 fn every_precision_runs_both_architectures_batch_independently() {
     for name in ["tiny-xlm-roberta", "tiny-distilbert"] {
         let r = reference(name);
-        let files = ModelFiles::resolve(dir(name).to_str().unwrap()).unwrap();
-        let fp32 = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-        let tok = PairTokenizer::load(&files, fp32.info().max_positions, None).unwrap();
-        let want = logits(&fp32, &tok, &r, r.pairs.len());
+        let fp32 = load(name, BackendKind::Fused, Precision::Fp32);
+        let want = logits(&fp32, &r, r.pairs.len());
         for (precision, tolerance) in [
             (Precision::Fp16, 0.005),
             (Precision::Bf16, 0.05),
             (Precision::Int8, 0.1),
             (Precision::Int4, 1.5),
         ] {
-            let mut model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-            model.quantize(precision).unwrap();
-            let one = logits(&model, &tok, &r, 1);
-            let all = logits(&model, &tok, &r, 7);
+            let model = load(name, BackendKind::Fused, precision);
+            assert_eq!(model.info.precision, precision);
+            let one = logits(&model, &r, 1);
+            let all = logits(&model, &r, 7);
             let d = max_diff(&one, &all);
             assert!(d <= 1e-5, "{name} {precision:?}: batched vs one by one {d}");
             let d = max_diff(&one, &want);
@@ -159,14 +168,13 @@ fn every_precision_runs_both_architectures_batch_independently() {
 /// `max_position_embeddings - pad_token_id - 1`), and a batch over them is refused, not run.
 #[test]
 fn xlm_roberta_positions_stop_before_the_table_ends() {
-    let files = ModelFiles::resolve(dir("tiny-xlm-roberta").to_str().unwrap()).unwrap();
-    for kernels in [Kernels::Fused, Kernels::Candle] {
-        let model = CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, kernels).unwrap();
-        assert_eq!(model.info().max_positions, 64);
+    for kernels in BackendKind::ALL {
+        let model = load("tiny-xlm-roberta", kernels, Precision::Fp32);
+        assert_eq!(model.info.max_positions, 64);
         let mut batch = xbench::batch::Batch::new();
         batch.push(&[5; 65], &[0; 65]);
-        let err = model.logits(&batch).unwrap_err();
-        let text = format!("{:#}", anyhow::Error::new(err));
+        let err = model.backend.predict(&batch).unwrap_err();
+        let text = xbench::error_chain(&err);
         assert!(text.contains("64"), "{kernels:?}: {text}");
     }
 }

@@ -6,7 +6,6 @@ use std::path::Path;
 mod common;
 
 use assert_cmd::Command;
-use candle_core::Device;
 use xbench::score::{sigmoid, Pair, Scorer};
 use xbench::testing::TinyBert;
 
@@ -28,7 +27,7 @@ const INPUT: &str = concat!(
 );
 
 fn expected(model: &Path) -> Vec<f32> {
-    let scorer = Scorer::load(model.to_str().unwrap(), &Device::Cpu, None).unwrap();
+    let scorer = Scorer::load_default(model.to_str().unwrap(), None).unwrap();
     let pairs = [
         Pair::new("what is rust", "rust is a language"),
         Pair::new("how to cook steak", "rest the steak"),
@@ -300,7 +299,7 @@ fn a_failed_download_names_the_model_and_the_way_out() {
 /// The fused kernels give the same scores at every SIMD level this CPU has (`XBENCH_SIMD` lowers
 /// the level; portable is plain Rust), and the same as candle's ops, on the demo model's shapes.
 #[test]
-fn every_simd_level_and_both_kernels_score_alike() {
+fn every_simd_level_and_both_backends_score_alike() {
     let work = tempfile::tempdir().unwrap();
     let input = work.path().join("pairs.jsonl");
     let lines: String = common::sample(24)
@@ -319,7 +318,7 @@ fn every_simd_level_and_both_kernels_score_alike() {
                 "score",
                 "--model",
                 &model,
-                "--kernels",
+                "--backend",
                 kernels,
                 "--batch-size",
                 "8",
@@ -419,6 +418,7 @@ fn run_records_each_cells_accuracy() {
             "07_precision",
             "experiment.min_requests=2",
             "experiment.duration_s=0",
+            "experiment.batch_sizes=[8]",
         ])
         .args(["experiment.warmup=1", "experiment.accuracy_pairs=16"])
         .arg("--output-dir")

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::Device;
 use xbench::engine::{
     BatchingConfig, Engine, EngineConfig, ModelSpec, RerankInput, TokenizerPoolConfig,
 };
@@ -40,7 +39,7 @@ fn config(
 fn engine_scores_equal_xbench_score_for_any_workers_and_batching() {
     let model = demo();
     let pairs = sample(24);
-    let want = Scorer::load(&model, &Device::Cpu, None)
+    let want = Scorer::load_default(&model, None)
         .unwrap()
         .score(&pairs, 32)
         .unwrap();
@@ -320,7 +319,7 @@ fn several_models_in_one_pool_route_by_name() {
         .unwrap();
     let mut all = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let want = Scorer::load(name, &Device::Cpu, None)
+        let want = Scorer::load_default(name, None)
             .unwrap()
             .score(&pairs, 1)
             .unwrap();

@@ -32,6 +32,7 @@ const KEYS: &[&str] = &[
     "model_pool.instances.0.workers",
     "model_pool.instances.0.threads",
     "model_pool.instances.0.kernels",
+    "model_pool.instances.0.backend",
     "model_pool.instances",
     "experiment.batch_sizes",
     "experiment.concurrency_levels",

@@ -11,7 +11,8 @@ use std::path::Path;
 use candle_core::Device;
 use serde::Deserialize;
 use xbench::accuracy::{abs_diff, spearman};
-use xbench::model::{Kernels, Precision};
+use xbench::backend::{BackendKind, ModelSpec};
+use xbench::model::Precision;
 use xbench::score::{Pair, Scorer};
 
 const DEMO: &str = "models/demo-minilm-l6";
@@ -46,6 +47,8 @@ const CANDLE_BF16_MEAN_TOLERANCE: f32 = 0.12;
 const CANDLE_FP16_TOLERANCE: f32 = 0.04;
 const CANDLE_FP16_MEAN_TOLERANCE: f32 = 0.01;
 const CANDLE_HALF_BATCH_TOLERANCE: f32 = 4e-3;
+/// Pairs the reduced precisions' batch-size check scores again at batch 1 and 7.
+const BATCH_CHECK_PAIRS: usize = 24;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -64,18 +67,21 @@ struct ReferencePair {
 }
 
 /// The device under test: `XBENCH_TEST_DEVICE`, or the CPU.
+fn device_name() -> String {
+    std::env::var("XBENCH_TEST_DEVICE").unwrap_or_else(|_| "cpu".to_string())
+}
+
 fn device() -> Device {
-    match std::env::var("XBENCH_TEST_DEVICE") {
-        Ok(name) => xbench::model::parse_device(&name).unwrap(),
-        Err(_) => Device::Cpu,
-    }
+    xbench::model::parse_device(&device_name()).unwrap()
 }
 
 fn setup() -> (Reference, Scorer) {
-    setup_with(Kernels::Fused)
+    setup_with(BackendKind::Fused, Precision::Fp32)
 }
 
-fn setup_with(kernels: Kernels) -> (Reference, Scorer) {
+/// The demo model on `backend` (the candle backend on a device other than the CPU, where the
+/// fused one does not run) in `precision`.
+fn setup_with(backend: BackendKind, precision: Precision) -> (Reference, Scorer) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("tests/data/reference_scores.json")).unwrap();
     let reference: Reference = serde_json::from_str(&text).unwrap();
@@ -85,7 +91,18 @@ fn setup_with(kernels: Kernels) -> (Reference, Scorer) {
         model_dir.join("model.safetensors").is_file(),
         "the demo model is missing: run ./scripts/fetch_demo_model.sh"
     );
-    let scorer = Scorer::load_with(model_dir.to_str().unwrap(), &device(), None, kernels).unwrap();
+    let device = device_name();
+    let scorer = Scorer::load(&ModelSpec {
+        backend: if device == "cpu" {
+            backend
+        } else {
+            BackendKind::Candle
+        },
+        quantization: precision,
+        device,
+        ..ModelSpec::new(model_dir.to_str().unwrap())
+    })
+    .unwrap();
     assert_eq!(scorer.tokenizer().max_length(), reference.max_length);
     (reference, scorer)
 }
@@ -107,16 +124,16 @@ fn token_ids_match_transformers() {
     );
 }
 
-/// Both kernels: the fused CPU pass (the default) and candle's ops.
+/// Both backends: the fused CPU pass (the default) and candle's ops.
 #[test]
 fn logits_match_transformers_and_do_not_depend_on_batch_size() {
-    for kernels in [Kernels::Fused, Kernels::Candle] {
-        logits_match_with(kernels);
+    for backend in BackendKind::ALL {
+        logits_match_with(backend);
     }
 }
 
-fn logits_match_with(kernels: Kernels) {
-    let (reference, scorer) = setup_with(kernels);
+fn logits_match_with(backend: BackendKind) {
+    let (reference, scorer) = setup_with(backend, Precision::Fp32);
     let pairs: Vec<Pair> = reference
         .pairs
         .iter()
@@ -129,13 +146,13 @@ fn logits_match_with(kernels: Kernels) {
         worst = worst.max(diff);
         assert!(
             diff <= LOGIT_TOLERANCE,
-            "{kernels:?} kernels, pair {i}: xbench {got}, transformers {}",
+            "{backend:?} backend, pair {i}: xbench {got}, transformers {}",
             r.logit
         );
     }
     eprintln!(
-        "{} kernels: max |xbench - transformers| = {worst:e} over {} pairs",
-        kernels.name(),
+        "{} backend: max |xbench - transformers| = {worst:e} over {} pairs",
+        backend.name(),
         pairs.len()
     );
     let mut worst = 0f32;
@@ -145,13 +162,13 @@ fn logits_match_with(kernels: Kernels) {
             worst = worst.max((a - c).abs());
             assert!(
                 (a - c).abs() <= BATCH_TOLERANCE,
-                "{kernels:?} kernels, pair {i}: batch 32 {a}, batch {b} {c}"
+                "{backend:?} backend, pair {i}: batch 32 {a}, batch {b} {c}"
             );
         }
     }
     eprintln!(
-        "{} kernels: max |batch 32 - batch 1 or 7| = {worst:e}",
-        kernels.name()
+        "{} backend: max |batch 32 - batch 1 or 7| = {worst:e}",
+        scorer.info().backend.name()
     );
 }
 
@@ -165,7 +182,7 @@ fn int8_logits_stay_near_transformers_and_do_not_depend_on_batch_size() {
     }
     let bytes = stays_near_transformers(
         Precision::Int8,
-        Kernels::Fused,
+        BackendKind::Fused,
         (INT8_TOLERANCE, INT8_MEAN_TOLERANCE, BATCH_TOLERANCE),
         usize::MAX,
     );
@@ -187,7 +204,7 @@ fn int4_logits_stay_near_transformers_and_do_not_depend_on_batch_size() {
     }
     let (int4, fp32) = stays_near_transformers(
         Precision::Int4,
-        Kernels::Fused,
+        BackendKind::Fused,
         (INT4_TOLERANCE, INT4_MEAN_TOLERANCE, BATCH_TOLERANCE),
         usize::MAX,
     );
@@ -227,7 +244,7 @@ fn half_precision_logits_stay_near_transformers_and_do_not_depend_on_batch_size(
         ),
     ] {
         let (half, fp32) =
-            stays_near_transformers(precision, Kernels::Fused, tolerances, usize::MAX);
+            stays_near_transformers(precision, BackendKind::Fused, tolerances, usize::MAX);
         if cpu {
             assert_eq!(2 * half, fp32, "{precision:?} weight bytes");
         }
@@ -254,7 +271,7 @@ fn half_precision_on_candles_ops_stays_near_transformers() {
         ),
     ] {
         let tolerances = (max, mean, CANDLE_HALF_BATCH_TOLERANCE);
-        stays_near_transformers(precision, Kernels::Candle, tolerances, 24);
+        stays_near_transformers(precision, BackendKind::Candle, tolerances, 24);
     }
 }
 
@@ -264,7 +281,7 @@ fn half_precision_on_candles_ops_stays_near_transformers() {
 /// ops).
 fn stays_near_transformers(
     precision: Precision,
-    kernels: Kernels,
+    backend: BackendKind,
     (max_tolerance, mean_tolerance, batch_tolerance): (f32, f32, f32),
     limit: usize,
 ) -> (usize, usize) {
@@ -273,15 +290,18 @@ fn stays_near_transformers(
     } else {
         0.995
     };
-    let (reference, mut scorer) = setup_with(kernels);
-    let fp32_bytes = scorer.model().layer_weight_bytes().unwrap_or(0);
-    scorer.quantize(precision).unwrap();
-    assert_eq!(scorer.model().precision(), precision);
-    let bytes = scorer.model().layer_weight_bytes().unwrap_or(0);
+    let fp32_bytes = setup_with(backend, Precision::Fp32)
+        .1
+        .backend()
+        .layer_weight_bytes()
+        .unwrap_or(0);
+    let (reference, scorer) = setup_with(backend, precision);
+    assert_eq!(scorer.info().precision, precision);
+    let bytes = scorer.backend().layer_weight_bytes().unwrap_or(0);
     let name = format!(
-        "{} on {} kernels",
+        "{} on the {} backend",
         precision.name(),
-        scorer.model().kernels().name()
+        scorer.info().backend.name()
     );
     eprintln!("{name}: encoder product weights {bytes} bytes (fp32 {fp32_bytes})");
     let pairs: Vec<Pair> = reference
@@ -306,9 +326,13 @@ fn stays_near_transformers(
     assert!(max <= max_tolerance, "{name}: max |diff| {max}");
     assert!(mean <= mean_tolerance, "{name}: mean |diff| {mean}");
     assert!(rho >= min_spearman, "{name}: Spearman {rho}");
+    // Batch independence is a property of how rows are computed, not of which rows: the first
+    // 24 pairs (37 to 287 tokens) show it at batch 1 and 7, which on a CPU
+    // without these precisions' instructions (AVX-512 VNNI, BF16) cost most of the test.
+    let few = &pairs[..pairs.len().min(BATCH_CHECK_PAIRS)];
     for b in [1, 7] {
-        let other = scorer.score(&pairs, b).unwrap();
-        let (worst, _) = abs_diff(&by_32, &other);
+        let other = scorer.score(few, b).unwrap();
+        let (worst, _) = abs_diff(&by_32[..few.len()], &other);
         assert!(worst <= batch_tolerance, "{name}: batch 32 vs {b}: {worst}");
     }
     (bytes, fp32_bytes)

@@ -8,14 +8,12 @@ use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use xbench::backend::{Backend, BackendError, CandleBackend};
+use xbench::backend::{self, Backend, BackendError, LoadedModel};
 use xbench::batch::Batch;
 use xbench::engine::{BatchingConfig, Engine, EngineConfig, ModelSpec, TokenizerPoolConfig};
-use xbench::model::ModelFiles;
 use xbench::score::{sigmoid, Pair, Scorer};
 use xbench::server::{BackgroundServer, EngineStarter, ServeSummary, ServerSettings};
 
@@ -175,7 +173,7 @@ fn grouped(pairs: &[Pair]) -> Vec<(String, Vec<String>)> {
 fn both_apis_score_as_xbench_score_does() {
     let server = TestServer::start(settings(), engine_config(BatchingConfig::default()), None);
     let pairs = sample(20);
-    let scorer = Scorer::load(&demo(), &Device::Cpu, None).unwrap();
+    let scorer = Scorer::load_default(&demo(), None).unwrap();
     let want = scorer.score(&pairs, 32).unwrap();
     let mut at = 0;
     for (query, passages) in grouped(&pairs) {
@@ -268,10 +266,10 @@ fn both_apis_score_as_xbench_score_does() {
     assert_eq!(summary.accepted, summary.answered);
 }
 
-/// Scores as candle does, but can sleep per batch and fails any batch holding a pair longer than
-/// `fail_over` tokens.
+/// Scores as the loaded backend does, but can sleep per batch and fails any batch holding a pair
+/// longer than `fail_over` tokens.
 struct TestBackend {
-    inner: CandleBackend,
+    inner: Arc<dyn Backend>,
     sleep: Duration,
     fail_over: usize,
 }
@@ -286,7 +284,9 @@ impl Backend for TestBackend {
     fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
         std::thread::sleep(self.sleep);
         if batch.max_length > self.fail_over {
-            return Err(BackendError::Inference("injected failure".into()));
+            return Err(BackendError::inference(std::io::Error::other(
+                "injected failure",
+            )));
         }
         self.inner.predict(batch)
     }
@@ -296,18 +296,15 @@ fn test_backend(sleep: Duration, fail_over: usize, load_delay: Duration) -> Engi
     Box::new(move |config: &EngineConfig| {
         std::thread::sleep(load_delay);
         Engine::start_with(config, |spec| {
-            let files = ModelFiles::resolve(&spec.name)?;
-            let inner = CandleBackend::load(&files, &Device::Cpu)?;
-            let info = inner.info().clone();
-            Ok((
-                files,
-                info,
-                Arc::new(TestBackend {
-                    inner,
+            let loaded = backend::load(spec)?;
+            Ok(LoadedModel {
+                backend: Arc::new(TestBackend {
+                    inner: loaded.backend.clone(),
                     sleep,
                     fail_over,
-                }) as Arc<dyn Backend>,
-            ))
+                }),
+                ..loaded
+            })
         })
     })
 }
@@ -486,7 +483,7 @@ fn truncation_direction_keeps_the_end_asked_for() {
     // 16 tokens: [CLS] rust [SEP] + 12 passage tokens + [SEP]. Every word is one token and the
     // units are two tokens long, so the 12 kept are "rust fast" x6 from the head or
     // "paris france" x6 from the tail.
-    let scorer = Scorer::load(&demo(), &Device::Cpu, Some(16)).unwrap();
+    let scorer = Scorer::load_default(&demo(), Some(16)).unwrap();
     let alone = |passage: String| scorer.score(&[Pair::new("rust", passage)], 1).unwrap()[0];
     let head = alone("rust fast ".repeat(10));
     let tail = alone("paris france ".repeat(10));
@@ -1635,7 +1632,7 @@ fn multi_label_models_answer_every_logit_and_score_their_last_label() {
         "The river runs to the sea.",
         "",
     ];
-    let want = Scorer::load(model.to_str().unwrap(), &Device::Cpu, None).unwrap();
+    let want = Scorer::load_default(model.to_str().unwrap(), None).unwrap();
     let (s, v) = post(
         &server,
         "/rerank",
@@ -1698,6 +1695,6 @@ fn multi_label_models_answer_every_logit_and_score_their_last_label() {
         "DistilBertForSequenceClassification"
     );
     assert_eq!(info["models"][0]["precision"], "fp32");
-    assert_eq!(info["models"][0]["kernels"], "fused");
+    assert_eq!(info["models"][0]["backend"], "fused");
     server.stop();
 }

@@ -1,7 +1,10 @@
 //! The cross-encoder on a tiny generated BERT: batching, padding and truncation invariants.
 
-use candle_core::{DType, Device};
-use xbench::model::{CacheUse, CrossEncoder, Kernels, ModelFiles, Precision};
+use std::path::Path;
+
+use xbench::backend::{self, BackendKind, CacheUse, LoadedModel, ModelSpec};
+use xbench::batch::Batch;
+use xbench::model::{ModelFiles, Precision};
 use xbench::score::{Pair, Scorer};
 use xbench::testing::TinyBert;
 use xbench::tokenize::PairTokenizer;
@@ -10,6 +13,43 @@ fn tiny() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     TinyBert::default().write(dir.path()).unwrap();
     dir
+}
+
+/// The model in `dir` on `backend` in `precision`, through the quantized-layer cache or not.
+fn load(dir: &Path, backend: BackendKind, precision: Precision, cache: bool) -> LoadedModel {
+    backend::load(&ModelSpec {
+        backend,
+        quantization: precision,
+        quantization_cache: cache,
+        ..ModelSpec::new(dir.to_str().unwrap())
+    })
+    .unwrap()
+}
+
+fn fused(dir: &Path) -> LoadedModel {
+    load(dir, BackendKind::Fused, Precision::Fp32, false)
+}
+
+/// Every pair's logits, one row per pair.
+fn rows(model: &LoadedModel, batch: &Batch) -> Vec<Vec<f32>> {
+    model
+        .backend
+        .predict(batch)
+        .unwrap()
+        .chunks_exact(model.info.num_labels)
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
+/// The padded rectangle's logits (candle), one row per pair.
+fn padded_rows(model: &LoadedModel, batch: &Batch) -> Vec<Vec<f32>> {
+    model
+        .backend
+        .predict_padded(batch)
+        .unwrap()
+        .chunks_exact(model.info.num_labels)
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
 fn pairs() -> Vec<Pair> {
@@ -32,7 +72,7 @@ fn pairs() -> Vec<Pair> {
 #[test]
 fn batches_of_1_7_and_32_give_the_same_logits() {
     let dir = tiny();
-    let scorer = Scorer::load(dir.path().to_str().unwrap(), &Device::Cpu, None).unwrap();
+    let scorer = Scorer::load_default(dir.path().to_str().unwrap(), None).unwrap();
     let pairs = pairs();
     let one = scorer.score(&pairs, 1).unwrap();
     assert_eq!(one.len(), pairs.len());
@@ -107,14 +147,15 @@ fn max_length_is_the_smallest_of_request_positions_and_tokenizer_limit() {
 #[test]
 fn a_short_pair_scores_the_same_beside_a_long_one() {
     let dir = tiny();
-    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
-    let model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-    let tok = PairTokenizer::load(&files, 64, None).unwrap();
+    let model = fused(dir.path());
+    let tok = &model.tokenizer;
     let alone = model
+        .backend
         .predict(&tok.encode_batch([("rust", "bread")]).unwrap())
         .unwrap();
     let long = "paris river ".repeat(40);
     let both = model
+        .backend
         .predict(
             &tok.encode_batch([("rust", "bread"), ("the city", long.as_str())])
                 .unwrap(),
@@ -127,8 +168,8 @@ fn a_short_pair_scores_the_same_beside_a_long_one() {
         alone[0],
         both[0]
     );
-    assert_eq!(model.info().num_labels, 1);
-    assert_eq!(model.info().max_positions, 64);
+    assert_eq!(model.info.num_labels, 1);
+    assert_eq!(model.info.max_positions, 64);
 }
 
 /// A two-label model scores each pair by its last label's log-odds against the first: for two
@@ -142,17 +183,17 @@ fn two_label_models_score_the_log_odds_of_their_last_label() {
     }
     .write(dir.path())
     .unwrap();
-    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
-    let model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-    assert_eq!(model.info().labels, ["LABEL_0", "LABEL_1"]);
-    let tok = PairTokenizer::load(&files, 64, None).unwrap();
-    let logits = model
-        .forward(&tok.encode_batch([("a", "b"), ("c", "d")]).unwrap())
-        .unwrap()
-        .to_vec2::<f32>()
-        .unwrap();
+    let model = fused(dir.path());
+    assert_eq!(model.info.labels, ["LABEL_0", "LABEL_1"]);
+    let logits = rows(
+        &model,
+        &model
+            .tokenizer
+            .encode_batch([("a", "b"), ("c", "d")])
+            .unwrap(),
+    );
     assert_eq!(logits.len(), 2);
-    let scorer = Scorer::load(dir.path().to_str().unwrap(), &Device::Cpu, None).unwrap();
+    let scorer = Scorer::load_default(dir.path().to_str().unwrap(), None).unwrap();
     let scores = scorer
         .score(&[Pair::new("a", "b"), Pair::new("c", "d")], 2)
         .unwrap();
@@ -171,10 +212,9 @@ fn two_label_models_score_the_log_odds_of_their_last_label() {
 #[test]
 fn packed_and_padded_forward_passes_agree() {
     let dir = tiny();
-    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
-    let model = CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, Kernels::Candle).unwrap();
-    assert_eq!(model.kernels(), Kernels::Candle);
-    let tok = PairTokenizer::load(&files, 64, None).unwrap();
+    let model = load(dir.path(), BackendKind::Candle, Precision::Fp32, false);
+    assert_eq!(model.info.backend, BackendKind::Candle);
+    let tok = &model.tokenizer;
     let pairs = pairs();
     for chunk in pairs.chunks(13) {
         let batch = tok
@@ -184,12 +224,8 @@ fn packed_and_padded_forward_passes_agree() {
             batch.total_tokens() < batch.padded_tokens(),
             "lengths differ"
         );
-        let packed = model.forward(&batch).unwrap().to_vec2::<f32>().unwrap();
-        let padded = model
-            .forward_padded(&batch)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let packed = rows(&model, &batch);
+        let padded = padded_rows(&model, &batch);
         assert_eq!(packed.len(), chunk.len());
         for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {
             for (x, y) in a.iter().zip(b) {
@@ -211,31 +247,21 @@ fn fused_kernels_agree_with_candle() {
         }
         .write(dir.path())
         .unwrap();
-        let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
-        let fused = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-        assert_eq!(fused.kernels(), Kernels::Fused);
-        let candle =
-            CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, Kernels::Candle).unwrap();
-        let tok = PairTokenizer::load(&files, 64, None).unwrap();
+        let fused = fused(dir.path());
+        assert_eq!(fused.info.backend, BackendKind::Fused);
+        let candle = load(dir.path(), BackendKind::Candle, Precision::Fp32, false);
+        let tok = &fused.tokenizer;
         let pairs = pairs();
         let mut worst = 0f32;
         for chunk in pairs.chunks(13) {
             let batch = tok
                 .encode_batch(chunk.iter().map(|p| (p.query.as_str(), p.passage.as_str())))
                 .unwrap();
-            let a = fused.forward(&batch).unwrap().to_vec2::<f32>().unwrap();
-            let b = candle
-                .forward_padded(&batch)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
+            let a = rows(&fused, &batch);
+            let b = padded_rows(&candle, &batch);
             assert_eq!(a.len(), chunk.len());
             for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
                 worst = worst.max((x - y).abs());
-            }
-            let scores = fused.predict(&batch).unwrap();
-            for (s, row) in scores.iter().zip(&a) {
-                assert_eq!(*s, row[0]);
             }
         }
         assert!(worst <= 1e-5, "{act}: fused vs candle max |diff| {worst}");
@@ -243,8 +269,8 @@ fn fused_kernels_agree_with_candle() {
 }
 
 /// int8, int4, bf16 and fp16 on a model whose sizes fill no tile (hidden 36, intermediate 70), with two
-/// labels: logits near fp32, the same pair by pair in any batch; candle's ops refuse int8 with a
-/// clear error, and a converted model is not converted again.
+/// labels: logits near fp32, the same pair by pair in any batch; the candle backend refuses int8
+/// with a clear error.
 #[test]
 fn every_precision_stays_near_fp32_in_any_batch() {
     let dir = tempfile::tempdir().unwrap();
@@ -257,14 +283,13 @@ fn every_precision_stays_near_fp32_in_any_batch() {
     }
     .write(dir.path())
     .unwrap();
-    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
-    let fp32 = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-    let tok = PairTokenizer::load(&files, 64, None).unwrap();
+    let fp32 = fused(dir.path());
+    let tok = &fp32.tokenizer;
     let pairs = pairs();
     let all = tok
         .encode_batch(pairs.iter().map(|p| (p.query.as_str(), p.passage.as_str())))
         .unwrap();
-    let want = fp32.forward(&all).unwrap().to_vec2::<f32>().unwrap();
+    let want = rows(&fp32, &all);
     let range = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
     for (precision, tolerance) in [
         (Precision::Int8, 0.05),
@@ -272,10 +297,9 @@ fn every_precision_stays_near_fp32_in_any_batch() {
         (Precision::Bf16, 0.02),
         (Precision::Fp16, 0.002),
     ] {
-        let mut model = CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-        model.quantize(precision).unwrap();
-        assert_eq!(model.precision(), precision);
-        let got = model.forward(&all).unwrap().to_vec2::<f32>().unwrap();
+        let model = load(dir.path(), BackendKind::Fused, precision, false);
+        assert_eq!(model.info.precision, precision);
+        let got = rows(&model, &all);
         let mut worst = 0f32;
         for (w, g) in want.iter().flatten().zip(got.iter().flatten()) {
             worst = worst.max((w - g).abs());
@@ -288,19 +312,22 @@ fn every_precision_stays_near_fp32_in_any_batch() {
             let one = tok
                 .encode_batch([(p.query.as_str(), p.passage.as_str())])
                 .unwrap();
-            let alone = model.forward(&one).unwrap().to_vec2::<f32>().unwrap();
+            let alone = rows(&model, &one);
             assert_eq!(
                 alone[0], got[i],
                 "{precision:?} pair {i} alone vs in the batch"
             );
         }
-        let err = model.quantize(Precision::Fp32).unwrap_err().to_string();
-        assert!(err.contains("load it again"), "{err}");
     }
-    let mut candle =
-        CrossEncoder::load_with(&files, &Device::Cpu, DType::F32, Kernels::Candle).unwrap();
-    let err = candle.quantize(Precision::Int8).unwrap_err().to_string();
-    assert!(err.contains("fused CPU kernels"), "{err}");
+    let err = backend::load(&ModelSpec {
+        backend: BackendKind::Candle,
+        quantization: Precision::Int8,
+        ..ModelSpec::new(dir.path().to_str().unwrap())
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("int8 runs on backend fused"), "{err}");
 }
 
 /// The quantized-layer cache: written beside the model on the first load, read on the next with
@@ -316,9 +343,8 @@ fn quantized_layers_are_cached_beside_the_model() {
     }
     .write(dir.path())
     .unwrap();
-    let files = ModelFiles::resolve(dir.path().to_str().unwrap()).unwrap();
-    let load = || CrossEncoder::load(&files, &Device::Cpu, DType::F32).unwrap();
-    let tok = PairTokenizer::load(&files, 64, None).unwrap();
+    let cached = |precision| load(dir.path(), BackendKind::Fused, precision, true);
+    let tok = fused(dir.path()).tokenizer;
     let pairs = pairs();
     let batch = tok
         .encode_batch(pairs.iter().map(|p| (p.query.as_str(), p.passage.as_str())))
@@ -329,33 +355,40 @@ fn quantized_layers_are_cached_beside_the_model() {
         Precision::Bf16,
         Precision::Fp16,
     ] {
-        let mut plain = load();
-        plain.quantize(precision).unwrap();
-        let want = plain.logits(&batch).unwrap();
-        let mut first = load();
-        let path = match first.quantize_cached(precision).unwrap() {
-            CacheUse::Written(path) => path,
+        let plain = load(dir.path(), BackendKind::Fused, precision, false);
+        assert_eq!(plain.cache, CacheUse::None);
+        let want = plain.backend.predict(&batch).unwrap();
+        let first = cached(precision);
+        let path = match &first.cache {
+            CacheUse::Written(path) => path.clone(),
             other => panic!("{precision:?}: {other:?}"),
         };
         assert_eq!(
             path,
             dir.path().join(format!("xbench-{}.gguf", precision.name()))
         );
-        assert_eq!(first.logits(&batch).unwrap(), want, "{precision:?}");
-        let mut second = load();
         assert_eq!(
-            second.quantize_cached(precision).unwrap(),
-            CacheUse::Read(path.clone())
+            first.backend.predict(&batch).unwrap(),
+            want,
+            "{precision:?}"
         );
-        assert_eq!(second.precision(), precision);
-        assert_eq!(second.info().precision, precision);
-        assert_eq!(second.logits(&batch).unwrap(), want, "{precision:?} cached");
+        let second = cached(precision);
+        assert_eq!(second.cache, CacheUse::Read(path.clone()));
+        assert_eq!(second.info.precision, precision);
+        assert_eq!(
+            second.backend.predict(&batch).unwrap(),
+            want,
+            "{precision:?} cached"
+        );
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        let mut third = load();
-        let used = third.quantize_cached(precision).unwrap();
-        assert!(matches!(used, CacheUse::Replaced { .. }), "{used:?}");
-        assert_eq!(third.logits(&batch).unwrap(), want);
+        let third = cached(precision);
+        assert!(
+            matches!(third.cache, CacheUse::Replaced { .. }),
+            "{:?}",
+            third.cache
+        );
+        assert_eq!(third.backend.predict(&batch).unwrap(), want);
     }
     // New weights (a later modification time): the cache is stale, computed and written again.
     let weights = dir.path().join("model.safetensors");
@@ -365,11 +398,8 @@ fn quantized_layers_are_cached_beside_the_model() {
         .unwrap()
         .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
         .unwrap();
-    let used = load().quantize_cached(Precision::Int8).unwrap();
+    let used = cached(Precision::Int8).cache;
     assert!(matches!(used, CacheUse::Written(_)), "{used:?}");
     // fp32 has nothing to cache.
-    assert_eq!(
-        load().quantize_cached(Precision::Fp32).unwrap(),
-        CacheUse::None
-    );
+    assert_eq!(cached(Precision::Fp32).cache, CacheUse::None);
 }

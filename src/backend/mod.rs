@@ -1,100 +1,240 @@
-//! The `Backend` trait: a small, synchronous interface that one model instance thread drives with
-//! packed batches, and its candle implementation.
+//! Backends: what turns packed batches into logits. [`load`] is the one way anything gets a model
+//! (the engine, `xbench score`, `xbench accuracy`, the sweeps' accuracy pass, the benches and the
+//! parity tests): it resolves the model's files, loads the weights on the backend the spec names
+//! ([`BackendKind`]: [`FusedBackend`], xbench's CPU kernels, or [`CandleBackend`], candle's ops)
+//! at its precision, and loads the tokenizer. The engine drives a loaded [`Backend`] through the
+//! trait alone; each backend decides where its computation runs ([`Backend::executor`]).
 
-use candle_core::{DType, Device};
+mod candle;
+mod fused;
+
+use std::sync::Arc;
 
 use crate::batch::Batch;
-use crate::model::{CacheUse, CrossEncoder, Kernels, ModelError, ModelFiles, ModelInfo, Precision};
+use crate::model::{parse_device, ModelError, ModelFiles, ModelInfo, Precision};
+pub use crate::model::{BackendKind, CacheUse};
+use crate::tokenize::{PairTokenizer, TokenizeError};
+pub use candle::CandleBackend;
+pub use fused::FusedBackend;
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BackendError {
-    #[error("inference failed: {0}")]
-    Inference(String),
-    #[error("model instance panicked: {0}")]
-    Panic(String),
+/// What one model is loaded as: its files, device, backend and precision, and how the engine
+/// runs it (instances × threads).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A local directory or a hub id; requests name the model by it.
+    pub name: String,
+    /// Model instances (threads), each taking batches from this model's batcher.
+    #[serde(default = "one")]
+    pub instances: usize,
+    /// Compute threads per instance; default: the cores divided evenly among all instances.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Truncation length in tokens; default: the model's limit.
+    #[serde(default)]
+    pub max_length: Option<usize>,
+    /// cpu, cuda[:N] or metal[:N].
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// fused (xbench's CPU kernels) or candle (candle's ops).
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// fp32, fp16, bf16, int8 or int4 (int8 and int4 on the fused backend only).
+    #[serde(default)]
+    pub quantization: Precision,
+    /// Keep the quantized layers in `xbench-<precision>.gguf` beside the checkpoint and reuse
+    /// them at the next load.
+    #[serde(default)]
+    pub quantization_cache: bool,
 }
 
-/// One model's compute, called from a single instance thread at a time per instance.
+fn one() -> usize {
+    1
+}
+fn cpu() -> String {
+    "cpu".to_string()
+}
+
+impl ModelSpec {
+    /// `name` on the default backend, in fp32, one instance on the CPU.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            instances: 1,
+            threads: None,
+            max_length: None,
+            device: cpu(),
+            backend: BackendKind::default(),
+            quantization: Precision::default(),
+            quantization_cache: false,
+        }
+    }
+}
+
+/// Failures of a loaded backend on a batch. Cloneable: a failed batch fails each of its requests.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("inference failed")]
+    Inference(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    #[error("the backend returned {got} logits for {pairs} pairs of {labels} labels")]
+    Shape {
+        got: usize,
+        pairs: usize,
+        labels: usize,
+    },
+    #[error("model instance panicked: {0}")]
+    Panic(String),
+    #[error("{what} is not something the {backend} backend does")]
+    Unsupported {
+        what: &'static str,
+        backend: &'static str,
+    },
+}
+
+impl BackendError {
+    /// A failed forward pass, keeping what caused it.
+    pub fn inference(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BackendError::Inference(Arc::new(cause))
+    }
+}
+
+impl From<ModelError> for BackendError {
+    fn from(e: ModelError) -> Self {
+        BackendError::inference(e)
+    }
+}
+
+/// Failures of [`load`].
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("cannot load the tokenizer")]
+    Tokenizer(#[from] TokenizeError),
+}
+
+/// Where one model instance's forward passes run: a pool of compute threads of its own (CPU
+/// backends), or the calling thread.
+pub struct Executor {
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Executor {
+    /// Runs on the calling thread (and rayon's global pool, if the work uses it).
+    pub fn current() -> Self {
+        Self { pool: None }
+    }
+
+    /// A rayon pool of `threads` threads named after the model and instance; the calling thread
+    /// (with a warning) if the pool cannot be built.
+    pub fn threads(model: &str, index: usize, threads: usize) -> Self {
+        let short = model.rsplit('/').next().unwrap_or(model).to_string();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(move |t| format!("compute-{short}-{index}-{t}"))
+            .build();
+        match pool {
+            Ok(pool) => Self { pool: Some(pool) },
+            Err(e) => {
+                tracing::warn!(model, index, error = %e, "no compute pool; using the global one");
+                Self::current()
+            }
+        }
+    }
+
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
+    }
+}
+
+/// One loaded model's compute. Several instance threads share one backend (one copy of the
+/// weights) and call it concurrently, each through its own [`Executor`].
 pub trait Backend: Send + Sync {
     /// Whether the backend computes the padded rectangle `pairs × longest` (true) or only the real
     /// tokens (false). The batcher counts tokens the way the backend computes them.
     fn is_padded(&self) -> bool;
-    /// Runs one tiny batch; an error means the backend cannot serve.
-    fn health(&self) -> Result<(), BackendError>;
     /// Logits per pair: 1 for a reranker.
     fn labels(&self) -> usize {
         1
     }
     /// Every pair's logits in batch order, `[pairs × labels]` row-major.
     fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError>;
-}
-
-/// candle's cross-encoder. Its weights are immutable tensors, so several instance threads share
-/// one `CandleBackend` (one copy of the weights) and run forward passes concurrently.
-pub struct CandleBackend {
-    model: CrossEncoder,
-}
-
-impl CandleBackend {
-    /// fp32 with the default kernels (fused on CPU).
-    pub fn load(files: &ModelFiles, device: &Device) -> Result<Self, ModelError> {
-        Self::load_with(files, device, Kernels::default())
-    }
-
-    pub fn load_with(
-        files: &ModelFiles,
-        device: &Device,
-        kernels: Kernels,
-    ) -> Result<Self, ModelError> {
-        Ok(Self {
-            model: CrossEncoder::load_with(files, device, DType::F32, kernels)?,
-        })
-    }
-
-    /// The kernels the model runs.
-    pub fn kernels(&self) -> Kernels {
-        self.model.kernels()
-    }
-
-    /// Converts the weights to `precision` (see [`CrossEncoder::quantize`]).
-    pub fn quantize(&mut self, precision: Precision) -> Result<(), ModelError> {
-        self.model.quantize(precision)
-    }
-
-    /// Converts the weights through the cache of quantized layers (see
-    /// [`CrossEncoder::quantize_cached`]).
-    pub fn quantize_cached(&mut self, precision: Precision) -> Result<CacheUse, ModelError> {
-        self.model.quantize_cached(precision)
-    }
-
-    pub fn precision(&self) -> Precision {
-        self.model.precision()
-    }
-
-    pub fn info(&self) -> &ModelInfo {
-        self.model.info()
-    }
-}
-
-impl Backend for CandleBackend {
-    /// candle runs the packed tokens: a batch costs its real tokens.
-    fn is_padded(&self) -> bool {
-        false
-    }
-
+    /// Runs one tiny batch; an error means the backend cannot serve.
     fn health(&self) -> Result<(), BackendError> {
         let mut batch = Batch::new();
         batch.push(&[0, 0, 0], &[0, 0, 0]);
         self.predict(&batch).map(|_| ())
     }
-
-    fn labels(&self) -> usize {
-        self.model.info().num_labels
+    /// Where instance `index` of `model` runs its batches with `threads` compute threads.
+    fn executor(&self, _model: &str, _index: usize, _threads: usize) -> Executor {
+        Executor::current()
     }
-
-    fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
-        self.model
-            .logits(batch)
-            .map_err(|e| BackendError::Inference(format!("{:#}", anyhow::Error::new(e))))
+    /// [`Backend::predict`] over the padded rectangle `[pairs, longest]`: the reference the
+    /// packed paths are tested against. Not every backend computes it.
+    fn predict_padded(&self, _batch: &Batch) -> Result<Vec<f32>, BackendError> {
+        Err(BackendError::Unsupported {
+            what: "the padded forward pass",
+            backend: "this",
+        })
     }
+    /// Bytes of the encoder layers' product weights, where the backend keeps them itself.
+    fn layer_weight_bytes(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A model ready to score: its backend, what was loaded, and its tokenizer.
+pub struct LoadedModel {
+    pub backend: Arc<dyn Backend>,
+    pub info: ModelInfo,
+    pub tokenizer: PairTokenizer,
+    /// How the quantized layers were come by (with `quantization_cache`).
+    pub cache: CacheUse,
+}
+
+/// Loads `spec`'s model on its backend, at its precision, with its tokenizer.
+pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
+    let files = ModelFiles::resolve(&spec.name)?;
+    if let Some(why) = spec.backend.refuses(spec.quantization, &spec.device) {
+        return Err(ModelError::Unsupported {
+            name: spec.name.clone(),
+            why,
+        }
+        .into());
+    }
+    let device = parse_device(&spec.device)?;
+    let (backend, info, cache): (Arc<dyn Backend>, ModelInfo, CacheUse) = match spec.backend {
+        BackendKind::Fused => {
+            let (backend, cache) =
+                FusedBackend::load(&files, spec.quantization, spec.quantization_cache)?;
+            let info = backend.info().clone();
+            (Arc::new(backend), info, cache)
+        }
+        BackendKind::Candle => {
+            let backend = CandleBackend::load(&files, &device, spec.quantization)?;
+            let info = backend.info().clone();
+            (Arc::new(backend), info, CacheUse::None)
+        }
+    };
+    let tokenizer = PairTokenizer::load(&files, info.max_positions, spec.max_length)?;
+    tracing::info!(
+        model = %spec.name,
+        backend = info.backend.name(),
+        precision = info.precision.name(),
+        device = %spec.device,
+        simd = match info.backend {
+            BackendKind::Fused => xbench_kernels::simd().name(),
+            BackendKind::Candle => "candle's",
+        },
+        "model loaded"
+    );
+    Ok(LoadedModel {
+        backend,
+        info,
+        tokenizer,
+        cache,
+    })
 }

@@ -8,7 +8,8 @@ use clap::Args;
 use tabled::settings::Style;
 
 use crate::accuracy::{agreement, Agreement};
-use crate::model::{parse_device, Precision};
+use crate::backend::ModelSpec;
+use crate::model::Precision;
 use crate::score::Scorer;
 
 #[derive(Debug, Args)]
@@ -78,12 +79,13 @@ pub fn run(args: AccuracyArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!pairs.is_empty(), "{} holds no pairs", args.input.display());
     let queries: Vec<&str> = pairs.iter().map(|p| p.query.as_str()).collect();
-    let device = parse_device("cpu")?;
     let score = |precision: Precision| -> anyhow::Result<(Vec<f32>, f64)> {
-        let mut scorer = Scorer::load(&args.model, &device, args.max_length)?;
-        scorer
-            .quantize(precision)
-            .with_context(|| format!("cannot run {} at {}", args.model, precision.name()))?;
+        let scorer = Scorer::load(&ModelSpec {
+            max_length: args.max_length,
+            quantization: precision,
+            ..ModelSpec::new(&args.model)
+        })
+        .with_context(|| format!("cannot run {} at {}", args.model, precision.name()))?;
         let started = Instant::now();
         let scores = scorer.score(&pairs, args.batch_size)?;
         let rate = pairs.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);

@@ -1,6 +1,6 @@
 //! `xbench bench`: one cell of the in-process pipeline under load, printed as one result row.
 
-use crate::model::{Kernels, Precision};
+use crate::model::{BackendKind, Precision};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,11 +90,15 @@ pub struct BenchArgs {
     /// cpu, cuda[:N] or metal[:N].
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// CPU fp32 kernels: fused (xbench's) or candle (candle's ops).
+    /// What computes the model: fused (xbench's CPU kernels, every precision) or candle (candle's
+    /// ops, any device; fp32, fp16, bf16).
     #[arg(long, value_enum, default_value = "fused")]
-    pub kernels: Kernels,
+    pub backend: BackendKind,
+    /// Replaced by --backend (kept to say so).
+    #[arg(long, hide = true)]
+    pub kernels: Option<String>,
     /// Precision: fp32, fp16, bf16, int8 or int4 (the encoder's products in that precision on the
-    /// fused CPU kernels; int8 and int4 run there only, fp16 and bf16 also on candle's ops).
+    /// fused backend; int8 and int4 run there only, fp16 and bf16 also on candle's).
     #[arg(long, value_enum, default_value = "fp32")]
     pub quantization: Precision,
     /// Print the row as one JSON object instead of a table.
@@ -137,6 +141,7 @@ pub(crate) fn http_labels(info: Option<&InfoResponse>, fallback: CellLabels) -> 
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    super::score::refuse_kernels(args.kernels.as_deref())?;
     anyhow::ensure!(
         args.pairs_per_request > 0,
         "--pairs-per-request must be at least 1"
@@ -190,7 +195,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             threads: args.threads,
             max_length: args.max_length,
             device: args.device.clone(),
-            kernels: args.kernels,
+            backend: args.backend,
             quantization: args.quantization,
             quantization_cache: false,
         }],

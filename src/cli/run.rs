@@ -15,9 +15,9 @@ use crate::accuracy::{agreement, Agreement};
 use crate::cli::bench::http_labels;
 use crate::config::sweep::{self, Cell};
 use crate::config::{compose, tree, Override, XbenchConfig};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, ModelSpec};
 use crate::loadgen::{self, GeneratedLengths, HttpTarget, Load, RunSpec, Target, Window, Workload};
-use crate::model::{parse_device, ModelFiles, Precision};
+use crate::model::{ModelFiles, Precision};
 use crate::report::results::{
     encode_histogram, utc_now, CellResult, Provenance, RepeatFigures, Results,
 };
@@ -341,7 +341,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write results into {}", opts.output_dir.display()))?;
     }
     progress.finish_and_clear();
-    // fp32 scores, once per (model, truncation, kernels, workload, pairs).
+    // fp32 scores, once per (model, truncation, device, backend, workload, pairs).
     let mut references: HashMap<String, Vec<f32>> = HashMap::new();
     for (i, cell) in cells.iter().enumerate() {
         let c = &cell.config;
@@ -401,15 +401,20 @@ fn cell_accuracy(
             rankings.push(r.to_string());
         }
     }
-    let device = parse_device(&spec.device)?;
     let score = |precision: Precision| -> anyhow::Result<Vec<f32>> {
-        let mut scorer = Scorer::load_with(&spec.name, &device, spec.max_length, spec.kernels)?;
-        scorer.quantize(precision)?;
+        let scorer = Scorer::load(&ModelSpec {
+            quantization: precision,
+            quantization_cache: false,
+            ..spec.clone()
+        })?;
         Ok(scorer.score(&pairs, 32)?)
     };
     let id = format!(
-        "{} {:?} {:?} {workload_id} {n}",
-        spec.name, spec.max_length, spec.kernels
+        "{} {:?} {} {} {workload_id} {n}",
+        spec.name,
+        spec.max_length,
+        spec.device,
+        spec.backend.name()
     );
     if !references.contains_key(&id) {
         references.insert(id.clone(), score(Precision::Fp32)?);

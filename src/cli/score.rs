@@ -8,7 +8,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use crate::model::{parse_device, Kernels, Precision};
+use crate::backend::{BackendKind, CacheUse, ModelSpec};
+use crate::model::Precision;
 use crate::score::{read_pairs, sigmoid, Pair, Scorer};
 
 #[derive(Debug, Args)]
@@ -31,11 +32,15 @@ pub struct ScoreArgs {
     /// cpu, cuda[:N] (with --features cuda) or metal[:N] (with --features metal).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// CPU fp32 kernels: fused (xbench's) or candle (candle's ops).
+    /// What computes the model: fused (xbench's CPU kernels, every precision) or candle (candle's
+    /// ops, any device; fp32, fp16, bf16).
     #[arg(long, value_enum, default_value = "fused")]
-    pub kernels: Kernels,
+    pub backend: BackendKind,
+    /// Replaced by --backend (kept to say so).
+    #[arg(long, hide = true)]
+    pub kernels: Option<String>,
     /// Precision: fp32, fp16, bf16, int8 or int4 (the encoder's products in that precision on the
-    /// fused CPU kernels; int8 and int4 run there only, fp16 and bf16 also on candle's ops).
+    /// fused backend; int8 and int4 run there only, fp16 and bf16 also on candle's).
     #[arg(long, value_enum, default_value = "fp32")]
     pub quantization: Precision,
     /// Keep the quantized layers in `xbench-<precision>.gguf` beside the model and reuse them.
@@ -54,14 +59,19 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.output {
         check_output_dir(out)?;
     }
+    refuse_kernels(args.kernels.as_deref())?;
     let pairs = read_input(&args.input)?;
-    let device = parse_device(&args.device)?;
     let started = Instant::now();
-    let mut scorer = Scorer::load_with(&args.model, &device, args.max_length, args.kernels)?;
-    if args.quantization_cache {
-        scorer.quantize_cached(args.quantization)?;
-    } else {
-        scorer.quantize(args.quantization)?;
+    let scorer = Scorer::load(&ModelSpec {
+        max_length: args.max_length,
+        device: args.device.clone(),
+        backend: args.backend,
+        quantization: args.quantization,
+        quantization_cache: args.quantization_cache,
+        ..ModelSpec::new(&args.model)
+    })?;
+    if let CacheUse::Failed(why) = &scorer.model().cache {
+        tracing::warn!(%why, "the quantized layers were computed but not cached");
     }
     tracing::info!(
         model = %args.model,
@@ -100,6 +110,17 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
+    }
+}
+
+/// `--kernels` was replaced by `--backend`: say what to write instead of failing on an unknown flag.
+pub(crate) fn refuse_kernels(kernels: Option<&str>) -> anyhow::Result<()> {
+    match kernels {
+        None => Ok(()),
+        Some(k) => anyhow::bail!(
+            "--kernels was replaced by --backend: write --backend {} (fused: xbench's CPU kernels; candle: candle's ops)",
+            if k == "candle" { "candle" } else { "fused" }
+        ),
     }
 }
 

@@ -189,15 +189,51 @@ pub fn best_cell(file: &Path, budget: Option<f64>) -> anyhow::Result<(Value, Str
             cells.len()
         ),
     };
-    let config = cell
+    let mut config = cell
         .get("config")
         .cloned()
         .with_context(|| format!("cell {} of {} has no 'config'", i + 1, file.display()))?;
+    upgrade_kernels(&mut config);
     Ok((config, why))
+}
+
+/// Results files written before `backend` replaced `kernels` name the computation in
+/// `model_pool.instances[].kernels` (with `backend: candle` meaning only the library): read
+/// their `kernels` value as the backend.
+fn upgrade_kernels(config: &mut Value) {
+    let Some(instances) = config
+        .pointer_mut("/model_pool/instances")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for entry in instances.iter_mut().filter_map(Value::as_object_mut) {
+        if let Some(kernels) = entry.remove("kernels") {
+            entry.insert("backend".to_string(), kernels);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn old_results_read_kernels_as_the_backend() {
+        let mut config = serde_json::json!({"model_pool": {"instances": [
+            {"name": "m", "backend": "candle", "kernels": "fused"},
+            {"name": "n", "backend": "candle", "kernels": "candle"},
+            {"name": "o", "backend": "fused"},
+        ]}});
+        super::upgrade_kernels(&mut config);
+        assert_eq!(
+            config,
+            serde_json::json!({"model_pool": {"instances": [
+                {"name": "m", "backend": "fused"},
+                {"name": "n", "backend": "candle"},
+                {"name": "o", "backend": "fused"},
+            ]}})
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::{Composed, ConfigError};
 use crate::engine::{BatchingConfig, EngineConfig, ModelSpec, TokenizerPoolConfig};
 use crate::loadgen::Stage;
-use crate::model::{Kernels, Precision};
+use crate::model::{BackendKind, Precision};
 use crate::server::ServerSettings;
 
 /// The whole config.
@@ -46,9 +46,10 @@ pub struct ModelPoolConfig {
 pub struct InstanceConfig {
     /// A local model directory or a hub id.
     pub name: String,
-    /// Inference backend: `candle`.
-    #[serde(default = "candle")]
-    pub backend: String,
+    /// What computes the model: `fused` (xbench's CPU kernels, every precision) or `candle`
+    /// (candle's ops, any device; fp32, fp16, bf16).
+    #[serde(default)]
+    pub backend: BackendKind,
     /// `cpu`, `cuda[:N]`, `metal[:N]`.
     #[serde(default = "cpu")]
     pub device: String,
@@ -69,13 +70,10 @@ pub struct InstanceConfig {
     /// Compute threads per worker; default the cores divided among all workers.
     #[serde(default)]
     pub threads: Option<usize>,
-    /// `fused` (xbench's CPU kernels, used on CPU in fp32) or `candle` (candle's ops).
-    #[serde(default)]
-    pub kernels: Kernels,
-}
-
-fn candle() -> String {
-    "candle".into()
+    /// Replaced by `backend`; read only to refuse it with what to write instead (a file that
+    /// says `kernels:` must not silently change meaning).
+    #[serde(default, skip_serializing)]
+    pub kernels: Option<Value>,
 }
 fn cpu() -> String {
     "cpu".into()
@@ -249,24 +247,23 @@ impl XbenchConfig {
         }
         for (i, m) in self.model_pool.instances.iter().enumerate() {
             let key = |k: &str| format!("model_pool.instances[{i}].{k}");
-            if m.backend != "candle" {
+            if let Some(old) = &m.kernels {
+                let old = old.as_str().map_or_else(|| old.to_string(), str::to_string);
+                let to = if old == "candle" { "candle" } else { "fused" };
                 return Err(bad(
-                    &key("backend"),
-                    format!("'{}' is not a backend; available: candle", m.backend),
+                    &key("kernels"),
+                    format!("was replaced by backend: write backend: {to} instead of kernels: {old} (and drop the old backend: candle line, which now means candle's ops)"),
                 ));
             }
             let precision =
                 Precision::parse(&m.quantization).map_err(|why| bad(&key("quantization"), why))?;
-            if precision.needs_fused() && (m.kernels != Kernels::Fused || m.device != "cpu") {
-                return Err(bad(
-                    &key("quantization"),
-                    format!(
-                        "{} runs on the fused CPU kernels; this entry has kernels: {} and device: {} (use kernels: fused, device: cpu, or quantization: fp32, fp16 or bf16)",
-                        precision.name(),
-                        m.kernels.name(),
-                        m.device
-                    ),
-                ));
+            if let Some(why) = m.backend.refuses(precision, &m.device) {
+                let which = if precision.needs_fused() && m.backend == BackendKind::Candle {
+                    "quantization"
+                } else {
+                    "backend"
+                };
+                return Err(bad(&key(which), why));
             }
             if m.workers == 0 {
                 return Err(bad(&key("workers"), "must be at least 1".into()));
@@ -358,7 +355,7 @@ impl XbenchConfig {
                 threads: m.threads,
                 max_length: m.max_length,
                 device: m.device.clone(),
-                kernels: m.kernels,
+                backend: m.backend,
                 quantization,
                 quantization_cache: m.quantization_cache,
             };
@@ -484,12 +481,22 @@ mod tests {
         );
         let o = [
             Override::parse("++model_pool.instances.0.quantization=int8").unwrap(),
-            Override::parse("++model_pool.instances.0.kernels=candle").unwrap(),
+            Override::parse("++model_pool.instances.0.backend=candle").unwrap(),
         ];
         let err = XbenchConfig::from_composed(&compose(d.path(), "config", &o).unwrap())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("int8 runs on the fused CPU kernels"), "{err}");
+        assert!(err.contains("int8 runs on backend fused"), "{err}");
+        // A file written before `backend` replaced `kernels` is refused, not reread.
+        let o = [Override::parse("++model_pool.instances.0.kernels=candle").unwrap()];
+        let err = XbenchConfig::from_composed(&compose(d.path(), "config", &o).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model_pool.instances[0].kernels")
+                && err.contains("write backend: candle instead of kernels: candle"),
+            "{err}"
+        );
         let o = [
             Override::parse("++experiment.duration_s=30").unwrap(),
             Override::parse("++experiment.max_duration_s=20").unwrap(),

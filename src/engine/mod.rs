@@ -1,6 +1,7 @@
 //! The engine that both the benchmarks and the server run: a tokenizer pool (T worker threads), one
 //! dynamic batcher per model (a thread cutting packed batches under pair and token limits), and a
-//! model pool (M instance threads per model, each with its own compute thread pool).
+//! model pool (M instance threads per model, each running its batches where its backend says:
+//! [`crate::backend::Backend::executor`]).
 //!
 //! Callers are async: they submit with `try_send` (a full queue answers [`EngineError::Overloaded`]
 //! at once) and await a oneshot reply. A caller that goes away closes its reply channel; the
@@ -19,9 +20,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, BackendError, CandleBackend};
-use crate::model::{parse_device, Kernels, ModelError, ModelFiles, ModelInfo, Precision};
-use crate::tokenize::{Encoded, PairTokenizer, TokenizeError, Truncation};
+pub use crate::backend::ModelSpec;
+use crate::backend::{self, BackendError, LoadError, LoadedModel};
+use crate::model::ModelInfo;
+use crate::tokenize::{Encoded, PairTokenizer, Truncation};
 
 pub use batcher::BatchingConfig;
 use batcher::{Pending, QueueSlots, RequestState};
@@ -58,16 +60,10 @@ pub enum EngineError {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("model '{name}'")]
-    Model {
+    Load {
         name: String,
         #[source]
-        source: Box<ModelError>,
-    },
-    #[error("tokenizer of model '{name}'")]
-    Tokenizer {
-        name: String,
-        #[source]
-        source: TokenizeError,
+        source: Box<LoadError>,
     },
     #[error("model '{name}' failed its warm-up batch")]
     Warmup {
@@ -77,58 +73,6 @@ pub enum StartError {
     },
     #[error("invalid engine config: {0}")]
     Config(String),
-}
-
-/// One model of the pool.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    /// A local directory or a hub id; requests name the model by it.
-    pub name: String,
-    /// Model instances (threads), each taking batches from this model's batcher.
-    #[serde(default = "one")]
-    pub instances: usize,
-    /// Compute threads per instance; default: the cores divided evenly among all instances.
-    #[serde(default)]
-    pub threads: Option<usize>,
-    /// Truncation length in tokens; default: the model's limit.
-    #[serde(default)]
-    pub max_length: Option<usize>,
-    /// cpu, cuda[:N] or metal[:N].
-    #[serde(default = "cpu")]
-    pub device: String,
-    /// fused (xbench's CPU kernels, fp32) or candle (candle's ops).
-    #[serde(default)]
-    pub kernels: Kernels,
-    /// fp32, fp16, bf16, int8 or int4 (int8 and int4 on the fused CPU kernels only).
-    #[serde(default)]
-    pub quantization: Precision,
-    /// Keep the quantized layers in `xbench-<precision>.gguf` beside the checkpoint and reuse
-    /// them at the next load.
-    #[serde(default)]
-    pub quantization_cache: bool,
-}
-
-fn one() -> usize {
-    1
-}
-fn cpu() -> String {
-    "cpu".to_string()
-}
-
-impl ModelSpec {
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            instances: 1,
-            threads: None,
-            max_length: None,
-            device: cpu(),
-            kernels: Kernels::default(),
-            quantization: Precision::default(),
-            quantization_cache: false,
-        }
-    }
 }
 
 /// Everything the engine needs to start.
@@ -274,34 +218,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads every model, starts the threads and runs one warm-up batch per model.
+    /// Loads every model ([`backend::load`]), starts the threads and runs one warm-up batch per
+    /// model.
     pub fn start(config: &EngineConfig) -> Result<Self, StartError> {
-        Self::start_with(config, |spec| {
-            let files = ModelFiles::resolve(&spec.name)?;
-            let device = parse_device(&spec.device)?;
-            let mut backend = CandleBackend::load_with(&files, &device, spec.kernels)?;
-            if spec.quantization_cache {
-                backend.quantize_cached(spec.quantization)?;
-            } else {
-                backend.quantize(spec.quantization)?;
-            }
-            // What actually runs: fused kernels are CPU fp32 only, whatever the config asked.
-            tracing::info!(
-                model = %spec.name,
-                kernels = backend.kernels().name(),
-                precision = backend.precision().name(),
-                simd = xbench_kernels::simd().name(),
-                "model loaded"
-            );
-            let info = backend.info().clone();
-            Ok((files, info, Arc::new(backend) as Arc<dyn Backend>))
-        })
+        Self::start_with(config, backend::load)
     }
 
-    /// [`Engine::start`] with a custom backend loader (tests use mock backends).
+    /// [`Engine::start`] with a custom loader (tests use mock backends).
     pub fn start_with(
         config: &EngineConfig,
-        load: impl Fn(&ModelSpec) -> Result<(ModelFiles, ModelInfo, Arc<dyn Backend>), ModelError>,
+        load: impl Fn(&ModelSpec) -> Result<LoadedModel, LoadError>,
     ) -> Result<Self, StartError> {
         if config.models.is_empty() {
             return Err(StartError::Config("the model pool has no models".into()));
@@ -329,15 +255,15 @@ impl Engine {
                     spec.name
                 )));
             }
-            let (files, info, backend) = load(spec).map_err(|source| StartError::Model {
+            let LoadedModel {
+                backend,
+                info,
+                tokenizer,
+                ..
+            } = load(spec).map_err(|source| StartError::Load {
                 name: spec.name.clone(),
                 source: Box::new(source),
             })?;
-            let tokenizer = PairTokenizer::load(&files, info.max_positions, spec.max_length)
-                .map_err(|source| StartError::Tokenizer {
-                    name: spec.name.clone(),
-                    source,
-                })?;
             backend.health().map_err(|source| StartError::Warmup {
                 name: spec.name.clone(),
                 source,

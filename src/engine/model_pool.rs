@@ -1,7 +1,7 @@
 //! The model pool of one model: its batcher thread and M instance threads. The instances share one
-//! backend (candle tensors are immutable, so one copy of the weights serves every instance); each
-//! instance runs its forward passes inside its own rayon pool of `threads` compute threads, so the
-//! instances × threads split of the cores is what actually runs.
+//! backend (one copy of the weights serves every instance); each instance runs its forward passes
+//! on the executor its backend gives it for `threads` compute threads (a CPU backend's own pool),
+//! so the instances × threads split of the cores is what actually runs.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -76,20 +76,7 @@ fn run_instance(
     work: crossbeam_channel::Receiver<Work>,
     idle: crossbeam_channel::Sender<()>,
 ) {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name({
-            let model = short(model).to_string();
-            move |t| format!("compute-{model}-{index}-{t}")
-        })
-        .build();
-    let pool = match pool {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::warn!(model, index, error = %e, "no compute pool; using the global one");
-            None
-        }
-    };
+    let executor = backend.executor(model, index, threads);
     let labels = [
         ("model", model.to_string()),
         ("instance", index.to_string()),
@@ -127,10 +114,7 @@ fn run_instance(
                 },
             )
         };
-        let result = match &pool {
-            Some(p) => p.install(predict),
-            None => predict(),
-        };
+        let result = executor.run(predict);
         let elapsed = started.elapsed();
         durations.record(elapsed.as_secs_f64());
         let expected = batch.pairs() * logits_per_pair;
@@ -147,18 +131,23 @@ fn run_instance(
                 }
             }
             Ok(logits) => {
-                let error = BackendError::Inference(format!(
-                    "the backend returned {} logits for {} pairs of {logits_per_pair} labels",
-                    logits.len(),
-                    batch.pairs()
-                ));
+                let error = BackendError::Shape {
+                    got: logits.len(),
+                    pairs: batch.pairs(),
+                    labels: logits_per_pair,
+                };
                 tracing::error!(model, index, %error, "batch failed");
                 for s in segments {
                     s.state.fail(EngineError::Backend(error.clone()));
                 }
             }
             Err(error) => {
-                tracing::error!(model, index, %error, "batch failed");
+                tracing::error!(
+                    model,
+                    index,
+                    error = crate::error_chain(&error),
+                    "batch failed"
+                );
                 for s in segments {
                     s.state.fail(EngineError::Backend(error.clone()));
                 }

@@ -5,8 +5,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, CacheUse, LoadedModel};
 use crate::batch::Batch;
+use crate::model::ModelFiles;
 use crate::testing::TinyBert;
 
 /// Scores a pair by its ids: `sum(ids) + 1000 × len`, so every pair's score is checkable.
@@ -49,7 +50,9 @@ impl Backend for Mock {
             .fail_on_id
             .is_some_and(|f| batch.input_ids.contains(&f))
         {
-            return Err(BackendError::Inference("injected failure".into()));
+            return Err(BackendError::inference(std::io::Error::other(
+                "injected failure",
+            )));
         }
         if self
             .panic_on_id
@@ -94,9 +97,15 @@ fn start(mock: Mock, batching: BatchingConfig, instances: usize) -> Fixture {
             num_layers: 1,
             max_positions: 64,
             precision: crate::model::Precision::Fp32,
-            kernels: crate::model::Kernels::Candle,
+            backend: crate::model::BackendKind::Candle,
         };
-        Ok((files, info, backend.clone() as Arc<dyn Backend>))
+        let tokenizer = PairTokenizer::load(&files, info.max_positions, spec.max_length)?;
+        Ok(LoadedModel {
+            backend: backend.clone() as Arc<dyn Backend>,
+            info,
+            tokenizer,
+            cache: CacheUse::None,
+        })
     })
     .unwrap();
     Fixture {
@@ -471,8 +480,8 @@ async fn a_failed_or_panicking_batch_fails_only_its_own_requests() {
     let results = send_all(&engine, &requests).await;
     for (r, res) in (1..7).zip(results) {
         match (r, res) {
-            (3, Err(EngineError::Backend(BackendError::Inference(m)))) => {
-                assert!(m.contains("injected"))
+            (3, Err(e @ EngineError::Backend(BackendError::Inference(_)))) => {
+                assert!(crate::error_chain(&e).contains("injected failure"), "{e}")
             }
             (4, Err(EngineError::Backend(BackendError::Panic(m)))) => {
                 assert!(m.contains("injected panic"))

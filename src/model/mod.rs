@@ -1,26 +1,23 @@
-//! Cross-encoder models: reading `config.json`, choosing the architecture, loading the weights with
-//! candle and running the forward pass from a packed [`Batch`] to logits `[pairs, num_labels]`.
+//! Cross-encoder models: finding the files, reading `config.json`, choosing the architecture and
+//! loading the weights with candle ([`load_encoder`]). The backends ([`crate::backend`]) run them.
 //!
-//! The BERT family ([`bert::Family`]: BERT, XLM-RoBERTa, DistilBERT) lives in [`bert`], its fused
-//! CPU pass in [`fused`]; another architecture (ELECTRA, ModernBERT) would slot in as a new
-//! variant of [`CrossEncoder`]'s inner model.
+//! The BERT family ([`bert::Family`]: BERT, XLM-RoBERTa, DistilBERT) lives in [`bert`] (candle's
+//! forward pass), its fused CPU pass in [`fused`].
 
 pub mod bert;
 pub mod calibration;
 pub mod files;
 pub mod fused;
 mod gguf;
-mod quant_cache;
+pub(crate) mod quant_cache;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use crate::batch::Batch;
 pub use files::ModelFiles;
-use xbench_kernels::half::HalfKind;
 
 /// Architectures (the `architectures` entry of `config.json`) that xbench can load.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
@@ -87,22 +84,14 @@ pub enum ModelError {
     Forward(#[from] candle_core::Error),
     #[error("forward pass failed")]
     Fused(#[from] fused::FusedError),
-    #[error("{0} needs kernels: candle; this model was loaded with the fused kernels")]
-    NeedsCandle(&'static str),
-    #[error(
-        "quantization {0} runs on the fused CPU kernels only: use kernels: fused and device: cpu"
-    )]
-    NeedsFused(&'static str),
-    #[error("the model is already in {from}; load it again to convert it to {to}")]
-    Requantize {
-        from: &'static str,
-        to: &'static str,
-    },
+    #[error("model '{name}': {why}")]
+    Unsupported { name: String, why: String },
     #[error("cannot calibrate int8 for '{name}': {why}")]
     Calibration { name: String, why: String },
 }
 
-/// How [`CrossEncoder::quantize_cached`] came by the converted layers.
+/// How a backend came by its converted layers ([`crate::backend::load`] with
+/// `quantization_cache`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheUse {
     /// Nothing to cache (fp32, or candle's ops).
@@ -131,7 +120,7 @@ pub enum Precision {
     /// and so do attention's two products (queries, keys, values and probabilities rounded to
     /// bf16; softmax in f32); embeddings, LayerNorm, GELU, the pooler and the classifier stay
     /// f32. Candle's
-    /// ops (other devices, `kernels: candle`): every weight and activation in bf16, LayerNorm in
+    /// ops (other devices, `backend: candle`): every weight and activation in bf16, LayerNorm in
     /// f32 as candle computes it.
     Bf16,
     /// fp16, as bf16 says for the four products (on x86 CPUs, fp16 weights are widened to f32 in
@@ -191,7 +180,7 @@ impl Precision {
     }
 
     /// The dtype candle's ops load the weights in for this precision.
-    fn candle_dtype(self) -> Option<DType> {
+    pub fn candle_dtype(self) -> Option<DType> {
         match self {
             Precision::Fp32 => Some(DType::F32),
             Precision::Bf16 => Some(DType::BF16),
@@ -201,24 +190,48 @@ impl Precision {
     }
 }
 
-/// How a CPU fp32 forward pass is computed (`kernels` of a model instance).
+/// What computes a model (`backend` of a model instance; see [`crate::backend`]).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize, clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
-pub enum Kernels {
-    /// xbench's fused kernels ([`fused`], [`crate::kernels`]): the default on CPU in fp32.
+pub enum BackendKind {
+    /// xbench's fused CPU kernels ([`fused`], [`crate::kernels`]): every precision, CPU only.
     #[default]
     Fused,
-    /// candle's own ops, one tensor op at a time; what other devices and precisions run.
+    /// candle's own ops, one tensor op at a time: any device; fp32, fp16 and bf16.
     Candle,
 }
 
-impl Kernels {
+impl BackendKind {
+    pub const ALL: [BackendKind; 2] = [BackendKind::Fused, BackendKind::Candle];
+
     pub fn name(self) -> &'static str {
         match self {
-            Kernels::Fused => "fused",
-            Kernels::Candle => "candle",
+            BackendKind::Fused => "fused",
+            BackendKind::Candle => "candle",
+        }
+    }
+
+    /// Parses a config value; the error says what is available.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == text)
+            .ok_or_else(|| format!("'{text}' is not a backend; available: fused, candle"))
+    }
+
+    /// Why this backend cannot run `precision` on `device`, if it cannot.
+    pub fn refuses(self, precision: Precision, device: &str) -> Option<String> {
+        match self {
+            BackendKind::Fused if device != "cpu" => Some(format!(
+                "backend fused runs on the CPU; device {device} needs backend: candle"
+            )),
+            BackendKind::Candle if precision.needs_fused() => Some(format!(
+                "{} runs on backend fused (device cpu); use backend: fused, or quantization fp32, fp16 or bf16 on backend candle",
+                precision.name()
+            )),
+            _ => None,
         }
     }
 }
@@ -244,281 +257,58 @@ pub struct ModelInfo {
     pub num_layers: usize,
     /// Longest sequence (in tokens, special tokens included) the position embeddings allow.
     pub max_positions: usize,
-    /// What computes it: the precision and the kernels.
+    /// What computes it: the precision and the backend.
     pub precision: Precision,
-    pub kernels: Kernels,
+    pub backend: BackendKind,
 }
 
-enum Inner {
-    Bert(bert::BertForSequenceClassification),
-    FusedBert(Box<fused::FusedBert>),
-}
-
-/// A loaded cross-encoder on one device.
-pub struct CrossEncoder {
-    inner: Inner,
-    info: ModelInfo,
-    device: Device,
-    precision: Precision,
-    files: ModelFiles,
-}
-
-impl CrossEncoder {
-    /// Reads `config.json`, checks the architecture and loads the weights onto `device`.
-    /// Loads with the default kernels: fused on CPU in fp32, candle elsewhere.
-    pub fn load(files: &ModelFiles, device: &Device, dtype: DType) -> Result<Self, ModelError> {
-        Self::load_with(files, device, dtype, Kernels::default())
-    }
-
-    /// Loads with `kernels` where they apply (the fused kernels run on CPU in fp32 only; anything
-    /// else runs candle's ops whatever `kernels` says: [`CrossEncoder::kernels`] tells which).
-    pub fn load_with(
-        files: &ModelFiles,
-        device: &Device,
-        dtype: DType,
-        kernels: Kernels,
-    ) -> Result<Self, ModelError> {
-        let fuse = kernels == Kernels::Fused && device.is_cpu() && dtype == DType::F32;
-        let text = read_text(&files.config)?;
-        let head: ConfigHead = parse_json(&files.config, &text)?;
-        let architecture = architecture_of(&files.config, &head)?;
-        // SAFETY: the weight files are memory-mapped read-only; xbench never writes them, and a
-        // checkpoint replaced on disk while mapped is the same hazard every safetensors user accepts.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
-            .map_err(|source| ModelError::Weights {
-                name: files.name.clone(),
-                source,
-            })?;
-        let family =
-            bert::Family::of(&architecture).ok_or_else(|| ModelError::UnsupportedArchitecture {
-                path: files.config.clone(),
-                found: architecture.clone(),
-            })?;
-        let config = family.config(&files.config, &text)?;
-        let weights = |source| ModelError::Weights {
+/// Reads `config.json`, checks the architecture and loads the weights onto `device` in `dtype`
+/// with candle: the model both backends start from. `info.backend` is `backend`.
+pub fn load_encoder(
+    files: &ModelFiles,
+    device: &Device,
+    dtype: DType,
+    backend: BackendKind,
+) -> Result<(bert::BertForSequenceClassification, ModelInfo), ModelError> {
+    let text = read_text(&files.config)?;
+    let head: ConfigHead = parse_json(&files.config, &text)?;
+    let architecture = architecture_of(&files.config, &head)?;
+    // SAFETY: the weight files are memory-mapped read-only; xbench never writes them, and a
+    // checkpoint replaced on disk while mapped is the same hazard every safetensors user accepts.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
+        .map_err(|source| ModelError::Weights {
             name: files.name.clone(),
             source,
-        };
-        let model =
-            bert::BertForSequenceClassification::load(vb, &config, family).map_err(weights)?;
-        let inner = if fuse {
-            Inner::FusedBert(Box::new(model.fused().map_err(weights)?))
-        } else {
-            Inner::Bert(model)
-        };
-        let info = ModelInfo {
-            name: files.name.clone(),
-            architecture,
-            num_labels: config.num_labels(),
-            labels: config.labels(),
-            hidden_size: config.hidden_size,
-            num_layers: config.num_hidden_layers,
-            max_positions: family.max_positions(&config),
-            precision: match dtype {
-                DType::BF16 => Precision::Bf16,
-                DType::F16 => Precision::Fp16,
-                _ => Precision::Fp32,
-            },
-            kernels: if fuse {
-                Kernels::Fused
-            } else {
-                Kernels::Candle
-            },
-        };
-        Ok(Self {
-            inner,
-            device: device.clone(),
-            precision: info.precision,
-            info,
-            files: files.clone(),
-        })
-    }
-
-    pub fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
-    /// The kernels this model runs.
-    pub fn kernels(&self) -> Kernels {
-        match self.inner {
-            Inner::Bert(_) => Kernels::Candle,
-            Inner::FusedBert(_) => Kernels::Fused,
-        }
-    }
-
-    /// Converts the loaded weights to `precision` (from fp32; done once, at load). int8 first
-    /// runs the built-in calibration pairs ([`calibration::PAIRS`]) in fp32 to measure each
-    /// product's input ranges, which it smooths by.
-    pub fn quantize(&mut self, precision: Precision) -> Result<(), ModelError> {
-        self.convert(precision)?;
-        self.info.precision = self.precision;
-        Ok(())
-    }
-
-    fn convert(&mut self, precision: Precision) -> Result<(), ModelError> {
-        if self.precision == precision {
-            return Ok(());
-        }
-        if self.precision != Precision::Fp32 {
-            return Err(ModelError::Requantize {
-                from: self.precision.name(),
-                to: precision.name(),
-            });
-        }
-        match (precision, &mut self.inner) {
-            (Precision::Fp32, _) => Ok(()),
-            (Precision::Bf16 | Precision::Fp16, Inner::FusedBert(m)) => {
-                m.to_half(match precision {
-                    Precision::Bf16 => HalfKind::Bf16,
-                    _ => HalfKind::F16,
-                });
-                self.precision = precision;
-                Ok(())
+        })?;
+    let family =
+        bert::Family::of(&architecture).ok_or_else(|| ModelError::UnsupportedArchitecture {
+            path: files.config.clone(),
+            found: architecture.clone(),
+        })?;
+    let config = family.config(&files.config, &text)?;
+    let model =
+        bert::BertForSequenceClassification::load(vb, &config, family).map_err(|source| {
+            ModelError::Weights {
+                name: files.name.clone(),
+                source,
             }
-            (Precision::Bf16 | Precision::Fp16, Inner::Bert(_)) => {
-                // candle's ops: load the checkpoint again in that dtype.
-                let dtype = precision.candle_dtype().unwrap_or(DType::F32);
-                let reloaded = Self::load_with(&self.files, &self.device, dtype, Kernels::Candle)?;
-                self.inner = reloaded.inner;
-                self.precision = precision;
-                Ok(())
-            }
-            (Precision::Int8 | Precision::Int4, Inner::FusedBert(m)) => {
-                let failed = |why: String| ModelError::Calibration {
-                    name: self.files.name.clone(),
-                    why,
-                };
-                let tokenizer = crate::tokenize::PairTokenizer::load(
-                    &self.files,
-                    self.info.max_positions,
-                    None,
-                )
-                .map_err(|e| failed(e.to_string()))?;
-                let batch = tokenizer
-                    .encode_batch(calibration::PAIRS.iter().copied())
-                    .map_err(|e| failed(e.to_string()))?;
-                let width = match precision {
-                    Precision::Int4 => fused::IntWidth::Int4,
-                    _ => fused::IntWidth::Int8,
-                };
-                m.quantize_integer(width, Some(&batch))?;
-                self.precision = precision;
-                Ok(())
-            }
-            (Precision::Int8 | Precision::Int4, Inner::Bert(_)) => {
-                Err(ModelError::NeedsFused(precision.name()))
-            }
-        }
-    }
-
-    /// [`CrossEncoder::quantize`] through the cache of quantized layers beside the checkpoint
-    /// (`xbench-<precision>.gguf`, see [`quant_cache`]): read when it was made from these weight
-    /// files by this version of xbench's quantization, else computed and written. The fused
-    /// kernels' precisions only; otherwise the same as `quantize`. A cache that cannot be read or
-    /// written is logged and computed around, never an error.
-    pub fn quantize_cached(&mut self, precision: Precision) -> Result<CacheUse, ModelError> {
-        let fused = matches!(self.inner, Inner::FusedBert(_));
-        if precision == Precision::Fp32 || self.precision != Precision::Fp32 || !fused {
-            self.quantize(precision)?;
-            return Ok(CacheUse::None);
-        }
-        let mut damaged = None;
-        if let Inner::FusedBert(m) = &mut self.inner {
-            match quant_cache::load(&self.files, precision, m) {
-                Ok(Some(path)) => {
-                    self.precision = precision;
-                    self.info.precision = precision;
-                    tracing::info!(model = %self.files.name, path = %path.display(), "read the quantized layers");
-                    return Ok(CacheUse::Read(path));
-                }
-                Ok(None) => {}
-                Err(why) => {
-                    tracing::warn!(model = %self.files.name, %why, "ignoring a damaged cache of quantized layers");
-                    damaged = Some(why);
-                }
-            }
-        }
-        self.quantize(precision)?;
-        let Inner::FusedBert(m) = &self.inner else {
-            return Ok(CacheUse::None);
-        };
-        match quant_cache::save(&self.files, precision, m) {
-            Ok(path) => {
-                tracing::info!(model = %self.files.name, path = %path.display(), "wrote the quantized layers");
-                Ok(match damaged {
-                    Some(why) => CacheUse::Replaced { path, why },
-                    None => CacheUse::Written(path),
-                })
-            }
-            Err(why) => {
-                tracing::warn!(model = %self.files.name, %why, "cannot cache the quantized layers");
-                Ok(CacheUse::Failed(why))
-            }
-        }
-    }
-
-    /// The precision the model computes in.
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
-    /// Bytes of the encoder layers' product weights (fused kernels; `None` on candle's ops).
-    pub fn layer_weight_bytes(&self) -> Option<usize> {
-        match &self.inner {
-            Inner::FusedBert(m) => Some(m.layer_weight_bytes()),
-            Inner::Bert(_) => None,
-        }
-    }
-
-    /// Logits `[pairs, num_labels]` for a packed batch, computed without padding.
-    pub fn forward(&self, batch: &Batch) -> Result<Tensor, ModelError> {
-        let logits = match &self.inner {
-            Inner::Bert(m) => m.forward(batch, &self.device)?,
-            Inner::FusedBert(m) => {
-                let logits = m.forward(batch)?;
-                Tensor::from_vec(logits, (batch.pairs(), m.num_labels()), &self.device)?
-            }
-        };
-        Ok(logits)
-    }
-
-    /// [`CrossEncoder::forward`] over the padded rectangle `[pairs, longest]`: the reference the
-    /// packed paths are tested against, and the layout for devices that want rectangles. Candle
-    /// kernels only.
-    pub fn forward_padded(&self, batch: &Batch) -> Result<Tensor, ModelError> {
-        match &self.inner {
-            Inner::Bert(m) => Ok(m.forward_padded(batch, &self.device)?),
-            Inner::FusedBert(_) => Err(ModelError::NeedsCandle("forward_padded")),
-        }
-    }
-
-    /// Every pair's logits in batch order, `[pairs × num_labels]` row-major, as f32 on the host.
-    pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>, ModelError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Inner::FusedBert(m) = &self.inner {
-            return Ok(m.forward(batch)?);
-        }
-        let logits = self.forward(batch)?;
-        Ok(logits
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
-    }
-
-    /// Every pair's relevance score ([`relevance`] of its logits), in batch order.
-    pub fn predict(&self, batch: &Batch) -> Result<Vec<f32>, ModelError> {
-        let logits = self.logits(batch)?;
-        Ok(logits
-            .chunks_exact(self.info.num_labels)
-            .map(relevance)
-            .collect())
-    }
+        })?;
+    let info = ModelInfo {
+        name: files.name.clone(),
+        architecture,
+        num_labels: config.num_labels(),
+        labels: config.labels(),
+        hidden_size: config.hidden_size,
+        num_layers: config.num_hidden_layers,
+        max_positions: family.max_positions(&config),
+        precision: match dtype {
+            DType::BF16 => Precision::Bf16,
+            DType::F16 => Precision::Fp16,
+            _ => Precision::Fp32,
+        },
+        backend,
+    };
+    Ok((model, info))
 }
 
 /// The relevance score of a pair from its logits (a raw score, before any sigmoid). A one-label

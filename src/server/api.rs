@@ -173,10 +173,10 @@ pub struct ModelDescription {
     /// Truncation length in tokens, special tokens included.
     pub max_length: usize,
     pub device: String,
-    /// The precision it computes in (`fp32`, `fp16`, `bf16`, `int8`, `int4`) and the kernels that
-    /// run it (`fused` or `candle`).
+    /// The precision it computes in (`fp32`, `fp16`, `bf16`, `int8`, `int4`) and the backend that
+    /// runs it (`fused` or `candle`).
     pub precision: String,
-    pub kernels: String,
+    pub backend: String,
     /// Model instances (threads) and compute threads of each.
     pub instances: usize,
     pub threads_per_instance: usize,

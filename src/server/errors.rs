@@ -75,9 +75,11 @@ impl ApiError {
             },
             EngineError::Empty => Self::bad_request(e.to_string()),
             EngineError::TooLong { .. } => Self::validation(e.to_string()),
-            EngineError::Tokenize(_) | EngineError::Backend(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            }
+            EngineError::Tokenize(_) | EngineError::Backend(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                crate::error_chain(&e),
+            ),
             EngineError::Shutdown => Self::unavailable(e.to_string(), retry_after),
         }
     }

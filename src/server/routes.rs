@@ -488,7 +488,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, 
             max_length: engine.tokenizer(m).map_err(e)?.max_length(),
             device: spec.device.clone(),
             precision: info.precision.name().to_string(),
-            kernels: info.kernels.name().to_string(),
+            backend: info.backend.name().to_string(),
             instances: engine.instances(m).map_err(e)?,
             threads_per_instance: engine.threads_per_instance(m).map_err(e)?,
         });
