@@ -20,7 +20,7 @@ pub mod tokenize;
 
 /// An error and its causes, outermost first, joined by `: ` (what a log line or an HTTP error
 /// body says).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -275,7 +275,7 @@ impl Server {
                 tokio::select! {
                     _ = shutdown => tracing::info!("shutting down: finishing the requests in flight"),
                     Ok(e) = failed_rx => {
-                        tracing::error!(error = %chain(&e), "the engine failed to start");
+                        tracing::error!(error = %crate::error_chain(&e), "the engine failed to start");
                         if let Ok(mut f) = startup_failure.lock() {
                             *f = Some(e);
                         }
@@ -309,18 +309,6 @@ impl Server {
         );
         Ok(summary)
     }
-}
-
-/// An error with its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Reads a running server's batch counters.
@@ -369,7 +357,7 @@ impl BackgroundServer {
                     let server = match Server::bind_with(settings, engine, starter).await {
                         Ok(s) => s,
                         Err(e) => {
-                            let _ = bound_tx.send(Err(ServerError::Config(chain(&e))));
+                            let _ = bound_tx.send(Err(ServerError::Config(crate::error_chain(&e))));
                             return Err(e);
                         }
                     };
