@@ -44,9 +44,17 @@ impl CandleBackend {
         &self.info
     }
 
-    fn host(&self, logits: Tensor) -> Result<Vec<f32>, BackendError> {
-        let values = logits
-            .to_dtype(DType::F32)
+    /// Runs `forward` (packed or padded) on a batch and brings the logits to the host in f32.
+    fn run(
+        &self,
+        batch: &Batch,
+        forward: fn(&BertForSequenceClassification, &Batch, &Device) -> candle_core::Result<Tensor>,
+    ) -> Result<Vec<f32>, BackendError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = forward(&self.model, batch, &self.device)
+            .and_then(|l| l.to_dtype(DType::F32))
             .and_then(|l| l.flatten_all())
             .and_then(|l| l.to_vec1::<f32>())
             .map_err(ModelError::from)?;
@@ -65,14 +73,7 @@ impl Backend for CandleBackend {
     }
 
     fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let logits = self
-            .model
-            .forward(batch, &self.device)
-            .map_err(ModelError::from)?;
-        self.host(logits)
+        self.run(batch, BertForSequenceClassification::forward)
     }
 
     /// candle's CPU ops split their work over the rayon pool they run in: one per instance.
@@ -81,13 +82,6 @@ impl Backend for CandleBackend {
     }
 
     fn predict_padded(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let logits = self
-            .model
-            .forward_padded(batch, &self.device)
-            .map_err(ModelError::from)?;
-        self.host(logits)
+        self.run(batch, BertForSequenceClassification::forward_padded)
     }
 }
