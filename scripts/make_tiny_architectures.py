@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes two tiny random-weight cross-encoders, with transformers reference logits, for xbench's tests.
+"""Writes three tiny random-weight cross-encoders, with transformers reference logits, for xbench's tests.
 
 Output (under --out-dir, default tests/data/ of this repository):
 
@@ -14,6 +14,10 @@ Output (under --out-dir, default tests/data/ of this repository):
   WordPiece tokenizer trained here: BertNormalizer, BertPreTokenizer, [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
   [MASK]=4, pair template "[CLS] A [SEP] B [SEP]" with type ids 0 for A (and its [CLS]/[SEP]) and 1
   for B.
+* tiny-bert/: a BertForSequenceClassification (hidden 32, 2 layers, 4 heads, FFN 64, gelu_new, i.e.
+  GELU's tanh approximation, 64 learned positions, two token types; two labels) with tiny-distilbert's
+  WordPiece tokenizer (copied: the same pipeline and template, type ids 0 for A and 1 for B, which
+  BERT's token type table reads).
 
 Each directory holds config.json, model.safetensors (every weight, under transformers' own names),
 tokenizer.json, tokenizer_config.json, special_tokens_map.json and reference.json:
@@ -35,7 +39,7 @@ is kept and reused unless --retrain-tokenizers is given. Weights are drawn from 
 depend only on the vocabulary size (400 for both), so a rerun over the committed tokenizers rewrites
 the same bytes. Needs torch, transformers (5.x) and tokenizers; run from anywhere with:
 
-    .venv-peers/bin/python scripts/make_tiny_architectures.py [--out-dir tests/data] [--retrain-tokenizers]
+    .venv-peers/bin/python scripts/make_tiny_architectures.py [--out-dir tests/data] [--only tiny-bert] [--retrain-tokenizers]
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ from safetensors import safe_open  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     XLMRobertaConfig,
@@ -65,6 +71,7 @@ MAX_LENGTH = 64
 VOCAB_SIZE = 400
 SEED_XLMR = 20240611
 SEED_DISTILBERT = 20240612
+SEED_BERT = 20261201
 BATCH_TOLERANCE = 1e-5
 
 CORPUS = [
@@ -247,6 +254,8 @@ def safetensors_listing(path: Path) -> list[tuple[str, str, list[int]]]:
 
 def forward(model, batch: dict) -> torch.Tensor:
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if model.config.model_type == "bert":  # the only one of the three whose type ids change logits
+        inputs["token_type_ids"] = batch["token_type_ids"]
     with torch.no_grad():
         return model(**inputs).logits.float()
 
@@ -293,10 +302,12 @@ def check_and_reference(name: str, out: Path, model, num_labels: int) -> dict:
     single = []
     for e in encs:
         ids = torch.tensor([e["input_ids"]])
-        single.append(forward(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})[0])
+        types = torch.tensor([e["token_type_ids"]])
+        single.append(forward(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                                      "token_type_ids": types})[0])
     single = torch.stack(single)
     batch = hf([q for q, _ in PAIRS], [p for _, p in PAIRS], truncation=True, max_length=MAX_LENGTH,
-               padding=True, return_tensors="pt")
+               padding=True, return_tensors="pt", return_token_type_ids=True)
     batched = forward(model, batch)
     diff = (batched - single).abs().max().item()
     print(f"[{name}] batch padded to {batch['input_ids'].shape[1]}: max |batched - single| = {diff:.3g}")
@@ -305,7 +316,7 @@ def check_and_reference(name: str, out: Path, model, num_labels: int) -> dict:
     order = list(range(len(PAIRS)))[::-1]
     for half in (order[: len(order) // 2], order[len(order) // 2 :]):
         b = hf([PAIRS[i][0] for i in half], [PAIRS[i][1] for i in half], truncation=True,
-               max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+               max_length=MAX_LENGTH, padding=True, return_tensors="pt", return_token_type_ids=True)
         d = (forward(model, b) - single[half]).abs().max().item()
         assert d <= BATCH_TOLERANCE, d
         diff = max(diff, d)
@@ -471,22 +482,63 @@ def make_distilbert(out: Path, tok: Tokenizer | None) -> None:
     report_dir(name, out)
 
 
+def make_bert(out: Path, tok: Tokenizer | None) -> None:
+    name = "tiny-bert"
+    tok = tok or Tokenizer.from_file(str(out.parent / "tiny-distilbert" / "tokenizer.json"))
+    assert tok.get_vocab_size(with_added_tokens=True) == VOCAB_SIZE
+    assert [tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]
+    specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                "mask_token": "[MASK]"}
+    save_tokenizer(tok, out, specials, {"tokenizer_class": "BertTokenizer", "do_lower_case": True,
+                                        "tokenize_chinese_chars": True, "strip_accents": None})
+
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_act="gelu_new",
+        max_position_embeddings=MAX_LENGTH,
+        type_vocab_size=2,
+        num_labels=2,
+        pad_token_id=0,
+        architectures=["BertForSequenceClassification"],
+    )
+    torch.manual_seed(SEED_BERT)
+    model = BertForSequenceClassification._from_config(config, attn_implementation="eager")
+    spread_weights(model)
+    model.eval()
+    assert model.config._attn_implementation == "eager"
+    model.save_pretrained(str(out), safe_serialization=True)
+
+    ref = check_and_reference(name, out, model, 2)
+    assert any(1 in p["token_type_ids"] for p in ref["pairs"]), "the passage's type ids must be 1"
+    write_reference(out, ref)
+    report_dir(name, out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent.parent / "tests" / "data")
     parser.add_argument("--retrain-tokenizers", action="store_true",
                         help="train new tokenizers even where tokenizer.json exists (changes every id)")
+    parser.add_argument("--only", action="append", metavar="DIR",
+                        help="write only this model (tiny-bert, ...); repeatable; default: all three")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__}")
-    for dirname, make in (("tiny-xlm-roberta", make_xlm_roberta), ("tiny-distilbert", make_distilbert)):
+    makers = (("tiny-xlm-roberta", make_xlm_roberta), ("tiny-distilbert", make_distilbert), ("tiny-bert", make_bert))
+    for dirname, make in makers:
+        if args.only and dirname not in args.only:
+            continue
         out = args.out_dir / dirname
         tok = None
         if (out / "tokenizer.json").exists() and not args.retrain_tokenizers:
             tok = Tokenizer.from_file(str(out / "tokenizer.json"))
             print(f"[{dirname}] reusing the existing {out / 'tokenizer.json'}")
         else:
-            print(f"[{dirname}] training a new tokenizer")
+            print(f"[{dirname}] no tokenizer.json to reuse: training one (tiny-bert copies tiny-distilbert's)")
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)

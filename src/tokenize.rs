@@ -61,6 +61,15 @@ pub struct Encoded {
     pub type_ids: Vec<u32>,
 }
 
+/// One pair as the tokenizer encodes it, with which tokens are special (1) and which text (0, 1;
+/// none for special tokens) each comes from: what a family's pair template is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub special: Vec<u32>,
+}
+
 /// A tokenizer for (query, passage) pairs, truncating to a `max_length` fixed at load time: from the
 /// model's side by default, or as a request asks (one prepared tokenizer per way).
 #[derive(Clone)]
@@ -165,6 +174,19 @@ impl PairTokenizer {
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
+        })
+    }
+
+    /// Encodes one pair, untruncated, keeping the special-token mask.
+    pub fn probe(&self, query: &str, passage: &str) -> Result<Probe, TokenizeError> {
+        let enc = self
+            .untruncated
+            .encode((query, passage), true)
+            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        Ok(Probe {
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+            special: enc.get_special_tokens_mask().to_vec(),
         })
     }
 

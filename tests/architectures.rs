@@ -1,12 +1,14 @@
-//! XLM-RoBERTa and DistilBERT cross-encoders against transformers: tiny random-weight checkpoints
-//! that `scripts/make_tiny_architectures.py` wrote with transformers (fixed seed), and the logits
-//! transformers computed for 17 pairs (`reference.json` beside each model). Both backends, batched
-//! and one by one, token ids included.
+//! Every registered family ([`xbench::model::family::REGISTRY`]) against transformers: its tiny
+//! random-weight checkpoint (`tests/data/<tiny_checkpoint>`, written with transformers by
+//! `scripts/make_tiny_architectures.py`, fixed seeds) and the logits transformers computed for 17
+//! pairs (`reference.json` beside each model). Both backends, batched and one by one, token ids
+//! included. A family registered without a checkpoint fails here.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use xbench::backend::{self, BackendKind, LoadedModel, ModelSpec};
+use xbench::model::family::{Family, REGISTRY};
 use xbench::model::Precision;
 
 #[derive(Deserialize)]
@@ -20,6 +22,7 @@ struct RefPair {
     query: String,
     passage: String,
     input_ids: Vec<u32>,
+    token_type_ids: Vec<u32>,
     logits: Vec<f32>,
 }
 
@@ -70,20 +73,26 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Loads `name` on both backends and checks token ids and logits against transformers.
-fn matches_transformers(name: &str, architecture: &str, labels: &[&str]) {
+/// Loads `family`'s tiny checkpoint on both backends and checks token ids, type ids and logits
+/// against transformers.
+fn matches_transformers(family: &Family) {
+    let name = family.tiny_checkpoint;
     let r = reference(name);
     let want: Vec<Vec<f32>> = r.pairs.iter().map(|p| p.logits.clone()).collect();
     for kernels in BackendKind::ALL {
         let model = load(name, kernels, Precision::Fp32);
         let info = &model.info;
         assert_eq!(info.backend, kernels);
-        assert_eq!(info.architecture, architecture);
-        assert_eq!(info.labels, labels);
+        assert!(
+            family.architectures.contains(&info.architecture.as_str()),
+            "{name}: {}",
+            info.architecture
+        );
         assert_eq!(info.max_positions, r.max_length, "usable positions");
         for (i, p) in r.pairs.iter().enumerate() {
             let e = model.tokenizer.encode(&p.query, &p.passage).unwrap();
             assert_eq!(e.ids, p.input_ids, "{name} pair {i} token ids");
+            assert_eq!(e.type_ids, p.token_type_ids, "{name} pair {i} type ids");
         }
         let one = logits(&model, &r, 1);
         let all = logits(&model, &r, r.pairs.len());
@@ -118,31 +127,33 @@ fn matches_transformers(name: &str, architecture: &str, labels: &[&str]) {
 }
 
 #[test]
-fn xlm_roberta_matches_transformers() {
-    matches_transformers(
-        "tiny-xlm-roberta",
-        "XLMRobertaForSequenceClassification",
-        &["LABEL_0"],
-    );
+fn every_family_matches_transformers() {
+    for family in REGISTRY {
+        matches_transformers(family);
+    }
 }
 
+/// Label names come from `id2label` (`LABEL_i` where there is none).
 #[test]
-fn distilbert_matches_transformers() {
-    matches_transformers(
-        "tiny-distilbert",
-        "DistilBertForSequenceClassification",
-        &["irrelevant", "partial", "relevant"],
-    );
+fn labels_are_the_configs() {
+    for (name, labels) in [
+        ("tiny-bert", &["LABEL_0", "LABEL_1"][..]),
+        ("tiny-xlm-roberta", &["LABEL_0"]),
+        ("tiny-distilbert", &["irrelevant", "partial", "relevant"]),
+    ] {
+        let model = load(name, BackendKind::Candle, Precision::Fp32);
+        assert_eq!(model.info.labels, labels, "{name}");
+    }
 }
 
-/// Every precision runs both architectures (int8 and int4 calibrated with their own tokenizers),
-/// stays near fp32 on these random weights and does not depend on the batch. Measured
-/// 2026-11-30, max |Δlogit| against fp32: XLM-R fp16 0.0010, bf16 0.0087, int8 0.015, int4 0.12;
-/// DistilBERT fp16 0.0031, bf16 0.030, int8 0.045, int4 1.06 (random weights quantize badly to
-/// four bits, and GPTQ's damping moved it: 0.01 gave under 1.0).
+/// Every precision runs every family (int8 and int4 calibrated with their own tokenizers), stays
+/// near fp32 on these random weights and does not depend on the batch. Measured 2026-12-01, max
+/// |Δlogit| against fp32: BERT fp16 0.0015, bf16 0.026, int8 0.087, int4 0.76; XLM-R fp16 0.0010,
+/// bf16 0.0087, int8 0.015, int4 0.12; DistilBERT fp16 0.0031, bf16 0.030, int8 0.045, int4 1.06
+/// (random weights quantize badly to four bits, and GPTQ's damping moved it: 0.01 gave under 1.0).
 #[test]
-fn every_precision_runs_both_architectures_batch_independently() {
-    for name in ["tiny-xlm-roberta", "tiny-distilbert"] {
+fn every_precision_runs_every_family_batch_independently() {
+    for name in REGISTRY.iter().map(|f| f.tiny_checkpoint) {
         let r = reference(name);
         let fp32 = load(name, BackendKind::Fused, Precision::Fp32);
         let want = logits(&fp32, &r, r.pairs.len());
@@ -177,4 +188,29 @@ fn xlm_roberta_positions_stop_before_the_table_ends() {
         let text = xbench::error_chain(&err);
         assert!(text.contains("64"), "{kernels:?}: {text}");
     }
+}
+
+/// A tokenizer whose post-processor does not add the pair's special tokens would feed the head a
+/// word instead of `[CLS]`: the load is refused, naming the template the family needs.
+#[test]
+fn a_tokenizer_without_the_pair_template_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir("tiny-bert")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    let path = tmp.path().join("tokenizer.json");
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tokenizer["post_processor"] = serde_json::Value::Null;
+    std::fs::write(&path, tokenizer.to_string()).unwrap();
+    let spec = ModelSpec::new(tmp.path().to_str().unwrap());
+    let err = backend::load(&spec).err().expect("refused");
+    let text = xbench::error_chain(&err);
+    assert!(
+        text.contains("tokenizer.json")
+            && text.contains("special tokens")
+            && text.contains("[CLS] A [SEP] B [SEP]"),
+        "{text}"
+    );
 }

@@ -6,13 +6,13 @@ use candle_core::{DType, Device, Tensor};
 
 use super::{Backend, BackendError, BackendKind, Executor};
 use crate::batch::Batch;
-use crate::model::bert::BertForSequenceClassification;
+use crate::model::encoder::Encoder;
 use crate::model::{load_encoder, ModelError, ModelFiles, ModelInfo, Precision};
 
 /// A model on candle's ops. Its weights are immutable tensors, so the instance threads share one
 /// `CandleBackend` (one copy of the weights) and run forward passes concurrently.
 pub struct CandleBackend {
-    model: BertForSequenceClassification,
+    model: Encoder,
     device: Device,
     info: ModelInfo,
 }
@@ -48,7 +48,7 @@ impl CandleBackend {
     fn run(
         &self,
         batch: &Batch,
-        forward: fn(&BertForSequenceClassification, &Batch, &Device) -> candle_core::Result<Tensor>,
+        forward: fn(&Encoder, &Batch, &Device) -> candle_core::Result<Tensor>,
     ) -> Result<Vec<f32>, BackendError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -73,7 +73,7 @@ impl Backend for CandleBackend {
     }
 
     fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
-        self.run(batch, BertForSequenceClassification::forward)
+        self.run(batch, Encoder::forward)
     }
 
     /// candle's CPU ops split their work over the rayon pool they run in: one per instance.
@@ -82,6 +82,6 @@ impl Backend for CandleBackend {
     }
 
     fn predict_padded(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
-        self.run(batch, BertForSequenceClassification::forward_padded)
+        self.run(batch, Encoder::forward_padded)
     }
 }

@@ -11,6 +11,7 @@ mod fused;
 use std::sync::Arc;
 
 use crate::batch::Batch;
+use crate::model::family;
 use crate::model::{parse_device, ModelError, ModelFiles, ModelInfo, Precision};
 pub use crate::model::{BackendKind, CacheUse};
 use crate::tokenize::{PairTokenizer, TokenizeError};
@@ -220,6 +221,11 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
         }
     };
     let tokenizer = PairTokenizer::load(&files, info.max_positions, spec.max_length)?;
+    if let Some(family) = family::find(&info.architecture) {
+        family
+            .template
+            .check(family, &tokenizer, &files.tokenizer)?;
+    }
     tracing::info!(
         model = %spec.name,
         backend = info.backend.name(),

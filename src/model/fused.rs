@@ -1,6 +1,7 @@
-//! The fused fp32 CPU forward pass of a BERT cross-encoder, on packed tokens.
+//! The fused CPU forward pass of a cross-encoder of the shared encoder ([`super::encoder`]), on
+//! packed tokens, in every precision.
 //!
-//! Same computation as [`super::bert::BertForSequenceClassification::forward`], in fewer passes
+//! Same computation as [`super::encoder::Encoder::forward`], in fewer passes
 //! over memory (see [`crate::kernels`]): Q, K and V are one matrix product against the three
 //! weights side by side; attention (biases, scores, softmax, weighted sum) is one kernel per
 //! (pair, head); each dense + residual + LayerNorm is a product accumulated onto the residual
@@ -9,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::bert::HeadAct;
+use super::family::HeadAct;
 use crate::batch::Batch;
 use xbench_kernels::attention::{packed_attention, Heads, Scores};
 use xbench_kernels::gptq::Hessian;

@@ -1,11 +1,13 @@
 //! Cross-encoder models: finding the files, reading `config.json`, choosing the architecture and
 //! loading the weights with candle ([`load_encoder`]). The backends ([`crate::backend`]) run them.
 //!
-//! The BERT family ([`bert::Family`]: BERT, XLM-RoBERTa, DistilBERT) lives in [`bert`] (candle's
-//! forward pass), its fused CPU pass in [`fused`].
+//! The architectures are a registry ([`family`]: BERT, XLM-RoBERTa, DistilBERT), picked by the
+//! `architectures` entry of `config.json`; the encoder they share is [`encoder`] (candle's forward
+//! pass) and [`fused`] (the same model laid out for xbench's kernels).
 
-pub mod bert;
 pub mod calibration;
+pub mod encoder;
+pub mod family;
 pub mod files;
 pub mod fused;
 mod gguf;
@@ -18,13 +20,6 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 pub use files::ModelFiles;
-
-/// Architectures (the `architectures` entry of `config.json`) that xbench can load.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
-    "BertForSequenceClassification",
-    "XLMRobertaForSequenceClassification",
-    "DistilBertForSequenceClassification",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -62,7 +57,7 @@ pub enum ModelError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{}: unsupported architecture {found}; supported: {}", .path.display(), SUPPORTED_ARCHITECTURES.join(", "))]
+    #[error("{}: unsupported architecture {found}; supported: {}", .path.display(), family::architectures().join(", "))]
     UnsupportedArchitecture { path: PathBuf, found: String },
     #[error("{}: {message}", .path.display())]
     InvalidConfig { path: PathBuf, message: String },
@@ -262,17 +257,17 @@ pub struct ModelInfo {
     pub backend: BackendKind,
 }
 
-/// Reads `config.json`, checks the architecture and loads the weights onto `device` in `dtype`
-/// with candle: the model both backends start from. `info.backend` is `backend`.
+/// Reads `config.json`, picks the family of its architecture and loads the weights onto `device`
+/// in `dtype` with candle: the model both backends start from. `info.backend` is `backend`.
 pub fn load_encoder(
     files: &ModelFiles,
     device: &Device,
     dtype: DType,
     backend: BackendKind,
-) -> Result<(bert::BertForSequenceClassification, ModelInfo), ModelError> {
+) -> Result<(encoder::Encoder, ModelInfo), ModelError> {
     let text = read_text(&files.config)?;
     let head: ConfigHead = parse_json(&files.config, &text)?;
-    let architecture = architecture_of(&files.config, &head)?;
+    let (architecture, family) = architecture_of(&files.config, &head)?;
     // SAFETY: the weight files are memory-mapped read-only; xbench never writes them, and a
     // checkpoint replaced on disk while mapped is the same hazard every safetensors user accepts.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
@@ -280,18 +275,11 @@ pub fn load_encoder(
             name: files.name.clone(),
             source,
         })?;
-    let family =
-        bert::Family::of(&architecture).ok_or_else(|| ModelError::UnsupportedArchitecture {
-            path: files.config.clone(),
-            found: architecture.clone(),
-        })?;
-    let config = family.config(&files.config, &text)?;
+    let config = (family.config)(&files.config, &text)?;
     let model =
-        bert::BertForSequenceClassification::load(vb, &config, family).map_err(|source| {
-            ModelError::Weights {
-                name: files.name.clone(),
-                source,
-            }
+        encoder::Encoder::load(vb, &config, family).map_err(|source| ModelError::Weights {
+            name: files.name.clone(),
+            source,
         })?;
     let info = ModelInfo {
         name: files.name.clone(),
@@ -327,21 +315,26 @@ pub fn relevance(logits: &[f32]) -> f32 {
     }
 }
 
-fn architecture_of(path: &Path, head: &ConfigHead) -> Result<String, ModelError> {
-    match head.architectures.as_deref() {
-        Some([one]) if SUPPORTED_ARCHITECTURES.contains(&one.as_str()) => Ok(one.clone()),
-        Some([]) | None => Err(ModelError::UnsupportedArchitecture {
-            path: path.to_path_buf(),
-            found: format!(
-                "(none listed; model_type {})",
-                head.model_type.as_deref().unwrap_or("unknown")
-            ),
-        }),
-        Some(list) => Err(ModelError::UnsupportedArchitecture {
-            path: path.to_path_buf(),
-            found: list.join(", "),
-        }),
-    }
+/// The architecture `config.json` names and the family that loads it.
+fn architecture_of(
+    path: &Path,
+    head: &ConfigHead,
+) -> Result<(String, &'static family::Family), ModelError> {
+    let found = match head.architectures.as_deref() {
+        Some([one]) => match family::find(one) {
+            Some(family) => return Ok((one.clone(), family)),
+            None => one.clone(),
+        },
+        Some([]) | None => format!(
+            "(none listed; model_type {})",
+            head.model_type.as_deref().unwrap_or("unknown")
+        ),
+        Some(list) => list.join(", "),
+    };
+    Err(ModelError::UnsupportedArchitecture {
+        path: path.to_path_buf(),
+        found,
+    })
 }
 
 pub(crate) fn read_text(path: &Path) -> Result<String, ModelError> {

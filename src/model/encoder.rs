@@ -1,15 +1,15 @@
-//! `BertForSequenceClassification` in candle, one struct per module of transformers'
-//! `models/bert/modeling_bert.py`, weight paths mirrored with `vb.pp(...)`; and the two members of
-//! its family that share its encoder ([`Family`]): `XLMRobertaForSequenceClassification` (positions
-//! offset past the padding index, one token type, `RobertaClassificationHead` on `<s>`) and
-//! `DistilBertForSequenceClassification` (no token types, its own weight names, a ReLU head).
+//! The encoder the registered families share ([`super::family`]), in candle: post-LayerNorm
+//! layers of self-attention and a feed-forward block, embeddings, and a two-layer head on the first
+//! token, one struct per module of transformers' `models/bert/modeling_bert.py`. What differs
+//! between families (config keys, weight names, positions, token types, head) comes from their
+//! [`Family`].
 //!
 //! Hidden states are kept as a `[tokens, hidden]` matrix so every linear layer is one matrix
 //! product. The default forward pass runs on the packed tokens of a [`Batch`], with no padding:
 //! embeddings, linear layers, LayerNorm and the activation see only real tokens, and attention runs
-//! per pair on its own token range. [`BertForSequenceClassification::forward_padded`] keeps the
-//! padded path (`[pairs, heads, length, head_dim]` over [`Batch::padded`], padded keys masked as
-//! transformers does) for devices that want rectangles and as the reference in tests.
+//! per pair on its own token range. [`Encoder::forward_padded`] keeps the padded path
+//! (`[pairs, heads, length, head_dim]` over [`Batch::padded`], padded keys masked as transformers
+//! does) for devices that want rectangles and as the reference in tests.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +18,7 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::family::{Family, HeadAct};
 use super::fused::{Embeddings, FusedBert, FusedLayer, Norm};
 use super::ModelError;
 use crate::batch::Batch;
@@ -49,9 +50,10 @@ impl Activation {
     }
 }
 
-/// The keys of a BERT `config.json` that the forward pass reads.
+/// The encoder's hyperparameters, under the keys of a BERT `config.json` (families with other
+/// key names map theirs onto these).
 #[derive(Debug, Clone, Deserialize)]
-pub struct BertConfig {
+pub struct EncoderConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
@@ -87,7 +89,14 @@ fn default_position_type() -> String {
     "absolute".to_string()
 }
 
-impl BertConfig {
+impl EncoderConfig {
+    /// Reads and checks a `config.json` with BERT's key names.
+    pub fn read(path: &Path, text: &str) -> std::result::Result<Self, ModelError> {
+        let config: Self = super::parse_json(path, text)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
     /// Labels as transformers counts them: `num_labels`, else the size of `id2label`, else 2.
     pub fn num_labels(&self) -> usize {
         self.num_labels
@@ -134,105 +143,6 @@ impl BertConfig {
     }
 }
 
-/// The members of the BERT family xbench loads: one encoder (post-LayerNorm layers of
-/// self-attention and a feed-forward block), three sets of weight names, embeddings and heads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// Positions from 0; word + position + token type embeddings; `BertPooler` (dense + tanh on
-    /// `[CLS]`) then `classifier`.
-    Bert,
-    /// Positions from `pad_token_id + 1` (transformers' `create_position_ids_from_input_ids` on
-    /// unpadded pairs); usually one token type; `RobertaClassificationHead` (dense + tanh on `<s>`,
-    /// then `out_proj`), no pooler.
-    XlmRoberta,
-    /// No token type embeddings (the type ids a tokenizer makes are ignored); `pre_classifier` +
-    /// ReLU on `[CLS]`, then `classifier`.
-    DistilBert,
-}
-
-impl Family {
-    /// The `architectures` entry of `config.json` for this family's classifier.
-    pub fn of(architecture: &str) -> Option<Self> {
-        match architecture {
-            "BertForSequenceClassification" => Some(Family::Bert),
-            "XLMRobertaForSequenceClassification" => Some(Family::XlmRoberta),
-            "DistilBertForSequenceClassification" => Some(Family::DistilBert),
-            _ => None,
-        }
-    }
-
-    /// Reads the config of this family's `config.json` as the shared [`BertConfig`].
-    pub fn config(self, path: &Path, text: &str) -> std::result::Result<BertConfig, ModelError> {
-        let config = match self {
-            Family::Bert | Family::XlmRoberta => super::parse_json::<BertConfig>(path, text)?,
-            Family::DistilBert => super::parse_json::<DistilBertConfig>(path, text)?.into_bert(),
-        };
-        config.validate(path)?;
-        Ok(config)
-    }
-
-    /// How far position ids are shifted from 0 at the first token.
-    fn position_offset(self, c: &BertConfig) -> usize {
-        match self {
-            Family::XlmRoberta => c.pad_token_id as usize + 1,
-            Family::Bert | Family::DistilBert => 0,
-        }
-    }
-
-    /// The longest pair (special tokens included) the position embeddings allow.
-    pub fn max_positions(self, c: &BertConfig) -> usize {
-        c.max_position_embeddings
-            .saturating_sub(self.position_offset(c))
-    }
-}
-
-/// The activation between the head's two dense layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadAct {
-    Tanh,
-    Relu,
-}
-
-/// The keys of a DistilBERT `config.json` the forward pass reads (its names differ from BERT's).
-#[derive(Debug, Clone, Deserialize)]
-struct DistilBertConfig {
-    vocab_size: usize,
-    dim: usize,
-    n_layers: usize,
-    n_heads: usize,
-    hidden_dim: usize,
-    #[serde(default = "default_act")]
-    activation: Activation,
-    max_position_embeddings: usize,
-    #[serde(default)]
-    pad_token_id: u32,
-    #[serde(default)]
-    num_labels: Option<usize>,
-    #[serde(default)]
-    id2label: Option<BTreeMap<String, String>>,
-}
-
-impl DistilBertConfig {
-    fn into_bert(self) -> BertConfig {
-        BertConfig {
-            vocab_size: self.vocab_size,
-            hidden_size: self.dim,
-            num_hidden_layers: self.n_layers,
-            num_attention_heads: self.n_heads,
-            intermediate_size: self.hidden_dim,
-            hidden_act: self.activation,
-            max_position_embeddings: self.max_position_embeddings,
-            type_vocab_size: 0,
-            // transformers builds every DistilBERT LayerNorm with eps 1e-12.
-            layer_norm_eps: 1e-12,
-            pad_token_id: self.pad_token_id,
-            position_embedding_type: default_position_type(),
-            num_labels: self.num_labels,
-            id2label: self.id2label,
-        }
-    }
-}
-
 fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     // Checkpoints converted from TensorFlow name the parameters gamma/beta; transformers renames them.
     let (w, b) = if vb.contains_tensor("weight") || !vb.contains_tensor("gamma") {
@@ -254,14 +164,15 @@ struct BertEmbeddings {
 }
 
 impl BertEmbeddings {
-    fn load(vb: VarBuilder, c: &BertConfig, family: Family) -> Result<Self> {
-        let token_type_embeddings = match family {
-            Family::DistilBert => None,
-            Family::Bert | Family::XlmRoberta => Some(candle_nn::embedding(
+    fn load(vb: VarBuilder, c: &EncoderConfig, family: &Family) -> Result<Self> {
+        let token_type_embeddings = if family.token_types {
+            Some(candle_nn::embedding(
                 c.type_vocab_size,
                 c.hidden_size,
                 vb.pp("token_type_embeddings"),
-            )?),
+            )?)
+        } else {
+            None
         };
         Ok(Self {
             word_embeddings: candle_nn::embedding(
@@ -276,7 +187,7 @@ impl BertEmbeddings {
             )?,
             token_type_embeddings,
             layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
-            position_offset: family.position_offset(c) as u32,
+            position_offset: (family.position_offset)(c) as u32,
         })
     }
 
@@ -313,7 +224,7 @@ struct BertSelfAttention {
 
 impl BertSelfAttention {
     /// `names` are the query, key and value layers' names under `vb`.
-    fn load(vb: VarBuilder, c: &BertConfig, names: [&str; 3]) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &EncoderConfig, names: [&str; 3]) -> Result<Self> {
         let h = c.hidden_size;
         Ok(Self {
             query: candle_nn::linear(h, h, vb.pp(names[0]))?,
@@ -385,7 +296,7 @@ struct DenseResidualNorm {
 }
 
 impl DenseResidualNorm {
-    fn load(dense: VarBuilder, norm: VarBuilder, input: usize, c: &BertConfig) -> Result<Self> {
+    fn load(dense: VarBuilder, norm: VarBuilder, input: usize, c: &EncoderConfig) -> Result<Self> {
         Ok(Self {
             dense: candle_nn::linear(input, c.hidden_size, dense)?,
             layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, norm)?,
@@ -410,57 +321,21 @@ struct BertLayer {
 
 impl BertLayer {
     /// Layer `vb` of `family`'s encoder, under that family's weight names.
-    fn load(vb: VarBuilder, c: &BertConfig, family: Family) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &EncoderConfig, family: &Family) -> Result<Self> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
-        match family {
-            Family::Bert | Family::XlmRoberta => {
-                let attention = vb.pp("attention");
-                Ok(Self {
-                    attention: BertSelfAttention::load(
-                        attention.pp("self"),
-                        c,
-                        ["query", "key", "value"],
-                    )?,
-                    attention_output: DenseResidualNorm::load(
-                        attention.pp("output").pp("dense"),
-                        attention.pp("output").pp("LayerNorm"),
-                        h,
-                        c,
-                    )?,
-                    intermediate: candle_nn::linear(h, i, vb.pp("intermediate").pp("dense"))?,
-                    act: c.hidden_act,
-                    output: DenseResidualNorm::load(
-                        vb.pp("output").pp("dense"),
-                        vb.pp("output").pp("LayerNorm"),
-                        i,
-                        c,
-                    )?,
-                })
-            }
-            // transformers' `TransformerBlock`: `attention.{q,k,v,out}_lin`, `sa_layer_norm`,
-            // `ffn.lin1`, `ffn.lin2`, `output_layer_norm`.
-            Family::DistilBert => Ok(Self {
-                attention: BertSelfAttention::load(
-                    vb.pp("attention"),
-                    c,
-                    ["q_lin", "k_lin", "v_lin"],
-                )?,
-                attention_output: DenseResidualNorm::load(
-                    vb.pp("attention").pp("out_lin"),
-                    vb.pp("sa_layer_norm"),
-                    h,
-                    c,
-                )?,
-                intermediate: candle_nn::linear(h, i, vb.pp("ffn").pp("lin1"))?,
-                act: c.hidden_act,
-                output: DenseResidualNorm::load(
-                    vb.pp("ffn").pp("lin2"),
-                    vb.pp("output_layer_norm"),
-                    i,
-                    c,
-                )?,
-            }),
-        }
+        let n = &family.weights;
+        Ok(Self {
+            attention: BertSelfAttention::load(vb.clone(), c, n.qkv)?,
+            attention_output: DenseResidualNorm::load(
+                vb.pp(n.attention_output),
+                vb.pp(n.attention_norm),
+                h,
+                c,
+            )?,
+            intermediate: candle_nn::linear(h, i, vb.pp(n.intermediate))?,
+            act: c.hidden_act,
+            output: DenseResidualNorm::load(vb.pp(n.output), vb.pp(n.output_norm), i, c)?,
+        })
     }
 
     fn forward(
@@ -487,9 +362,9 @@ impl BertLayer {
     }
 }
 
-/// `BertForSequenceClassification`: `bert` (embeddings, encoder, pooler) and `classifier`; or one
-/// of the other [`Family`] members, whose head is the same two dense layers under other names.
-pub struct BertForSequenceClassification {
+/// A cross-encoder of one of the registered families: embeddings, the layers, and the head (two
+/// dense layers on the first token, named as its [`Family`] says).
+pub struct Encoder {
     embeddings: BertEmbeddings,
     layers: Vec<BertLayer>,
     /// The head's first dense layer (`BertPooler`'s dense, `classifier.dense`, `pre_classifier`).
@@ -501,57 +376,20 @@ pub struct BertForSequenceClassification {
     max_positions: usize,
 }
 
-impl BertForSequenceClassification {
-    pub fn load(vb: VarBuilder, c: &BertConfig, family: Family) -> Result<Self> {
+impl Encoder {
+    pub fn load(vb: VarBuilder, c: &EncoderConfig, family: &Family) -> Result<Self> {
         let (h, labels) = (c.hidden_size, c.num_labels());
-        let (model, encoder, pooler, pooler_act, classifier) = match family {
-            Family::Bert => {
-                let bert = vb.pp("bert");
-                let pooler = candle_nn::linear(h, h, bert.pp("pooler").pp("dense"))?;
-                let classifier = candle_nn::linear(h, labels, vb.pp("classifier"))?;
-                (
-                    bert.clone(),
-                    bert.pp("encoder").pp("layer"),
-                    pooler,
-                    HeadAct::Tanh,
-                    classifier,
-                )
-            }
-            Family::XlmRoberta => {
-                let roberta = vb.pp("roberta");
-                let head = vb.pp("classifier");
-                let pooler = candle_nn::linear(h, h, head.pp("dense"))?;
-                let classifier = candle_nn::linear(h, labels, head.pp("out_proj"))?;
-                (
-                    roberta.clone(),
-                    roberta.pp("encoder").pp("layer"),
-                    pooler,
-                    HeadAct::Tanh,
-                    classifier,
-                )
-            }
-            Family::DistilBert => {
-                let distil = vb.pp("distilbert");
-                let pooler = candle_nn::linear(h, h, vb.pp("pre_classifier"))?;
-                let classifier = candle_nn::linear(h, labels, vb.pp("classifier"))?;
-                (
-                    distil.clone(),
-                    distil.pp("transformer").pp("layer"),
-                    pooler,
-                    HeadAct::Relu,
-                    classifier,
-                )
-            }
-        };
+        let root = vb.pp(family.weights.root);
+        let layer_list = root.pp(family.weights.layers);
         let layers = (0..c.num_hidden_layers)
-            .map(|i| BertLayer::load(encoder.pp(i), c, family))
+            .map(|i| BertLayer::load(layer_list.pp(i), c, family))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embeddings: BertEmbeddings::load(model.pp("embeddings"), c, family)?,
+            embeddings: BertEmbeddings::load(root.pp("embeddings"), c, family)?,
             layers,
-            pooler,
-            pooler_act,
-            classifier,
+            pooler: candle_nn::linear(h, h, vb.pp(family.head.dense))?,
+            pooler_act: family.head.act,
+            classifier: candle_nn::linear(h, labels, vb.pp(family.head.classifier))?,
             pad_token_id: c.pad_token_id,
             max_positions: family.max_positions(c),
         })
@@ -669,7 +507,7 @@ fn fused_norm(norm: &LayerNorm) -> Result<Norm> {
     })
 }
 
-impl BertForSequenceClassification {
+impl Encoder {
     /// The same weights laid out for the fused CPU pass ([`FusedBert`]).
     pub fn fused(&self) -> Result<FusedBert> {
         let layers = self

@@ -1,0 +1,204 @@
+//! The architecture registry: one module per family of cross-encoders, each declaring what it reads
+//! from `config.json`, where its weights are, how its embeddings count positions and token types,
+//! its head, the pair template its tokenizer must produce, and the tiny checkpoint its reference
+//! test runs. [`find`] picks the family by the `architectures` entry of `config.json`.
+//!
+//! Every family registered today shares one encoder, post-LayerNorm layers of self-attention and a
+//! feed-forward block ([`super::encoder`] in candle, [`super::fused`] on xbench's kernels), and
+//! differs only in what a [`Family`] declares. Adding such a family is one file here, one line in
+//! [`REGISTRY`], and one tiny checkpoint with transformers' logits in `tests/data/` (written by
+//! `scripts/make_tiny_architectures.py`; `tests/architectures.rs` checks every registered family
+//! against its checkpoint on both backends).
+
+mod bert;
+mod distilbert;
+mod xlm_roberta;
+
+use std::path::Path;
+
+use super::encoder::EncoderConfig;
+use super::ModelError;
+use crate::tokenize::PairTokenizer;
+
+/// Every family xbench loads, in the order error messages list them.
+pub static REGISTRY: &[&Family] = &[
+    &bert::BERT,
+    &xlm_roberta::XLM_ROBERTA,
+    &distilbert::DISTILBERT,
+];
+
+/// The family that loads `architecture` (an `architectures` entry of `config.json`).
+pub fn find(architecture: &str) -> Option<&'static Family> {
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|f| f.architectures.contains(&architecture))
+}
+
+/// Every `architectures` value some family loads.
+pub fn architectures() -> Vec<&'static str> {
+    REGISTRY
+        .iter()
+        .flat_map(|f| f.architectures.iter().copied())
+        .collect()
+}
+
+/// One family of cross-encoders: everything that differs between its members and the shared
+/// encoder.
+#[derive(Debug)]
+pub struct Family {
+    /// A short name for logs and errors (`bert`, `xlm-roberta`).
+    pub name: &'static str,
+    /// The `architectures` values of `config.json` it loads.
+    pub architectures: &'static [&'static str],
+    /// Reads `config.json` (path, text) into the encoder's config: the family's own key names.
+    pub config: fn(&Path, &str) -> Result<EncoderConfig, ModelError>,
+    /// How far position ids are shifted from 0 at the first token.
+    pub position_offset: fn(&EncoderConfig) -> usize,
+    /// Whether the embeddings add a token type table (without one, type ids are ignored).
+    pub token_types: bool,
+    /// Where the weights are, under transformers' names.
+    pub weights: WeightNames,
+    /// The classification head on the pair's first token.
+    pub head: Head,
+    /// What the tokenizer must make of a pair.
+    pub template: PairTemplate,
+    /// The directory under `tests/data/` of this family's tiny checkpoint and transformers'
+    /// logits for it (`reference.json`).
+    pub tiny_checkpoint: &'static str,
+}
+
+impl Family {
+    /// The longest pair (special tokens included) the position embeddings allow.
+    pub fn max_positions(&self, c: &EncoderConfig) -> usize {
+        c.max_position_embeddings
+            .saturating_sub((self.position_offset)(c))
+    }
+}
+
+/// Positions from 0 (BERT, DistilBERT).
+pub fn positions_from_zero(_: &EncoderConfig) -> usize {
+    0
+}
+
+/// The weight names of the shared encoder, as paths (dots allowed) in the checkpoint.
+#[derive(Debug)]
+pub struct WeightNames {
+    /// The encoder's root: `bert`, `roberta`, `distilbert`; the embeddings are `<root>.embeddings`.
+    pub root: &'static str,
+    /// The layer list under the root (`encoder.layer`: layer `i` is `<root>.encoder.layer.<i>`).
+    pub layers: &'static str,
+    /// Within a layer: the query, key and value projections.
+    pub qkv: [&'static str; 3],
+    /// Within a layer: attention's output projection and the LayerNorm after it.
+    pub attention_output: &'static str,
+    pub attention_norm: &'static str,
+    /// Within a layer: the feed-forward block's two projections and the LayerNorm after it.
+    pub intermediate: &'static str,
+    pub output: &'static str,
+    pub output_norm: &'static str,
+}
+
+/// The activation between the head's two dense layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadAct {
+    Tanh,
+    Relu,
+}
+
+/// The head: a dense layer and its activation on the first token, then the classifier.
+#[derive(Debug)]
+pub struct Head {
+    /// From the checkpoint's root: `bert.pooler.dense`, `classifier.dense`, `pre_classifier`.
+    pub dense: &'static str,
+    pub act: HeadAct,
+    /// From the checkpoint's root: `classifier`, `classifier.out_proj`; `[num_labels, hidden]`.
+    pub classifier: &'static str,
+}
+
+/// The token sequence a family's cross-encoder was trained on for a (query, passage) pair. The
+/// tokenizer's post-processor (`tokenizer.json`) makes it; the head reads the first token, so a
+/// tokenizer that does not open the pair with a special token would score without the token
+/// the head was trained on. [`PairTemplate::check`] refuses such a tokenizer at load.
+#[derive(Debug)]
+pub struct PairTemplate {
+    /// The sequence, for messages: `[CLS] A [SEP] B [SEP]`.
+    pub text: &'static str,
+    /// What the token type ids of the pair are.
+    pub type_ids: TypeIds,
+}
+
+/// How a family's tokenizer sets token type ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeIds {
+    /// 0 for the query and its special tokens, 1 for the passage (BERT).
+    Segments,
+    /// 0 everywhere (one token type).
+    Zero,
+    /// Whatever the tokenizer sets: the model has no token type table (DistilBERT).
+    Ignored,
+}
+
+impl PairTemplate {
+    /// Encodes a probe pair with `tokenizer` and checks that special tokens open and close it.
+    /// (transformers' tokenizer classes add them whatever `tokenizer.json` says; xbench reads
+    /// `tokenizer.json` as it is, so a file without its template would score other tokens.) Type
+    /// ids are not checked: a model scores whichever its tokenizer makes, as transformers does.
+    pub fn check(
+        &self,
+        family: &Family,
+        tokenizer: &PairTokenizer,
+        path: &Path,
+    ) -> Result<(), ModelError> {
+        let probe = tokenizer
+            .probe("query", "passage")
+            .map_err(|e| self.invalid(family, path, format!("cannot encode a pair ({e})")))?;
+        let special = |i: usize| probe.special.get(i) == Some(&1);
+        if probe.special.is_empty() || !special(0) || !special(probe.special.len() - 1) {
+            return Err(self.invalid(
+                family,
+                path,
+                "its post-processor does not wrap a pair in special tokens".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn invalid(&self, family: &Family, path: &Path, what: String) -> ModelError {
+        let types = match self.type_ids {
+            TypeIds::Segments => "type id 0 for the query, 1 for the passage",
+            TypeIds::Zero => "every type id 0",
+            TypeIds::Ignored => "type ids unused",
+        };
+        ModelError::InvalidConfig {
+            path: path.to_path_buf(),
+            message: format!(
+                "{what}; a {} cross-encoder reads a pair as {} ({types}): use the tokenizer.json the model was trained with",
+                family.name, self.text
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_architecture_belongs_to_one_family() {
+        let all = architectures();
+        for a in &all {
+            assert_eq!(all.iter().filter(|b| b == &a).count(), 1, "{a}");
+            assert!(find(a).is_some(), "{a}");
+        }
+        assert_eq!(
+            find("XLMRobertaForSequenceClassification").map(|f| f.name),
+            Some("xlm-roberta")
+        );
+        assert!(find("BertModel").is_none());
+        let dirs: Vec<_> = REGISTRY.iter().map(|f| f.tiny_checkpoint).collect();
+        for d in &dirs {
+            assert_eq!(dirs.iter().filter(|e| e == &d).count(), 1, "{d}");
+        }
+    }
+}
