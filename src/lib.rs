@@ -8,6 +8,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod experiment;
 /// The fused CPU kernels (the `xbench-kernels` crate of this workspace).
 pub use xbench_kernels as kernels;
 pub mod loadgen;

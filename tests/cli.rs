@@ -437,3 +437,36 @@ fn run_records_each_cells_accuracy() {
         assert!(diff > 0.0 && diff <= tolerance, "{}", cell["accuracy"]);
     }
 }
+
+/// `xbench bench` is a one-cell experiment: its flags are validated as the config keys they set,
+/// and an error names both the flag and the key.
+#[test]
+fn bench_flags_are_checked_as_their_config_keys() {
+    for (args, want) in [
+        (
+            &["--concurrency", "0"][..],
+            "--concurrency (config key experiment.concurrency_levels): list client counts of at least 1",
+        ),
+        (
+            &["--duration", "30", "--max-duration", "10"],
+            "--max-duration (config key experiment.max_duration_s): the hard cap (10 s) is shorter",
+        ),
+        (
+            &["--backend", "candle", "--quantization", "int8"],
+            "--quantization (config key model_pool.instances[0].quantization): int8 runs on backend fused",
+        ),
+        (
+            &["--rate=-1"],
+            "--rate (config key experiment.rate): must be a positive number",
+        ),
+    ] {
+        let out = xbench()
+            .arg("bench")
+            .args(args)
+            .assert()
+            .failure()
+            .code(1);
+        let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}

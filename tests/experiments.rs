@@ -1,10 +1,12 @@
 //! The shipped experiment suite composes and validates; a small experiment runs end to end and its
-//! markdown, JSON and CSV agree.
+//! markdown, JSON and CSV agree; the runner, called directly, reports each cell.
 
 use std::path::Path;
 
 use assert_cmd::Command;
 use xbench::config::sweep;
+use xbench::experiment::{Experiment, ExperimentError, RunOptions, Sink};
+use xbench::report::results::Results;
 
 fn decode(b64: &str) -> hdrhistogram::Histogram<u64> {
     use base64::Engine as _;
@@ -119,4 +121,47 @@ fn a_small_experiment_runs_end_to_end_and_its_files_agree() {
     // 4 p50 points and the two legend markers; no p99 points from 24 requests.
     assert_eq!(svg.matches("<circle").count(), 4 + 2);
     assert!(md.contains("No cell kept p99 within 1000 ms with at least 100 measured requests"));
+}
+
+/// Tests drive the runner as `xbench run` does: the sink sees the results after every cell (so an
+/// interrupted sweep keeps what it measured) and once more at the end, and the progress callback
+/// hears of each cell in order.
+#[test]
+fn the_runner_gives_its_sink_the_results_after_every_cell() {
+    struct Counting(Vec<usize>);
+    impl Sink for Counting {
+        fn write(&mut self, results: &Results) -> Result<(), ExperimentError> {
+            self.0.push(results.cells.len());
+            Ok(())
+        }
+    }
+    let experiment = Experiment::compose(
+        &root().join("conf"),
+        "01_tokenizer_only",
+        &[
+            "tokenizer_pool.workers=1,2".to_string(),
+            "tokenizer_pool.parallelism=false".to_string(),
+            "experiment.min_requests=4".to_string(),
+            "experiment.duration_s=0".to_string(),
+            "experiment.warmup=0".to_string(),
+            format!(
+                "workload.input={}",
+                root().join("data/pairs.jsonl").display()
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(experiment.cells.len(), 2);
+    let mut sink = Counting(Vec::new());
+    let mut seen = Vec::new();
+    let results = experiment
+        .run(&RunOptions::default(), &mut sink, &mut |done| {
+            seen.push((done.index, done.total, done.row.requests))
+        })
+        .unwrap();
+    assert_eq!(sink.0, [1, 2, 2]);
+    assert_eq!(seen, [(0, 2, 4), (1, 2, 4)]);
+    assert_eq!(results.cells.len(), 2);
+    assert_eq!(results.cells[1].row.tokenizer_workers, Some(2));
+    assert_eq!(results.provenance.experiment, "01_tokenizer_only");
 }

@@ -1090,7 +1090,12 @@ fn bench_target_measures_the_server_over_http() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("use --stage full"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--target (config key experiment.target)")
+            && stderr.contains("set experiment.stage to full"),
+        "{stderr}"
+    );
 }
 
 /// An experiment cell with `target: self` starts xbench's server, measures it over HTTP, stops it.

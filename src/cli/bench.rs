@@ -1,23 +1,18 @@
 //! `xbench bench`: one cell of the in-process pipeline under load, printed as one result row.
 
-use crate::model::{BackendKind, Precision};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
+use serde_json::json;
 
-use crate::engine::{BatchingConfig, Engine, EngineConfig, ModelSpec, TokenizerPoolConfig};
-use crate::loadgen::{self, GeneratedLengths, HttpTarget, Load, RunSpec, Stage, Window, Workload};
-use crate::report::{self, BenchRow, CellLabels};
-use crate::server::api::InfoResponse;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Arrivals {
-    Poisson,
-    Constant,
-}
+use crate::config::schema::Arrivals;
+use crate::config::{ConfigError, XbenchConfig};
+use crate::experiment::{self, run_cell, CellPlan, ExperimentError};
+use crate::loadgen::Stage;
+use crate::model::{BackendKind, Precision};
+use crate::report;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -117,168 +112,117 @@ pub struct BenchArgs {
     pub max_connections: usize,
 }
 
-/// The labels of a cell measured over HTTP: the server's own settings when it is xbench (from
-/// `/info`), what the command line says otherwise.
-pub(crate) fn http_labels(info: Option<&InfoResponse>, fallback: CellLabels) -> CellLabels {
-    match info {
-        Some(i) if !i.models.is_empty() => CellLabels {
-            model: i
-                .models
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(" + "),
-            tokenizer_workers: i.tokenizer_workers,
-            model_workers: i.models.iter().map(|m| m.instances).sum(),
-            threads_per_worker: i.models[0].threads_per_instance,
-            parallelism: i.tokenizer_parallelism,
-            max_batch_size: i.limits.max_batch_size,
-            timeout_ms: i.limits.batching_timeout_ms,
-            ..fallback
-        },
-        _ => fallback,
+/// Each flag's config key: bench is a one-cell experiment, validated as a config is.
+const FLAG_KEYS: &[(&str, &str)] = &[
+    ("--model", "model_pool.instances[0].name"),
+    ("--model-workers", "model_pool.instances[0].workers"),
+    ("--threads", "model_pool.instances[0].threads"),
+    ("--max-length", "model_pool.instances[0].max_length"),
+    ("--device", "model_pool.instances[0].device"),
+    ("--backend", "model_pool.instances[0].backend"),
+    ("--quantization", "model_pool.instances[0].quantization"),
+    ("--tokenizer-workers", "tokenizer_pool.workers"),
+    ("--parallelism", "tokenizer_pool.parallelism"),
+    ("--batching", "batching.enabled"),
+    ("--max-batch-size", "batching.max_batch_size"),
+    ("--max-batch-tokens", "batching.max_batch_tokens"),
+    ("--timeout-ms", "batching.timeout_ms"),
+    ("--stage", "experiment.stage"),
+    ("--pairs-per-request", "experiment.batch_sizes"),
+    ("--concurrency", "experiment.concurrency_levels"),
+    ("--rate", "experiment.rate"),
+    ("--arrivals", "experiment.arrivals"),
+    ("--duration", "experiment.duration_s"),
+    ("--min-requests", "experiment.min_requests"),
+    ("--max-duration", "experiment.max_duration_s"),
+    ("--warmup", "experiment.warmup"),
+    ("--target", "experiment.target"),
+    ("--max-connections", "experiment.max_connections"),
+    ("--input", "workload.input"),
+    ("--generate", "workload.generate"),
+    ("--seed", "workload.seed"),
+];
+
+impl BenchArgs {
+    /// The config these flags mean: one cell, every key set.
+    fn config_tree(&self) -> serde_json::Value {
+        json!({
+            "name": "bench",
+            "model_pool": {"instances": [{
+                "name": self.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+                "workers": self.model_workers,
+                "threads": self.threads,
+                "max_length": self.max_length,
+                "device": self.device,
+                "backend": self.backend,
+                "quantization": self.quantization,
+            }]},
+            "tokenizer_pool": {"workers": self.tokenizer_workers, "parallelism": self.parallelism},
+            "batching": {
+                "enabled": self.batching,
+                "max_batch_size": self.max_batch_size,
+                "max_batch_tokens": self.max_batch_tokens,
+                "timeout_ms": self.timeout_ms,
+            },
+            "server": {"api_key": self.api_key},
+            "workload": {
+                "input": self.input.to_string_lossy(),
+                "generate": self.generate,
+                "seed": self.seed,
+            },
+            "experiment": {
+                "stage": self.stage,
+                "batch_sizes": [self.pairs_per_request],
+                "concurrency_levels": [self.concurrency.unwrap_or(1)],
+                "rate": self.rate,
+                "arrivals": self.arrivals,
+                "duration_s": self.duration,
+                "min_requests": self.min_requests,
+                "max_duration_s": self.max_duration,
+                "warmup": self.warmup,
+                "target": self.target,
+                "max_connections": self.max_connections,
+            },
+        })
     }
 }
 
+/// A config error in terms of the flag that set the key.
+fn flag_error(e: ConfigError) -> anyhow::Error {
+    if let ConfigError::Schema { key, why, .. } = &e {
+        if let Some((flag, _)) = FLAG_KEYS.iter().find(|(_, k)| k == key) {
+            return anyhow::anyhow!("{flag} (config key {key}): {why}");
+        }
+    }
+    e.into()
+}
+
+const DEFAULT_MODEL: &str = "models/demo-minilm-l6";
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     super::score::refuse_kernels(args.kernels.as_deref())?;
-    anyhow::ensure!(
-        args.pairs_per_request > 0,
-        "--pairs-per-request must be at least 1"
-    );
-    anyhow::ensure!(args.min_requests > 0, "--min-requests must be at least 1");
-    anyhow::ensure!(
-        args.duration >= 0.0 && args.duration.is_finite(),
-        "--duration must be a number of seconds, 0 or more"
-    );
-    anyhow::ensure!(
-        args.max_duration > 0.0
-            && args.max_duration.is_finite()
-            && args.max_duration >= args.duration,
-        "--max-duration must be a number of seconds of at least --duration ({} s)",
-        args.duration
-    );
-    let load = match (args.concurrency, args.rate) {
-        (_, Some(rate)) => {
-            anyhow::ensure!(
-                rate > 0.0 && rate.is_finite(),
-                "--rate must be a positive number"
-            );
-            Load::Open {
-                rate,
-                poisson: args.arrivals == Arrivals::Poisson,
-            }
-        }
-        (Some(0), _) => anyhow::bail!("--concurrency must be at least 1"),
-        (Some(c), _) => Load::Closed { concurrency: c },
-        (None, None) => Load::Closed { concurrency: 1 },
-    };
-    let workload = if args.generate {
-        Workload::generate(
-            args.seed,
-            GeneratedLengths::default(),
-            args.pairs_per_request,
-            64,
-        )
-    } else {
-        Workload::from_jsonl(&args.input, args.pairs_per_request)
-            .context("--input (or pass --generate for a generated workload)")?
-    };
-    let model = args
-        .model
-        .clone()
-        .unwrap_or_else(|| "models/demo-minilm-l6".to_string());
-    let config = EngineConfig {
-        models: vec![ModelSpec {
-            name: model.clone(),
-            instances: args.model_workers,
-            threads: args.threads,
-            max_length: args.max_length,
-            device: args.device.clone(),
-            backend: args.backend,
-            quantization: args.quantization,
-            quantization_cache: false,
-        }],
-        tokenizer_pool: TokenizerPoolConfig {
-            workers: args.tokenizer_workers,
-            parallelism: args.parallelism,
-            ..TokenizerPoolConfig::default()
-        },
-        batching: BatchingConfig {
-            enabled: args.batching,
-            max_batch_size: args.max_batch_size,
-            max_batch_tokens: args.max_batch_tokens,
-            timeout_ms: args.timeout_ms,
-            ..BatchingConfig::default()
-        },
-    };
+    let config = XbenchConfig::from_tree(&args.config_tree()).map_err(flag_error)?;
+    let mut plan = CellPlan::new(
+        &config,
+        args.pairs_per_request,
+        args.concurrency.unwrap_or(1),
+    )
+    .map_err(|e| match e {
+        ExperimentError::Config(e) => flag_error(e),
+        other => other.into(),
+    })?;
+    if let Some(model) = args.model.as_ref().filter(|_| args.target.is_some()) {
+        // A server is sent the model only when the command line names one.
+        plan.spec.models = vec![model.clone()];
+    }
+    plan.ready_within = Duration::from_secs(60);
+    let workload = experiment::workload(&config, args.pairs_per_request)
+        .context("--input (or pass --generate for a generated workload)")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let mut spec = RunSpec {
-        stage: args.stage,
-        load,
-        models: Vec::new(),
-        warmup: args.warmup,
-        window: Window {
-            duration: Duration::from_secs_f64(args.duration),
-            min_requests: args.min_requests,
-            max_duration: Duration::from_secs_f64(args.max_duration),
-        },
-        seed: args.seed,
-    };
-    let mut labels = CellLabels {
-        stage: args.stage,
-        model: model.clone(),
-        tokenizer_workers: args.tokenizer_workers,
-        model_workers: args.model_workers,
-        threads_per_worker: args.threads.unwrap_or(0),
-        parallelism: args.parallelism,
-        pairs_per_request: args.pairs_per_request,
-        max_batch_size: args.max_batch_size,
-        timeout_ms: args.timeout_ms,
-        load,
-    };
-    let outcome = match &args.target {
-        Some(url) => {
-            anyhow::ensure!(
-                args.stage == Stage::Full,
-                "--target measures a server end to end: use --stage full"
-            );
-            anyhow::ensure!(
-                args.max_connections > 0,
-                "--max-connections must be at least 1"
-            );
-            if let Some(m) = &args.model {
-                spec.models = vec![m.clone()];
-            }
-            let http = Arc::new(HttpTarget::new(
-                url,
-                args.api_key.clone(),
-                args.max_connections,
-                Duration::from_secs_f64(args.max_duration.max(60.0)),
-            )?);
-            runtime.block_on(async {
-                http.wait_ready(Duration::from_secs(60)).await?;
-                let info = http.info().await;
-                labels = http_labels(
-                    info.as_ref(),
-                    CellLabels {
-                        model: url.clone(),
-                        ..labels.clone()
-                    },
-                );
-                anyhow::Ok(loadgen::run(http.clone(), &workload, &spec).await?)
-            })?
-        }
-        None => {
-            let engine = Arc::new(Engine::start(&config)?);
-            labels.threads_per_worker = engine.threads_per_instance(None)?;
-            runtime.block_on(loadgen::run(engine.clone(), &workload, &spec))?
-        }
-    };
-    let row = BenchRow::new(&labels, &outcome);
+    let row = run_cell(&plan, &workload, 1, &runtime)?.row;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&row)?);
     } else {

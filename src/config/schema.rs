@@ -130,9 +130,16 @@ pub struct ExperimentConfig {
     /// Axis: closed-loop clients. Ignored for cells with an open-loop `rate`.
     #[serde(default = "concurrency_levels")]
     pub concurrency_levels: Vec<usize>,
-    /// Open-loop arrival rate (requests/s, Poisson); `null` = closed loop.
+    /// Open-loop arrival rate (requests/s); `null` = closed loop.
     #[serde(default)]
     pub rate: Option<f64>,
+    /// Open-loop arrivals: `poisson` (exponential gaps) or `constant` (equal gaps).
+    #[serde(default)]
+    pub arrivals: Arrivals,
+    /// Most requests in flight over HTTP (the connection pool's bound); `null` = the clients of
+    /// a closed loop, 256 for an open loop.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// More axes: dotted key → list of values (any key of this config), in declared order.
     #[serde(default)]
     pub sweep: serde_json::Map<String, Value>,
@@ -158,6 +165,17 @@ pub struct ExperimentConfig {
     /// (0: not measured).
     #[serde(default)]
     pub accuracy_pairs: usize,
+}
+
+/// How an open loop spaces its requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arrivals {
+    /// Exponential gaps at the rate's mean (a Poisson process).
+    #[default]
+    Poisson,
+    /// Equal gaps of 1/rate.
+    Constant,
 }
 
 fn full() -> Stage {
@@ -189,6 +207,8 @@ impl Default for ExperimentConfig {
             batch_sizes: batch_sizes(),
             concurrency_levels: concurrency_levels(),
             rate: None,
+            arrivals: Arrivals::default(),
+            max_connections: None,
             sweep: serde_json::Map::new(),
             duration_s: duration_s(),
             min_requests: min_requests(),
@@ -310,6 +330,12 @@ impl XbenchConfig {
                     "a server is measured end to end: set experiment.stage to full".into(),
                 ));
             }
+        }
+        if e.max_connections == Some(0) {
+            return Err(bad(
+                "experiment.max_connections",
+                "must be at least 1 (or null)".into(),
+            ));
         }
         if e.min_requests == 0 {
             return Err(bad("experiment.min_requests", "must be at least 1".into()));

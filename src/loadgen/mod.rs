@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{BatchStats, Engine, EngineError, Timings};
 use crate::tokenize::Encoded;
 pub use http::{HttpTarget, HttpTargetError};
-pub use workload::{GeneratedLengths, Workload};
+pub use workload::{GeneratedLengths, Workload, WorkloadError};
 
 /// What a run exercises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -3,6 +3,7 @@
 //! as a markdown table or JSON.
 
 pub mod plot;
+pub mod provenance;
 pub mod results;
 
 use serde::Serialize;
