@@ -16,6 +16,7 @@ pub mod model;
 pub mod report;
 pub mod score;
 pub mod server;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokenize;
 

@@ -1,5 +1,7 @@
 //! Tiny BERT cross-encoders with deterministic random weights, written in Hugging Face layout, for
-//! tests and benchmarks that must not depend on a download. Not used by xbench itself.
+//! tests and benchmarks that must not depend on a download. Not used by xbench itself: compiled
+//! for the crate's own unit tests and with the `testing` feature (the integration tests, benches
+//! and fuzz targets enable it).
 
 use std::collections::HashMap;
 use std::path::Path;

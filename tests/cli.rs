@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-mod common;
+mod support;
 
 use assert_cmd::Command;
 use xbench::score::{sigmoid, Pair, Scorer};
@@ -302,12 +302,12 @@ fn a_failed_download_names_the_model_and_the_way_out() {
 fn every_simd_level_and_both_backends_score_alike() {
     let work = tempfile::tempdir().unwrap();
     let input = work.path().join("pairs.jsonl");
-    let lines: String = common::sample(24)
+    let lines: String = support::sample(24)
         .iter()
         .map(|p| serde_json::json!({"query": p.query, "passage": p.passage}).to_string() + "\n")
         .collect();
     std::fs::write(&input, lines).unwrap();
-    let model = common::demo();
+    let model = support::demo();
     let run_with = |simd: Option<&str>, kernels: &str, quantization: &str| {
         let mut cmd = xbench();
         if let Some(level) = simd {
@@ -374,7 +374,7 @@ fn accuracy_reports_what_each_precision_does_to_scores_and_rankings() {
         .args([
             "accuracy",
             "--model",
-            &common::demo(),
+            &support::demo(),
             "--limit",
             "48",
             "--json",

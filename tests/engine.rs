@@ -11,8 +11,8 @@ use xbench::loadgen::{self, Load, RunSpec, Stage, Window, Workload};
 use xbench::report::{BenchRow, CellLabels};
 use xbench::score::{Pair, Scorer};
 
-mod common;
-use common::{demo, sample};
+mod support;
+use support::{demo, sample};
 
 fn config(
     model: &str,
@@ -23,7 +23,7 @@ fn config(
 ) -> EngineConfig {
     EngineConfig {
         models: vec![ModelSpec {
-            instances: inst,
+            workers: inst,
             ..ModelSpec::new(model)
         }],
         tokenizer_pool: TokenizerPoolConfig {
@@ -167,7 +167,7 @@ fn every_stage_gives_a_consistent_row() {
             model: model.clone(),
             tokenizer_workers: 2,
             model_workers: 1,
-            threads_per_worker: engine.threads_per_instance(None).unwrap(),
+            threads_per_worker: engine.threads_per_worker(None).unwrap(),
             parallelism: false,
             pairs_per_request: 4,
             max_batch_size: 32,
@@ -295,7 +295,7 @@ fn several_models_in_one_pool_route_by_name() {
     let cfg = EngineConfig {
         models: vec![
             ModelSpec {
-                instances: 2,
+                workers: 2,
                 ..ModelSpec::new(&names[0])
             },
             ModelSpec::new(&names[1]),

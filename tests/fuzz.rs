@@ -288,7 +288,7 @@ proptest! {
         match sweep::expand(conf, Some("fuzz"), &parsed) {
             Ok((_, cells)) => {
                 for cell in cells {
-                    let _ = cell.config.engine_config();
+                    let _ = xbench::engine::EngineConfig::from_config(&cell.config);
                 }
             }
             Err(e) => prop_assert!(!e.to_string().is_empty()),

@@ -19,16 +19,17 @@ pub use candle::CandleBackend;
 pub use fused::FusedBackend;
 
 /// What one model is loaded as: its files, device, backend and precision, and how the engine
-/// runs it (instances × threads).
+/// runs it (workers × threads).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// A local directory or a hub id; requests name the model by it.
     pub name: String,
-    /// Model instances (threads), each taking batches from this model's batcher.
+    /// Model workers: instance threads sharing one copy of the weights, each taking batches from
+    /// this model's batcher (`workers` of a `model_pool.instances` entry).
     #[serde(default = "one")]
-    pub instances: usize,
-    /// Compute threads per instance; default: the cores divided evenly among all instances.
+    pub workers: usize,
+    /// Compute threads per worker; default: the cores divided evenly among all workers.
     #[serde(default)]
     pub threads: Option<usize>,
     /// Truncation length in tokens; default: the model's limit.
@@ -61,7 +62,7 @@ impl ModelSpec {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            instances: 1,
+            workers: 1,
             threads: None,
             max_length: None,
             device: cpu(),

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
-use crate::config::schema::Arrivals;
+use crate::config::settings::Arrivals;
 use crate::config::{ConfigError, XbenchConfig};
 use crate::experiment::{self, run_cell, CellPlan, ExperimentError};
 use crate::loadgen::Stage;

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::run::{parse_overrides, split_experiment};
 use crate::config::{compose, tree, Override, XbenchConfig};
+use crate::engine::EngineConfig;
 use crate::report::results::MIN_SAMPLES_P99;
 use crate::server::{Server, REDACTED};
 
@@ -50,7 +51,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.server.api_key = Some(k.clone());
     }
     config.validate()?;
-    let engine = config.engine_config()?;
+    let engine = EngineConfig::from_config(&config);
     let mut shown = config.clone();
     shown.server = shown.server.redacted();
     shown.experiment = Default::default();

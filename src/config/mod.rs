@@ -6,6 +6,7 @@
 pub mod compose;
 pub mod overrides;
 pub mod schema;
+pub mod settings;
 pub mod sweep;
 pub mod tree;
 

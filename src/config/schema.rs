@@ -4,11 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::settings::{Arrivals, BatchingConfig, ServerSettings, Stage, TokenizerPoolConfig};
 use super::{Composed, ConfigError};
-use crate::engine::{BatchingConfig, EngineConfig, ModelSpec, TokenizerPoolConfig};
-use crate::loadgen::Stage;
 use crate::model::{BackendKind, Precision};
-use crate::server::ServerSettings;
 
 /// The whole config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -55,8 +53,8 @@ pub struct InstanceConfig {
     pub device: String,
     /// Precision: `fp32`, `fp16`, `bf16`, `int8` or `int4` (int8 and int4 on the fused CPU
     /// kernels only).
-    #[serde(default = "fp32")]
-    pub quantization: String,
+    #[serde(default, deserialize_with = "precision")]
+    pub quantization: Precision,
     /// Cache the quantized layers beside the checkpoint (`xbench-<precision>.gguf`) and reuse
     /// them.
     #[serde(default)]
@@ -78,8 +76,10 @@ pub struct InstanceConfig {
 fn cpu() -> String {
     "cpu".into()
 }
-fn fp32() -> String {
-    "fp32".into()
+/// A precision by name; an unknown one is refused naming those there are.
+fn precision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Precision, D::Error> {
+    let name = String::deserialize(d)?;
+    Precision::parse(&name).map_err(serde::de::Error::custom)
 }
 fn one() -> usize {
     1
@@ -167,17 +167,6 @@ pub struct ExperimentConfig {
     pub accuracy_pairs: usize,
 }
 
-/// How an open loop spaces its requests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Arrivals {
-    /// Exponential gaps at the rate's mean (a Poisson process).
-    #[default]
-    Poisson,
-    /// Equal gaps of 1/rate.
-    Constant,
-}
-
 fn full() -> Stage {
     Stage::Full
 }
@@ -251,14 +240,8 @@ impl XbenchConfig {
             why,
             file: None,
         };
-        if let Err(why) = self.server.validate() {
-            let key = why
-                .split_whitespace()
-                .next()
-                .unwrap_or("server")
-                .to_string();
-            return Err(bad(&key, why));
-        }
+        let invalid = |e: super::settings::Invalid| bad(&e.key, e.why);
+        self.server.validate().map_err(invalid)?;
         if self.model_pool.instances.is_empty() {
             return Err(bad(
                 "model_pool.instances",
@@ -275,8 +258,7 @@ impl XbenchConfig {
                     format!("was replaced by backend: write backend: {to} instead of kernels: {old} (and drop the old backend: candle line, which now means candle's ops)"),
                 ));
             }
-            let precision =
-                Precision::parse(&m.quantization).map_err(|why| bad(&key("quantization"), why))?;
+            let precision = m.quantization;
             if let Some(why) = m.backend.refuses(precision, &m.device) {
                 let which = if precision.needs_fused() && m.backend == BackendKind::Candle {
                     "quantization"
@@ -291,13 +273,28 @@ impl XbenchConfig {
             if m.threads == Some(0) {
                 return Err(bad(&key("threads"), "must be at least 1".into()));
             }
+            // The same model listed again adds workers, and must say the rest the same way.
+            let same = |o: &InstanceConfig| InstanceConfig {
+                workers: 1,
+                ..o.clone()
+            };
+            if let Some(first) = self.model_pool.instances[..i]
+                .iter()
+                .find(|o| o.name == m.name)
+            {
+                if same(first) != same(m) {
+                    return Err(bad(
+                        "model_pool.instances",
+                        format!(
+                            "model '{}' is listed twice with different settings; give each entry the same backend, device, quantization, max_length and threads",
+                            m.name
+                        ),
+                    ));
+                }
+            }
         }
-        self.batching
-            .validate()
-            .map_err(|why| bad("batching", why))?;
-        self.tokenizer_pool
-            .validate()
-            .map_err(|why| bad("tokenizer_pool", why))?;
+        self.batching.validate().map_err(invalid)?;
+        self.tokenizer_pool.validate().map_err(invalid)?;
         let e = &self.experiment;
         if e.batch_sizes.is_empty() || e.batch_sizes.contains(&0) {
             return Err(bad(
@@ -362,51 +359,6 @@ impl XbenchConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The engine this config describes. Entries naming the same model with the same settings add
-    /// up their workers.
-    pub fn engine_config(&self) -> Result<EngineConfig, ConfigError> {
-        let mut models: Vec<ModelSpec> = Vec::new();
-        for (i, m) in self.model_pool.instances.iter().enumerate() {
-            let quantization =
-                Precision::parse(&m.quantization).map_err(|why| ConfigError::Schema {
-                    key: format!("model_pool.instances[{i}].quantization"),
-                    why,
-                    file: None,
-                })?;
-            let spec = ModelSpec {
-                name: m.name.clone(),
-                instances: m.workers,
-                threads: m.threads,
-                max_length: m.max_length,
-                device: m.device.clone(),
-                backend: m.backend,
-                quantization,
-                quantization_cache: m.quantization_cache,
-            };
-            match models.iter_mut().find(|s| s.name == spec.name) {
-                Some(s) if ModelSpec { instances: s.instances, ..spec.clone() } == *s => {
-                    s.instances += spec.instances
-                }
-                Some(_) => {
-                    return Err(ConfigError::Schema {
-                        file: None,
-                        key: "model_pool.instances".into(),
-                        why: format!(
-                            "model '{}' is listed twice with different settings; give each entry the same device, max_length and threads",
-                            spec.name
-                        ),
-                    })
-                }
-                None => models.push(spec),
-            }
-        }
-        Ok(EngineConfig {
-            models,
-            tokenizer_pool: self.tokenizer_pool.clone(),
-            batching: self.batching.clone(),
-        })
     }
 }
 
@@ -538,13 +490,19 @@ mod tests {
     }
 
     #[test]
-    fn the_same_model_listed_twice_adds_workers() {
+    fn the_same_model_listed_twice_must_agree() {
         let d = conf("max_batch_size: 8\n");
-        let o =
-            [Override::parse("model_pool.instances=[{name: m}, {name: m, workers: 2}]").unwrap()];
-        let c = XbenchConfig::from_composed(&compose(d.path(), "config", &o).unwrap()).unwrap();
-        let e = c.engine_config().unwrap();
-        assert_eq!(e.models.len(), 1);
-        assert_eq!(e.models[0].instances, 3);
+        let o = [Override::parse(
+            "model_pool.instances=[{name: m}, {name: m, workers: 2, quantization: int8}]",
+        )
+        .unwrap()];
+        let err = XbenchConfig::from_composed(&compose(d.path(), "config", &o).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model_pool.instances")
+                && err.contains("listed twice with different settings"),
+            "{err}"
+        );
     }
 }

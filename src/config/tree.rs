@@ -8,26 +8,26 @@ use serde_json::{Map, Value};
 use super::overrides::{Override, OverrideKind, OverrideValue};
 use super::ConfigError;
 
-/// The tree with its secrets (`server.api_key`) replaced by [`crate::server::REDACTED`]: what
+/// The tree with its secrets (`server.api_key`) replaced by [`super::settings::REDACTED`]: what
 /// results files store and `xbench config show` prints.
 pub fn redacted(tree: &Value) -> Value {
     let mut tree = tree.clone();
     if let Some(key) = tree.get_mut("server").and_then(|s| s.get_mut("api_key")) {
         if !key.is_null() {
-            *key = Value::String(crate::server::REDACTED.into());
+            *key = Value::String(super::settings::REDACTED.into());
         }
     }
     tree
 }
 
 /// A command-line override as results files record it: the value of a secret's override
-/// (`server.api_key=...`) replaced by [`crate::server::REDACTED`].
+/// (`server.api_key=...`) replaced by [`super::settings::REDACTED`].
 pub fn redacted_override(text: &str) -> String {
     let body = text.trim_start_matches(['+', '~']);
     match body.split_once('=') {
         Some((key, _)) if key.trim() == "server.api_key" => {
             let prefix = &text[..text.len() - body.len()];
-            format!("{prefix}{key}={}", crate::server::REDACTED)
+            format!("{prefix}{key}={}", super::settings::REDACTED)
         }
         _ => text.to_string(),
     }

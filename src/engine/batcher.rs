@@ -9,82 +9,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{BatchCounters, EngineError};
 use crate::batch::Batch;
+pub use crate::config::settings::BatchingConfig;
 use crate::tokenize::Encoded;
 
-/// The batcher's settings (`batching` in the config).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BatchingConfig {
-    /// false: every request is sent to the model as it comes (split only above `max_batch_size`).
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Most pairs in one forward pass.
-    #[serde(default = "default_max_batch_size")]
-    pub max_batch_size: usize,
-    /// Most tokens in one forward pass, counted as the backend computes them.
-    #[serde(default = "default_max_batch_tokens")]
-    pub max_batch_tokens: usize,
-    /// Longest wait, in ms, for a batch to fill once its first pair has arrived.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: f64,
-    /// Requests that may wait in a model's queue; beyond it submission fails as overloaded.
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_max_batch_size() -> usize {
-    32
-}
-fn default_max_batch_tokens() -> usize {
-    16384
-}
-fn default_timeout_ms() -> f64 {
-    5.0
-}
-fn default_queue_capacity() -> usize {
-    1024
-}
-
-impl Default for BatchingConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_batch_size: default_max_batch_size(),
-            max_batch_tokens: default_max_batch_tokens(),
-            timeout_ms: default_timeout_ms(),
-            queue_capacity: default_queue_capacity(),
-        }
-    }
-}
-
 impl BatchingConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_batch_size == 0 {
-            return Err("batching.max_batch_size must be at least 1".into());
-        }
-        if self.max_batch_tokens == 0 {
-            return Err("batching.max_batch_tokens must be at least 1".into());
-        }
-        if !(self.timeout_ms >= 0.0 && self.timeout_ms.is_finite()) {
-            return Err(format!(
-                "batching.timeout_ms must be a finite number ≥ 0, not {}",
-                self.timeout_ms
-            ));
-        }
-        if self.queue_capacity == 0 {
-            return Err("batching.queue_capacity must be at least 1".into());
-        }
-        Ok(())
-    }
-
     fn timeout(&self) -> Duration {
         Duration::from_secs_f64(self.timeout_ms / 1000.0)
     }

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 pub use crate::backend::ModelSpec;
 use crate::backend::{self, BackendError, LoadError, LoadedModel};
+use crate::config::XbenchConfig;
 use crate::model::ModelInfo;
 use crate::tokenize::{Encoded, PairTokenizer, Truncation};
 
@@ -71,16 +72,57 @@ pub enum StartError {
         #[source]
         source: BackendError,
     },
-    #[error("invalid engine config: {0}")]
-    Config(String),
 }
 
-/// Everything the engine needs to start.
+/// Everything the engine needs to start: taken from a validated config
+/// ([`EngineConfig::from_config`]), or built by hand as valid (at least one model, each listed
+/// once with at least one instance; batching and tokenizer pool settings as
+/// [`crate::config::XbenchConfig::validate`] accepts them). The engine does not check it again.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EngineConfig {
     pub models: Vec<ModelSpec>,
     pub tokenizer_pool: TokenizerPoolConfig,
     pub batching: BatchingConfig,
+}
+
+impl EngineConfig {
+    /// The engine a validated config describes. Entries naming the same model (which validation
+    /// requires to agree on everything else) add up their workers.
+    pub fn from_config(c: &XbenchConfig) -> Self {
+        let mut models: Vec<ModelSpec> = Vec::new();
+        for m in &c.model_pool.instances {
+            match models.iter_mut().find(|s| s.name == m.name) {
+                Some(s) => s.workers += m.workers,
+                None => models.push(ModelSpec {
+                    name: m.name.clone(),
+                    workers: m.workers,
+                    threads: m.threads,
+                    max_length: m.max_length,
+                    device: m.device.clone(),
+                    backend: m.backend,
+                    quantization: m.quantization,
+                    quantization_cache: m.quantization_cache,
+                }),
+            }
+        }
+        Self {
+            models,
+            tokenizer_pool: c.tokenizer_pool.clone(),
+            batching: c.batching.clone(),
+        }
+    }
+
+    /// What [`crate::config::XbenchConfig::validate`] guarantees of an engine config.
+    fn is_valid(&self) -> bool {
+        !self.models.is_empty()
+            && self.batching.validate().is_ok()
+            && self.tokenizer_pool.validate().is_ok()
+            && self
+                .models
+                .iter()
+                .enumerate()
+                .all(|(i, m)| m.workers > 0 && !self.models[..i].iter().any(|o| o.name == m.name))
+    }
 }
 
 /// A query with its passages: one request of N pairs.
@@ -206,7 +248,7 @@ struct ModelHandle {
     queue: crossbeam_channel::Sender<Pending>,
     slots: Arc<QueueSlots>,
     counters: Arc<BatchCounters>,
-    instances: usize,
+    workers: usize,
     threads: usize,
     _pool: model_pool::ModelPool,
 }
@@ -229,32 +271,16 @@ impl Engine {
         config: &EngineConfig,
         load: impl Fn(&ModelSpec) -> Result<LoadedModel, LoadError>,
     ) -> Result<Self, StartError> {
-        if config.models.is_empty() {
-            return Err(StartError::Config("the model pool has no models".into()));
-        }
-        config.batching.validate().map_err(StartError::Config)?;
-        config
-            .tokenizer_pool
-            .validate()
-            .map_err(StartError::Config)?;
+        debug_assert!(
+            config.is_valid(),
+            "an engine config comes validated: {config:?}"
+        );
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let total_instances: usize = config.models.iter().map(|m| m.instances).sum();
+        let total_workers: usize = config.models.iter().map(|m| m.workers).sum();
         let mut models = Vec::with_capacity(config.models.len());
         for spec in &config.models {
-            if spec.instances == 0 {
-                return Err(StartError::Config(format!(
-                    "model '{}' has 0 instances; use at least 1",
-                    spec.name
-                )));
-            }
-            if config.models.iter().filter(|m| m.name == spec.name).count() > 1 {
-                return Err(StartError::Config(format!(
-                    "model '{}' is listed twice; list it once with more instances",
-                    spec.name
-                )));
-            }
             let LoadedModel {
                 backend,
                 info,
@@ -270,20 +296,20 @@ impl Engine {
             })?;
             let threads = spec
                 .threads
-                .unwrap_or_else(|| (cores / total_instances).max(1));
-            if spec.instances * threads > cores {
+                .unwrap_or_else(|| (cores / total_workers).max(1));
+            if spec.workers * threads > cores {
                 tracing::warn!(
                     model = %spec.name,
-                    instances = spec.instances,
+                    workers = spec.workers,
                     threads,
                     cores,
-                    "instances × threads exceeds the cores; they will contend"
+                    "workers × threads exceeds the cores; they will contend"
                 );
             }
             tracing::info!(
                 model = %spec.name,
-                instances = spec.instances,
-                threads_per_instance = threads,
+                workers = spec.workers,
+                threads_per_worker = threads,
                 cores,
                 max_length = tokenizer.max_length(),
                 "model pool"
@@ -298,7 +324,7 @@ impl Engine {
             let pool = model_pool::ModelPool::start(
                 &spec.name,
                 backend.clone(),
-                spec.instances,
+                spec.workers,
                 threads,
                 queue_rx,
                 config.batching.clone(),
@@ -311,7 +337,7 @@ impl Engine {
                 queue,
                 slots,
                 counters,
-                instances: spec.instances,
+                workers: spec.workers,
                 threads,
                 _pool: pool,
             });
@@ -343,7 +369,7 @@ impl Engine {
     }
 
     /// Compute threads per instance of a model.
-    pub fn threads_per_instance(&self, model: Option<&str>) -> Result<usize, EngineError> {
+    pub fn threads_per_worker(&self, model: Option<&str>) -> Result<usize, EngineError> {
         Ok(self.models[self.index(model)?].threads)
     }
 
@@ -360,9 +386,9 @@ impl Engine {
             .collect()
     }
 
-    /// Model instances of a model.
-    pub fn instances(&self, model: Option<&str>) -> Result<usize, EngineError> {
-        Ok(self.models[self.index(model)?].instances)
+    /// Model workers (instance threads) of a model.
+    pub fn workers(&self, model: Option<&str>) -> Result<usize, EngineError> {
+        Ok(self.models[self.index(model)?].workers)
     }
 
     /// Batch counters summed over every model.

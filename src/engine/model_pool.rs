@@ -1,7 +1,7 @@
-//! The model pool of one model: its batcher thread and M instance threads. The instances share one
+//! The model pool of one model: its batcher thread and M worker threads (model instances). They share one
 //! backend (one copy of the weights serves every instance); each instance runs its forward passes
 //! on the executor its backend gives it for `threads` compute threads (a CPU backend's own pool),
-//! so the instances × threads split of the cores is what actually runs.
+//! so the workers × threads split of the cores is what actually runs.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ impl ModelPool {
     pub fn start(
         name: &str,
         backend: Arc<dyn Backend>,
-        instances: usize,
+        workers: usize,
         threads: usize,
         queue: crossbeam_channel::Receiver<Pending>,
         config: BatchingConfig,
@@ -29,18 +29,18 @@ impl ModelPool {
         // The batcher hands a batch over only to a free instance (idle tokens below), so this
         // channel never holds more than one batch per instance; meanwhile the next batch keeps
         // filling in the batcher.
-        let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(instances);
+        let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(workers);
         // One token per free instance: the batcher cuts a batch only when one can take it.
-        let (idle_tx, idle_rx) = crossbeam_channel::bounded::<()>(instances);
+        let (idle_tx, idle_rx) = crossbeam_channel::bounded::<()>(workers);
         let padded = backend.is_padded();
-        let mut handles = Vec::with_capacity(instances + 1);
+        let mut handles = Vec::with_capacity(workers + 1);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("batcher-{}", short(name)))
                 .spawn(move || batcher::run(queue, work_tx, idle_rx, config, padded, counters))
                 .expect("spawning the batcher thread failed. This is a bug."),
         );
-        for i in 0..instances {
+        for i in 0..workers {
             let rx = work_rx.clone();
             let idle = idle_tx.clone();
             let backend = backend.clone();

@@ -78,7 +78,7 @@ fn start(mock: Mock, batching: BatchingConfig, instances: usize) -> Fixture {
     let mock = Arc::new(mock);
     let config = EngineConfig {
         models: vec![ModelSpec {
-            instances,
+            workers: instances,
             threads: Some(1),
             ..ModelSpec::new(dir.path().to_str().unwrap())
         }],
@@ -537,4 +537,16 @@ async fn unknown_models_and_empty_requests_are_errors() {
         f.engine.rerank(None, input).await,
         Err(EngineError::Empty)
     ));
+}
+
+#[test]
+fn the_same_model_listed_twice_adds_workers() {
+    use crate::config::{compose, Override};
+    let d =
+        crate::config::test_conf(&[("config.yaml", "model_pool:\n  instances:\n    - name: m\n")]);
+    let o = [Override::parse("model_pool.instances=[{name: m}, {name: m, workers: 2}]").unwrap()];
+    let c = XbenchConfig::from_composed(&compose(d.path(), "config", &o).unwrap()).unwrap();
+    let e = EngineConfig::from_config(&c);
+    assert_eq!(e.models.len(), 1);
+    assert_eq!(e.models[0].workers, 3);
 }

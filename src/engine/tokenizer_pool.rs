@@ -5,56 +5,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{EngineError, RerankInput, Tokenized};
+pub use crate::config::settings::TokenizerPoolConfig;
 use crate::tokenize::{PairTokenizer, TokenizeError};
-
-/// The pool's settings (`tokenizer_pool` in the config).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TokenizerPoolConfig {
-    /// Worker threads.
-    #[serde(default = "one")]
-    pub workers: usize,
-    /// Encode one request's pairs in parallel inside a worker (the tokenizers crate's batch
-    /// encoding; the original's `TOKENIZERS_PARALLELISM=true`), or one after another.
-    #[serde(default)]
-    pub parallelism: bool,
-    /// Requests that may wait for a worker; beyond it submission fails as overloaded.
-    #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: usize,
-}
-
-fn one() -> usize {
-    1
-}
-fn default_queue_capacity() -> usize {
-    1024
-}
-
-impl Default for TokenizerPoolConfig {
-    fn default() -> Self {
-        Self {
-            workers: 1,
-            parallelism: false,
-            queue_capacity: default_queue_capacity(),
-        }
-    }
-}
-
-impl TokenizerPoolConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.workers == 0 {
-            return Err("tokenizer_pool.workers must be at least 1".into());
-        }
-        if self.queue_capacity == 0 {
-            return Err("tokenizer_pool.queue_capacity must be at least 1".into());
-        }
-        Ok(())
-    }
-}
 
 struct Job {
     model: usize,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ExperimentError;
-use crate::config::schema::Arrivals;
+use crate::config::settings::Arrivals;
 use crate::config::XbenchConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::loadgen::{self, HttpTarget, Load, RunOutcome, RunSpec, Target, Window, Workload};
@@ -51,7 +51,7 @@ impl CellPlan {
         concurrency: usize,
     ) -> Result<Self, ExperimentError> {
         let e = &config.experiment;
-        let engine = config.engine_config()?;
+        let engine = EngineConfig::from_config(config);
         let model_names: Vec<String> = engine.models.iter().map(|m| m.name.clone()).collect();
         let target = match e.target.as_deref() {
             None => TargetPlan::InProcess,
@@ -93,7 +93,7 @@ impl CellPlan {
                 _ => model_names.join(" + "),
             },
             tokenizer_workers: config.tokenizer_pool.workers,
-            model_workers: engine.models.iter().map(|m| m.instances).sum(),
+            model_workers: engine.models.iter().map(|m| m.workers).sum(),
             threads_per_worker: engine.models.first().and_then(|m| m.threads).unwrap_or(0),
             parallelism: config.tokenizer_pool.parallelism,
             pairs_per_request,
@@ -142,7 +142,7 @@ pub fn run_cell(
     let (target, server) = match &plan.target {
         TargetPlan::InProcess => {
             let engine = Arc::new(Engine::start(&plan.engine)?);
-            labels.threads_per_worker = engine.threads_per_instance(None)?;
+            labels.threads_per_worker = engine.threads_per_worker(None)?;
             (Target::Engine(engine), None)
         }
         TargetPlan::OwnServer(settings) => {
@@ -227,8 +227,8 @@ pub fn http_labels(info: Option<&InfoResponse>, fallback: CellLabels) -> CellLab
                 .collect::<Vec<_>>()
                 .join(" + "),
             tokenizer_workers: i.tokenizer_workers,
-            model_workers: i.models.iter().map(|m| m.instances).sum(),
-            threads_per_worker: i.models[0].threads_per_instance,
+            model_workers: i.models.iter().map(|m| m.workers).sum(),
+            threads_per_worker: i.models[0].threads_per_worker,
             parallelism: i.tokenizer_parallelism,
             max_batch_size: i.limits.max_batch_size,
             timeout_ms: i.limits.batching_timeout_ms,

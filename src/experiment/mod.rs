@@ -16,7 +16,7 @@ pub use cell::{http_labels, run_cell, CellPlan, CellRun, TargetPlan};
 
 use crate::config::sweep::{self, Axis, Cell};
 use crate::config::{tree, ConfigError, Override, XbenchConfig};
-use crate::engine::{EngineError, StartError};
+use crate::engine::{EngineConfig, EngineError, StartError};
 use crate::loadgen::{GeneratedLengths, HttpTargetError, RunError, Workload, WorkloadError};
 use crate::report::provenance::{provenance, ProvenanceError};
 use crate::report::results::{CellResult, Results};
@@ -226,7 +226,7 @@ impl Experiment {
             }
             let key = WorkloadKey::of(c, cell.pairs_per_request);
             let accuracy = accuracy::cell_accuracy(
-                &c.engine_config()?,
+                &EngineConfig::from_config(c),
                 (&format!("{key:?}"), &workloads[&key]),
                 c.experiment.accuracy_pairs,
                 &mut references,

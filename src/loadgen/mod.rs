@@ -19,32 +19,11 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::settings::Stage;
 use crate::engine::{BatchStats, Engine, EngineError, Timings};
 use crate::tokenize::Encoded;
 pub use http::{HttpTarget, HttpTargetError};
 pub use workload::{GeneratedLengths, Workload, WorkloadError};
-
-/// What a run exercises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Stage {
-    /// The tokenizer pool only.
-    Tokenize,
-    /// Pre-tokenized pairs through the batcher and the model pool.
-    Infer,
-    /// Tokenizer pool, batcher and model pool.
-    Full,
-}
-
-impl std::fmt::Display for Stage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Stage::Tokenize => "tokenize",
-            Stage::Infer => "infer",
-            Stage::Full => "full",
-        })
-    }
-}
 
 /// How requests are paced.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -177,9 +177,9 @@ pub struct ModelDescription {
     /// runs it (`fused` or `candle`).
     pub precision: String,
     pub backend: String,
-    /// Model instances (threads) and compute threads of each.
-    pub instances: usize,
-    pub threads_per_instance: usize,
+    /// Model workers (instance threads) and compute threads of each.
+    pub workers: usize,
+    pub threads_per_worker: usize,
 }
 
 /// The limits a client must respect, in `GET /info`.

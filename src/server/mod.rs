@@ -16,109 +16,16 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::config::settings::{ServerSettings, REDACTED};
 pub use errors::ApiError;
 
 use crate::engine::{BatchStats, Engine, EngineConfig, StartError};
 
-/// What stands for the API key wherever settings are shown, logged or stored.
-pub const REDACTED: &str = "<redacted>";
-
-/// The server's own settings (`server` in the config, less what the CLI adds). Their `Debug`
-/// form redacts the API key, so no log line can carry it.
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSettings {
-    /// Bind address; loopback unless told otherwise.
-    #[serde(default = "localhost")]
-    pub host: String,
-    /// 0 picks a free port.
-    #[serde(default = "port")]
-    pub port: u16,
-    /// Most texts (documents) per request; more is 413.
-    #[serde(default = "max_client_batch_size")]
-    pub max_client_batch_size: usize,
-    /// Largest request body in bytes; more is 413.
-    #[serde(default = "payload_limit_bytes")]
-    pub payload_limit_bytes: usize,
-    /// Bearer token required on every route but /health (and /metrics unless
-    /// `metrics_require_api_key`); `null`: no key. `XBENCH_API_KEY` or `--api-key` set it too.
-    #[serde(default)]
-    pub api_key: Option<String>,
-    /// Whether /metrics needs the API key too.
-    #[serde(default)]
-    pub metrics_require_api_key: bool,
-    /// `Retry-After` seconds sent with 429 and 503.
-    #[serde(default = "retry_after_s")]
-    pub retry_after_s: u64,
-    /// Deadline of a scoring request, in ms from its arrival, when the request sets no
-    /// `timeout_ms`; past it the answer is 503. `null`: no deadline.
-    #[serde(default = "request_timeout_ms")]
-    pub request_timeout_ms: Option<u64>,
-}
-
-fn localhost() -> String {
-    "127.0.0.1".into()
-}
-fn port() -> u16 {
-    8080
-}
-fn max_client_batch_size() -> usize {
-    1024
-}
-fn payload_limit_bytes() -> usize {
-    2_000_000
-}
-fn retry_after_s() -> u64 {
-    1
-}
-fn request_timeout_ms() -> Option<u64> {
-    Some(30_000)
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        Self {
-            host: localhost(),
-            port: port(),
-            max_client_batch_size: max_client_batch_size(),
-            payload_limit_bytes: payload_limit_bytes(),
-            api_key: None,
-            metrics_require_api_key: false,
-            retry_after_s: retry_after_s(),
-            request_timeout_ms: request_timeout_ms(),
-        }
-    }
-}
-
-impl ServerSettings {
-    /// These settings with the API key (if any) replaced by [`REDACTED`].
-    pub fn redacted(&self) -> Self {
-        Self {
-            api_key: self.api_key.as_ref().map(|_| REDACTED.to_string()),
-            ..self.clone()
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        if self.max_client_batch_size == 0 {
-            return Err("server.max_client_batch_size must be at least 1".into());
-        }
-        if self.payload_limit_bytes < 1024 {
-            return Err("server.payload_limit_bytes must be at least 1024".into());
-        }
-        if self.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
-            return Err("server.api_key is empty: give a key or null for none".into());
-        }
-        Ok(())
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("invalid server config: {0}")]
-    Config(String),
+    /// The background server's thread could not bind or start (the cause, as text).
+    #[error("cannot start the server: {0}")]
+    Start(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -160,16 +67,6 @@ impl AppState {
     }
 }
 
-impl std::fmt::Debug for ServerSettings {
-    /// Every field, as the config spells it, with the API key redacted.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match serde_json::to_string(&self.redacted()) {
-            Ok(json) => write!(f, "ServerSettings {json}"),
-            Err(_) => f.write_str("ServerSettings { .. }"),
-        }
-    }
-}
-
 /// Starts the engine (blocking; runs while the server already answers /health with 503).
 pub type EngineStarter = Box<dyn FnOnce(&EngineConfig) -> Result<Engine, StartError> + Send>;
 
@@ -203,7 +100,10 @@ impl Server {
         engine: EngineConfig,
         starter: EngineStarter,
     ) -> Result<Self, ServerError> {
-        settings.validate().map_err(ServerError::Config)?;
+        debug_assert!(
+            settings.validate().is_ok(),
+            "server settings are validated by config"
+        );
         let metrics = telemetry::handle().map_err(ServerError::Metrics)?;
         let addr = format!("{}:{}", settings.host, settings.port);
         let listener = tokio::net::TcpListener::bind(&addr)
@@ -357,7 +257,7 @@ impl BackgroundServer {
                     let server = match Server::bind_with(settings, engine, starter).await {
                         Ok(s) => s,
                         Err(e) => {
-                            let _ = bound_tx.send(Err(ServerError::Config(crate::error_chain(&e))));
+                            let _ = bound_tx.send(Err(ServerError::Start(crate::error_chain(&e))));
                             return Err(e);
                         }
                     };

@@ -489,8 +489,8 @@ async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, 
             device: spec.device.clone(),
             precision: info.precision.name().to_string(),
             backend: info.backend.name().to_string(),
-            instances: engine.instances(m).map_err(e)?,
-            threads_per_instance: engine.threads_per_instance(m).map_err(e)?,
+            workers: engine.workers(m).map_err(e)?,
+            threads_per_worker: engine.threads_per_worker(m).map_err(e)?,
         });
     }
     let b = &config.batching;

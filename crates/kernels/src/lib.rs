@@ -1,10 +1,12 @@
-//! Hand-written CPU kernels for xbench's fused fp32 forward pass (`xbench::model::fused`).
+//! Hand-written CPU kernels for xbench's fused forward pass (`xbench::model::fused`), in every
+//! precision: fp32, fp16 and bf16 products (`half`), int8 (`quant`) and int4 with GPTQ (`int4`,
+//! `gptq`).
 //!
 //! candle runs every elementwise op as its own pass over memory, single-threaded, with scalar
 //! `erf`/`exp`; the fused pass instead does bias + GELU, bias + residual + LayerNorm and the whole
 //! of attention (scores, softmax, weighted sum) each in one pass, over rows in parallel on the
-//! caller's rayon pool. Matrix products go to the `gemm` crate (what candle uses), called directly so
-//! the residual is accumulated into the product's output instead of added afterwards.
+//! caller's rayon pool. fp32 matrix products go to the `gemm` crate (what candle uses), called
+//! directly so the residual is accumulated into the product's output instead of added afterwards.
 //!
 //! Every kernel body is written once, as plain Rust that the compiler vectorizes, and compiled
 //! three times: for AVX-512, for AVX2 + FMA and portable; [`simd`] picks one at run time (the

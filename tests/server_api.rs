@@ -1,0 +1,727 @@
+//! The rerank APIs of the real server on 127.0.0.1:0, driven over HTTP: both APIs score as
+//! `xbench score` does, every row of the status table, truncation, deadlines, hostile inputs, the
+//! API key, multi-label models, and the OpenAPI document against the real responses.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use xbench::engine::{BatchingConfig, EngineConfig, ModelSpec, TokenizerPoolConfig};
+use xbench::score::{sigmoid, Pair, Scorer};
+use xbench::server::ServerSettings;
+
+mod support;
+use support::*;
+
+#[test]
+fn both_apis_score_as_xbench_score_does() {
+    let server = TestServer::start(settings(), engine_config(BatchingConfig::default()), None);
+    let pairs = sample(20);
+    let scorer = Scorer::load_default(&demo(), None).unwrap();
+    let want = scorer.score(&pairs, 32).unwrap();
+    let mut at = 0;
+    for (query, passages) in grouped(&pairs) {
+        let want = &want[at..at + passages.len()];
+        at += passages.len();
+        // TEI: raw logits, then sigmoid, sorted highest first, texts echoed.
+        let r = client()
+            .post(server.url("/rerank"))
+            .json(&json!({"query": query, "texts": passages, "raw_scores": true, "return_text": true}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        for h in [
+            "x-total-time",
+            "x-tokenization-time",
+            "x-queue-time",
+            "x-inference-time",
+        ] {
+            let v: f64 = r.headers()[h].to_str().unwrap().parse().unwrap();
+            assert!(v >= 0.0, "{h}: {v}");
+        }
+        let ranks: Value = r.json().unwrap();
+        let ranks = ranks.as_array().unwrap();
+        assert_eq!(ranks.len(), passages.len());
+        let mut last = f64::INFINITY;
+        for rank in ranks {
+            let i = rank["index"].as_u64().unwrap() as usize;
+            let score = rank["score"].as_f64().unwrap();
+            assert!(
+                (score - want[i] as f64).abs() <= 1e-5,
+                "pair {i}: server {score}, xbench score {}",
+                want[i]
+            );
+            assert!(score <= last, "sorted highest first");
+            last = score;
+            assert_eq!(rank["text"], passages[i]);
+        }
+        let (status, ranks) = post(
+            &server,
+            "/rerank",
+            &json!({"query": query, "texts": passages}),
+        );
+        assert_eq!(status, StatusCode::OK);
+        for rank in ranks.as_array().unwrap() {
+            let i = rank["index"].as_u64().unwrap() as usize;
+            let score = rank["score"].as_f64().unwrap();
+            assert!((score - sigmoid(want[i]) as f64).abs() <= 1e-6);
+            assert!(rank.get("text").is_none(), "no text unless asked");
+        }
+        // Cohere/Jina: documents as strings or objects, top_n, return_documents, usage.
+        let documents: Vec<Value> = passages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if i % 2 == 0 {
+                    json!(p)
+                } else {
+                    json!({ "text": p })
+                }
+            })
+            .collect();
+        let top_n = passages.len().min(3);
+        let (status, body) = post(
+            &server,
+            "/v1/rerank",
+            &json!({"query": query, "documents": documents, "top_n": top_n, "return_documents": true}),
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["model"], demo());
+        assert_eq!(body["id"].as_str().unwrap().len(), 32);
+        let tokens: usize = passages
+            .iter()
+            .map(|p| scorer.tokenizer().encode(&query, p).unwrap().ids.len())
+            .sum();
+        assert_eq!(body["usage"]["total_tokens"], tokens);
+        let results = body["results"].as_array().unwrap();
+        assert_eq!(results.len(), top_n);
+        let mut best: Vec<usize> = (0..passages.len()).collect();
+        best.sort_by(|&a, &b| want[b].total_cmp(&want[a]));
+        for (k, r) in results.iter().enumerate() {
+            let i = r["index"].as_u64().unwrap() as usize;
+            assert_eq!(i, best[k]);
+            assert!(
+                (r["relevance_score"].as_f64().unwrap() - sigmoid(want[i]) as f64).abs() <= 1e-6
+            );
+            assert_eq!(r["document"]["text"], passages[i]);
+        }
+    }
+    let summary = server.stop();
+    assert_eq!(summary.accepted, summary.answered);
+}
+
+#[test]
+fn every_row_of_the_status_table() {
+    let server = TestServer::start(
+        ServerSettings {
+            max_client_batch_size: 4,
+            payload_limit_bytes: 4096,
+            ..settings()
+        },
+        engine_config(BatchingConfig::default()),
+        Some(test_backend(Duration::ZERO, 64, Duration::ZERO)),
+    );
+    let raw = |path: &str, content_type: Option<&str>, body: &str| {
+        let mut r = client().post(server.url(path)).body(body.to_string());
+        if let Some(ct) = content_type {
+            r = r.header("content-type", ct);
+        }
+        let r = r.send().unwrap();
+        let status = r.status();
+        let headers = r.headers().clone();
+        (status, r.json::<Value>().unwrap(), headers)
+    };
+    let json_ct = Some("application/json");
+    for path in ["/rerank", "/v1/rerank"] {
+        // 400: malformed JSON.
+        let (s, v, _) = raw(path, json_ct, "{\"query\": \"q\", ");
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(assert_envelope(&v, "bad_request").contains("not valid JSON"));
+        // 415: not sent as JSON.
+        let (s, v, _) = raw(path, None, "{}");
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(assert_envelope(&v, "unsupported_media_type").contains("application/json"));
+        // 413: body over the payload limit.
+        let big =
+            json!({"query": "q", "texts": ["x".repeat(5000)], "documents": ["x".repeat(5000)]});
+        let (s, v, _) = raw(path, json_ct, &big.to_string());
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(assert_envelope(&v, "payload_too_large").contains("4096"));
+    }
+    // 422: wrong types and missing fields name the field.
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": "one"}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "texts",
+    );
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"texts": ["a"]}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "query",
+    );
+    expect_error(
+        &server,
+        "/v1/rerank",
+        &json!({"query": "q", "documents": [1]}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "documents",
+    );
+    expect_error(
+        &server,
+        "/v1/rerank",
+        &json!({"query": "q", "documents": ["a"], "top_n": 0}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "top_n",
+    );
+    for path in ["/rerank", "/v1/rerank"] {
+        let body = if path == "/rerank" {
+            json!({"query": "q", "texts": ["a"], "timeout_ms": 0})
+        } else {
+            json!({"query": "q", "documents": ["a"], "timeout_ms": 0})
+        };
+        expect_error(
+            &server,
+            path,
+            &body,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "timeout_ms must be at least 1",
+        );
+    }
+    // 400: nothing to rank.
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": []}),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "'texts' is empty",
+    );
+    expect_error(
+        &server,
+        "/v1/rerank",
+        &json!({"query": "q", "documents": []}),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "'documents' is empty",
+    );
+    // 413: more texts than max_client_batch_size.
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": ["a", "b", "c", "d", "e"]}),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "max_client_batch_size 4",
+    );
+    // 422: over max_length with truncation off; truncated by default. The model's limit is 512.
+    let long = "word ".repeat(700);
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": [long], "truncate": false}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "max_length 512",
+    );
+    // 404: unknown model, unknown route.
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": ["a"], "model": "nope"}),
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "unknown model 'nope'",
+    );
+    let r = client().get(server.url("/nowhere")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_envelope(&r.json().unwrap(), "not_found");
+    // 405: wrong method.
+    let r = client().get(server.url("/rerank")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(assert_envelope(&r.json().unwrap(), "method_not_allowed").contains("use POST"));
+    // 500: a failed batch fails its own request only (pairs over 64 tokens fail here); the
+    // short request after it is scored.
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": ["word ".repeat(100)]}),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "injected failure",
+    );
+    let (s, _) = post(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": ["short"]}),
+    );
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[test]
+fn truncation_direction_keeps_the_end_asked_for() {
+    let server = TestServer::start(
+        settings(),
+        EngineConfig {
+            models: vec![ModelSpec {
+                threads: Some(1),
+                max_length: Some(16),
+                ..ModelSpec::new(demo())
+            }],
+            tokenizer_pool: TokenizerPoolConfig::default(),
+            batching: BatchingConfig::default(),
+        },
+        None,
+    );
+    // 16 tokens: [CLS] rust [SEP] + 12 passage tokens + [SEP]. Every word is one token and the
+    // units are two tokens long, so the 12 kept are "rust fast" x6 from the head or
+    // "paris france" x6 from the tail.
+    let scorer = Scorer::load_default(&demo(), Some(16)).unwrap();
+    let alone = |passage: String| scorer.score(&[Pair::new("rust", passage)], 1).unwrap()[0];
+    let head = alone("rust fast ".repeat(10));
+    let tail = alone("paris france ".repeat(10));
+    assert!(
+        (head - tail).abs() > 1e-3,
+        "the two ends score apart: {head} {tail}"
+    );
+    let text = format!("{}{}", "rust fast ".repeat(10), "paris france ".repeat(10));
+    let score = |body: Value| {
+        let (s, v) = post(&server, "/rerank", &body);
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v[0]["score"].as_f64().unwrap() as f32
+    };
+    let right = score(
+        json!({"query": "rust", "texts": [text], "raw_scores": true, "truncation_direction": "Right"}),
+    );
+    let left = score(
+        json!({"query": "rust", "texts": [text], "raw_scores": true, "truncation_direction": "Left"}),
+    );
+    let default = score(json!({"query": "rust", "texts": [text], "raw_scores": true}));
+    assert!(
+        (right - head).abs() < 1e-5,
+        "right keeps the head: {right} vs {head}"
+    );
+    assert!(
+        (left - tail).abs() < 1e-5,
+        "left keeps the tail: {left} vs {tail}"
+    );
+    assert!(
+        (default - right).abs() < 1e-6,
+        "the demo model truncates on the right"
+    );
+    expect_error(
+        &server,
+        "/rerank",
+        &json!({"query": "rust", "texts": [text], "truncate": false}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+        "max_length 16",
+    );
+}
+
+#[test]
+fn the_api_key_guards_every_route_but_health_and_metrics() {
+    let server = TestServer::start(
+        ServerSettings {
+            api_key: Some("s3cret".into()),
+            ..settings()
+        },
+        engine_config(BatchingConfig::default()),
+        None,
+    );
+    let body = json!({"query": "q", "texts": ["a"]});
+    let r = client()
+        .post(server.url("/rerank"))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert!(assert_envelope(&r.json().unwrap(), "unauthorized").contains("Authorization: Bearer"));
+    let r = client()
+        .post(server.url("/v1/rerank"))
+        .bearer_auth("wrong")
+        .json(&json!({"query": "q", "documents": ["a"]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    for path in ["/info", "/openapi.json"] {
+        let r = client().get(server.url(path)).send().unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    for path in ["/health", "/metrics"] {
+        let r = client().get(server.url(path)).send().unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+    }
+    let r = client()
+        .post(server.url("/rerank"))
+        .bearer_auth("s3cret")
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = client()
+        .get(server.url("/info"))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap();
+    let info: Value = r.json().unwrap();
+    assert_eq!(info["api_key_required"], true);
+}
+
+#[test]
+fn the_openapi_document_describes_the_real_responses() {
+    let server = TestServer::start(settings(), engine_config(BatchingConfig::default()), None);
+    let doc: Value = client()
+        .get(server.url("/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/rerank", "post"),
+        ("/v1/rerank", "post"),
+        ("/health", "get"),
+        ("/info", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            paths[path].get(method).is_some(),
+            "{method} {path} is documented"
+        );
+    }
+    let response_schema = |path: &str, method: &str, status: &str| {
+        doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+            .clone()
+    };
+    let request_schema = |path: &str| {
+        doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"].clone()
+    };
+    let cases = [
+        (
+            "/rerank",
+            json!({"query": "q", "texts": ["a", "b"], "return_text": true, "raw_scores": false,
+                   "truncate": true, "truncation_direction": "Right"}),
+        ),
+        (
+            "/v1/rerank",
+            json!({"query": "q", "documents": ["a", {"text": "b"}], "top_n": 1, "return_documents": true}),
+        ),
+    ];
+    for (path, body) in &cases {
+        check_schema(&doc, &request_schema(path), body, "request").unwrap();
+        let (s, v) = post(&server, path, body);
+        assert_eq!(s, StatusCode::OK);
+        check_schema(&doc, &response_schema(path, "post", "200"), &v, path).unwrap();
+        let (s, v) = post(&server, path, &json!({"query": 3}));
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        check_schema(&doc, &response_schema(path, "post", "422"), &v, path).unwrap();
+    }
+    for path in ["/info", "/health"] {
+        let v: Value = client()
+            .get(server.url(path))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        check_schema(&doc, &response_schema(path, "get", "200"), &v, path).unwrap();
+    }
+    // The checker does catch a mismatch.
+    let bad = json!([{"index": "zero", "score": 1.0}]);
+    assert!(check_schema(&doc, &response_schema("/rerank", "post", "200"), &bad, "x").is_err());
+}
+
+/// A request whose deadline passes while it waits behind a slow batch is answered 503
+/// `deadline_exceeded` with Retry-After at its deadline, not when the batch ends; the server's
+/// `request_timeout_ms` applies to requests without one; and the server keeps serving.
+#[test]
+fn a_request_past_its_deadline_is_answered_503_and_the_server_keeps_serving() {
+    let server = TestServer::start(
+        ServerSettings {
+            request_timeout_ms: Some(150),
+            ..settings()
+        },
+        engine_config(BatchingConfig {
+            enabled: false,
+            ..BatchingConfig::default()
+        }),
+        Some(test_backend(
+            Duration::from_millis(600),
+            512,
+            Duration::ZERO,
+        )),
+    );
+    let send = |body: Value| {
+        let started = Instant::now();
+        let (status, retry, v) = post_rerank(&server, &body);
+        (status, retry, v, started.elapsed())
+    };
+    std::thread::scope(|s| {
+        // The first request holds the only instance for 600 ms (its own deadline is long enough).
+        let first = s.spawn(|| send(json!({"query": "q", "texts": ["a"], "timeout_ms": 5000})));
+        std::thread::sleep(Duration::from_millis(100));
+        // Behind it: one with its own 100 ms deadline, one with the server's 150 ms.
+        let own = s.spawn(|| send(json!({"query": "q", "texts": ["b"], "timeout_ms": 100})));
+        let default = s.spawn(|| send(json!({"query": "q", "texts": ["c"]})));
+        for (h, ms) in [(own, 100u64), (default, 150)] {
+            let (status, retry, v, took) = h.join().unwrap();
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+            assert_eq!(retry.as_deref(), Some("1"));
+            let message = assert_envelope(&v, "deadline_exceeded");
+            assert!(message.contains(&format!("{ms} ms")), "{message}");
+            assert!(took < Duration::from_millis(450), "answered after {took:?}");
+        }
+        let (status, _, v, _) = first.join().unwrap();
+        assert_eq!(status, StatusCode::OK, "{v}");
+    });
+    let (status, _, v, _) = send(json!({"query": "q", "texts": ["d"], "timeout_ms": 5000}));
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+/// Hostile bodies each get their documented 4xx (or are scored, for NUL bytes), without a memory
+/// blow-up, and the server goes on serving.
+#[test]
+fn hostile_inputs_get_their_documented_answers() {
+    let server = TestServer::start_alone(settings(), engine_config(BatchingConfig::default()));
+    let before = rss_mb();
+    let send = |body: Vec<u8>| {
+        let r = client()
+            .post(server.url("/rerank"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status();
+        (status, r.json::<Value>().unwrap())
+    };
+    // 10 MB of text: over the 2 MB body limit, refused from the Content-Length alone, before a
+    // byte of the body is read (the client here sends none).
+    {
+        use std::io::{Read, Write};
+        let url = server.url("/rerank");
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/rerank");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(
+                b"POST /rerank HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n",
+            )
+            .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = stream.read(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+    }
+    // 100,000 texts: under the byte limit, over max_client_batch_size.
+    let many = json!({"query": "q", "texts": vec!["a"; 100_000]}).to_string();
+    let (s, v) = send(many.into_bytes());
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(assert_envelope(&v, "payload_too_large").contains("max_client_batch_size"));
+    // JSON nested 100,000 deep, no stack overflow: where a field's type is known, the wrong shape
+    // is found at the first level (422); an unknown field is skipped without recursing, as TEI
+    // ignores unknown fields (200).
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (s, v) = send(deep.into_bytes());
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_envelope(&v, "validation");
+    let deep_field = format!(
+        "{{\"query\": \"q\", \"texts\": {}\"a\"{}}}",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
+    let (s, v) = send(deep_field.into_bytes());
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(assert_envelope(&v, "validation").contains("texts"));
+    let deep_unknown = format!(
+        "{{\"query\": \"q\", \"texts\": [\"a\"], \"extra\": {}1{}}}",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
+    let (s, v) = send(deep_unknown.into_bytes());
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Invalid UTF-8 inside a string.
+    let mut bad = b"{\"query\": \"q\", \"texts\": [\"ab".to_vec();
+    bad.extend_from_slice(&[0xff, 0xfe, 0xc3]);
+    bad.extend_from_slice(b"\"]}");
+    let (s, v) = send(bad);
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(assert_envelope(&v, "bad_request").contains("not valid JSON"));
+    // NUL bytes and control characters are text like any other: scored.
+    let nul = json!({"query": "q\u{0}", "texts": ["a\u{0}b", "\u{1}\u{7f}"]}).to_string();
+    let (s, v) = send(nul.into_bytes());
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v.as_array().map(Vec::len), Some(2));
+    let grown = rss_mb() - before;
+    assert!(grown < 150.0, "RSS grew {grown:.0} MB");
+    // Still serving.
+    let (s, v) = post(&server, "/rerank", &json!({"query": "q", "texts": ["a"]}));
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+/// A client that disconnects while its request waits gives its queue place back at once (the
+/// server notices the closed socket and drops the request), and its pairs are never computed.
+#[test]
+fn a_client_that_disconnects_frees_its_queue_place_and_is_not_computed() {
+    let server = TestServer::start(
+        settings(),
+        engine_config(BatchingConfig {
+            enabled: false,
+            queue_capacity: 1,
+            ..BatchingConfig::default()
+        }),
+        Some(test_backend(
+            Duration::from_millis(800),
+            512,
+            Duration::ZERO,
+        )),
+    );
+    let stats = server.stats();
+    let before = stats.batch_stats().unwrap();
+    let body = json!({"query": "q", "texts": ["a short text"]});
+    let send = || {
+        let (url, body) = (server.url("/rerank"), body.clone());
+        std::thread::spawn(move || client().post(url).json(&body).send().map(|r| r.status()))
+    };
+    // A request written on a raw socket, which is closed when dropped.
+    let raw = || {
+        use std::io::Write;
+        let mut socket = std::net::TcpStream::connect(server.addr()).unwrap();
+        let text = body.to_string();
+        write!(
+            socket,
+            "POST /rerank HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        )
+        .unwrap();
+        socket
+    };
+    let settle = || std::thread::sleep(Duration::from_millis(150));
+    let first = send(); // computes for 800 ms
+    settle();
+    let second = raw(); // taken by the batcher, waits for the instance
+    settle();
+    let third = raw(); // holds the queue's one place
+    settle();
+    let (status, _, v) = post_rerank(&server, &body);
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    drop(second);
+    drop(third);
+    settle();
+    let fourth = send(); // the place is free again
+    assert_eq!(first.join().unwrap().unwrap(), StatusCode::OK);
+    assert_eq!(fourth.join().unwrap().unwrap(), StatusCode::OK);
+    let computed = stats.batch_stats().unwrap().since(&before);
+    assert_eq!(
+        computed.pairs, 2,
+        "only the two requests whose clients waited are computed"
+    );
+    let summary = server.stop();
+    assert_eq!(
+        (summary.accepted, summary.answered, summary.left),
+        (5, 3, 2)
+    );
+}
+
+/// A model with more than one label (the tiny DistilBERT's irrelevant / partial / relevant): each
+/// result carries every label's logit; the score is the last label's softmax probability (raw:
+/// its log-odds against the others), on both APIs; `/info` names the labels.
+#[test]
+fn multi_label_models_answer_every_logit_and_score_their_last_label() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-distilbert");
+    let config = EngineConfig {
+        models: vec![ModelSpec {
+            threads: Some(1),
+            ..ModelSpec::new(model.to_str().unwrap())
+        }],
+        tokenizer_pool: TokenizerPoolConfig::default(),
+        batching: BatchingConfig::default(),
+    };
+    let server = TestServer::start(settings(), config, None);
+    let texts = [
+        "Rust is a systems programming language.",
+        "The river runs to the sea.",
+        "",
+    ];
+    let want = Scorer::load_default(model.to_str().unwrap(), None).unwrap();
+    let (s, v) = post(
+        &server,
+        "/rerank",
+        &json!({"query": "what is rust", "texts": texts, "raw_scores": true}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let raw = v.as_array().unwrap();
+    assert_eq!(raw.len(), 3);
+    let (_, v) = post(
+        &server,
+        "/rerank",
+        &json!({"query": "what is rust", "texts": texts}),
+    );
+    let ranks = v.as_array().unwrap();
+    for (r, p) in raw.iter().zip(ranks) {
+        assert_eq!(r["index"], p["index"], "the same order raw or not");
+        let logits: Vec<f32> = serde_json::from_value(p["logits"].clone()).unwrap();
+        assert_eq!(logits.len(), 3, "{p}");
+        let softmax = logits[2].exp() / logits.iter().map(|l| l.exp()).sum::<f32>();
+        let score = p["score"].as_f64().unwrap() as f32;
+        assert!((score - softmax).abs() <= 1e-5, "{p}");
+        let log_odds = r["score"].as_f64().unwrap() as f32;
+        assert!((sigmoid(log_odds) - softmax).abs() <= 1e-5, "{r}");
+        let i = p["index"].as_u64().unwrap() as usize;
+        let alone = want
+            .score(&[Pair::new("what is rust", texts[i])], 1)
+            .unwrap()[0];
+        assert!((alone - log_odds).abs() <= 1e-5, "{alone} vs {log_odds}");
+    }
+    let scores: Vec<f64> = ranks.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+
+    let (s, v) = post(
+        &server,
+        "/v1/rerank",
+        &json!({"query": "what is rust", "documents": texts, "top_n": 2}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (c, p) in results.iter().zip(ranks) {
+        assert_eq!(c["index"], p["index"]);
+        assert_eq!(c["logits"], p["logits"]);
+        let d = c["relevance_score"].as_f64().unwrap() - p["score"].as_f64().unwrap();
+        assert!(d.abs() <= 1e-6, "{c} vs {p}");
+    }
+
+    let info: Value = client()
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        info["models"][0]["labels"],
+        json!(["irrelevant", "partial", "relevant"])
+    );
+    assert_eq!(
+        info["models"][0]["architecture"],
+        "DistilBertForSequenceClassification"
+    );
+    assert_eq!(info["models"][0]["precision"], "fp32");
+    assert_eq!(info["models"][0]["backend"], "fused");
+    server.stop();
+}
