@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Before/after check of a change that must not change behaviour or speed: builds an older revision
-# (release, its own target directory under /tmp) beside this tree's release build, then
-#   1. `xbench score` on data/pairs.jsonl with every precision each backend runs: byte-identical
-#      output (the old revision is asked with --kernels if it predates --backend);
+# (release, in a worktree and target directory of its own under /tmp) beside this tree's release
+# build, then
+#   1. `xbench score` on $SCORE_INPUT (default data/pairs.jsonl) with every precision each backend
+#      runs: byte-identical output (the old revision is asked with --kernels if it predates
+#      --backend). On a CPU without AVX-512, fp16 and bf16 run portable loops that take minutes per
+#      hundred pairs: give a shorter file there (SCORE_INPUT=data/sample_pairs.jsonl);
 #   2. `xbench bench` at 8, 32 and 128 pairs per request, the two binaries interleaved round after
 #      round; prints each round and the median pairs/s of each with its spread (min-max).
 # Usage: scripts/compare_builds.sh OLD_REV [ROUNDS] [DURATION_S]
@@ -14,7 +17,8 @@ OLD_REV=${1:?usage: scripts/compare_builds.sh OLD_REV [ROUNDS] [DURATION_S]}
 ROUNDS=${2:-3}
 DURATION=${3:-6}
 OLD_TREE=/tmp/xbench-compare-$(git rev-parse --short "$OLD_REV")
-OLD_TARGET=$OLD_TREE-target
+OLD_TARGET=/tmp/xbench-compare-target  # shared by every old revision: only xbench itself rebuilds
+SCORE_INPUT=${SCORE_INPUT:-data/pairs.jsonl}
 MODEL=models/demo-minilm-l6
 
 if [ ! -d "$OLD_TREE" ]; then
@@ -34,7 +38,7 @@ backend_flag() {
 OLD_FLAG=$(backend_flag "$OLD")
 NEW_FLAG=$(backend_flag "$NEW")
 
-echo "== xbench score, data/pairs.jsonl =="
+echo "== xbench score, $SCORE_INPUT =="
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 status=0
@@ -43,9 +47,9 @@ for backend in fused candle; do
     if [ "$backend" = candle ] && { [ "$precision" = int8 ] || [ "$precision" = int4 ]; }; then
       continue
     fi
-    "$OLD" score --model "$MODEL" --input data/pairs.jsonl --quantization "$precision" \
+    "$OLD" score --model "$MODEL" --input "$SCORE_INPUT" --quantization "$precision" \
       "$OLD_FLAG" "$backend" >"$out/old" 2>/dev/null
-    "$NEW" score --model "$MODEL" --input data/pairs.jsonl --quantization "$precision" \
+    "$NEW" score --model "$MODEL" --input "$SCORE_INPUT" --quantization "$precision" \
       "$NEW_FLAG" "$backend" >"$out/new" 2>/dev/null
     if cmp -s "$out/old" "$out/new"; then
       echo "$backend $precision: identical ($(wc -l <"$out/new") lines)"
