@@ -217,7 +217,7 @@ fn http_target(
 
 /// The labels of a cell measured over HTTP: the server's own settings when it is xbench (from
 /// `/info`), the plan's otherwise.
-pub fn http_labels(info: Option<&InfoResponse>, fallback: CellLabels) -> CellLabels {
+fn http_labels(info: Option<&InfoResponse>, fallback: CellLabels) -> CellLabels {
     match info {
         Some(i) if !i.models.is_empty() => CellLabels {
             model: i

@@ -12,7 +12,7 @@ mod cell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub use cell::{http_labels, run_cell, CellPlan, CellRun, TargetPlan};
+pub use cell::{run_cell, CellPlan, CellRun, TargetPlan};
 
 use crate::config::sweep::{self, Axis, Cell};
 use crate::config::{tree, ConfigError, Override, XbenchConfig};
@@ -94,15 +94,6 @@ impl Sink for ResultsDir {
                 dir: self.dir.clone(),
                 source,
             })?;
-        Ok(())
-    }
-}
-
-/// Keeps nothing (tests read the returned [`Results`]).
-pub struct NoSink;
-
-impl Sink for NoSink {
-    fn write(&mut self, _: &Results) -> Result<(), ExperimentError> {
         Ok(())
     }
 }

@@ -5,26 +5,29 @@
 use super::{positions_from_zero, Family, Head, HeadAct, PairTemplate, TypeIds, WeightNames};
 use crate::model::encoder::EncoderConfig;
 
+/// transformers' `BertModel` weight names (XLM-RoBERTa's are the same under another root).
+pub(super) const WEIGHTS: WeightNames = WeightNames {
+    root: "bert",
+    layers: "encoder.layer",
+    qkv: [
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+    ],
+    attention_output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    intermediate: "intermediate.dense",
+    output: "output.dense",
+    output_norm: "output.LayerNorm",
+};
+
 pub static BERT: Family = Family {
     name: "bert",
     architectures: &["BertForSequenceClassification"],
     config: EncoderConfig::read,
     position_offset: positions_from_zero,
     token_types: true,
-    weights: WeightNames {
-        root: "bert",
-        layers: "encoder.layer",
-        qkv: [
-            "attention.self.query",
-            "attention.self.key",
-            "attention.self.value",
-        ],
-        attention_output: "attention.output.dense",
-        attention_norm: "attention.output.LayerNorm",
-        intermediate: "intermediate.dense",
-        output: "output.dense",
-        output_norm: "output.LayerNorm",
-    },
+    weights: WEIGHTS,
     head: Head {
         dense: "bert.pooler.dense",
         act: HeadAct::Tanh,

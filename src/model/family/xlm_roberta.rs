@@ -14,17 +14,7 @@ pub static XLM_ROBERTA: Family = Family {
     token_types: true,
     weights: WeightNames {
         root: "roberta",
-        layers: "encoder.layer",
-        qkv: [
-            "attention.self.query",
-            "attention.self.key",
-            "attention.self.value",
-        ],
-        attention_output: "attention.output.dense",
-        attention_norm: "attention.output.LayerNorm",
-        intermediate: "intermediate.dense",
-        output: "output.dense",
-        output_norm: "output.LayerNorm",
+        ..super::bert::WEIGHTS
     },
     head: Head {
         dense: "classifier.dense",
