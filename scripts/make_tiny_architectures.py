@@ -61,6 +61,12 @@ from transformers import (  # noqa: E402
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
+    CamembertConfig,
+    CamembertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     XLMRobertaConfig,
@@ -72,6 +78,9 @@ VOCAB_SIZE = 400
 SEED_XLMR = 20240611
 SEED_DISTILBERT = 20240612
 SEED_BERT = 20261201
+SEED_ROBERTA = 20261202
+SEED_CAMEMBERT = 20261203
+SEED_ELECTRA = 20261204
 BATCH_TOLERANCE = 1e-5
 
 CORPUS = [
@@ -156,8 +165,14 @@ PAIRS = [
 # ---------------------------------------------------------------- tokenizers
 
 
-def train_unigram() -> Tokenizer:
-    """SentencePiece-style Unigram with the pipeline transformers 5's XLMRobertaTokenizer rebuilds."""
+XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+# CamemBERT's vocabulary opens with unused copies of the specials; its <s> and </s> come later.
+CAMEMBERT_SPECIALS = ["<s>NOTUSED", "<pad>", "</s>NOTUSED", "<unk>", "<unk>NOTUSED", "<s>", "</s>", "<mask>"]
+
+
+def train_unigram(specials: list[str] = XLMR_SPECIALS) -> Tokenizer:
+    """SentencePiece-style Unigram with the pipeline transformers 5's XLMRobertaTokenizer (and
+    CamembertTokenizer) rebuilds."""
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -168,7 +183,7 @@ def train_unigram() -> Tokenizer:
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.UnigramTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        special_tokens=specials,
         unk_token="<unk>",
         show_progress=False,
     )
@@ -177,6 +192,25 @@ def train_unigram() -> Tokenizer:
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+    )
+    return tok
+
+
+def train_byte_level_bpe() -> Tokenizer:
+    """GPT-2-style byte-level BPE with the pipeline transformers 5's RobertaTokenizer rebuilds
+    (ByteLevel pre-tokenizer without a prefix space, RobertaProcessing: `<s> A </s></s> B </s>`)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=XLMR_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.post_processor = processors.RobertaProcessing(
+        ("</s>", tok.token_to_id("</s>")), ("<s>", tok.token_to_id("<s>")), trim_offsets=True, add_prefix_space=False
     )
     return tok
 
@@ -253,9 +287,9 @@ def safetensors_listing(path: Path) -> list[tuple[str, str, list[int]]]:
 
 
 def forward(model, batch: dict) -> torch.Tensor:
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if model.config.model_type == "bert":  # the only one of the three whose type ids change logits
-        inputs["token_type_ids"] = batch["token_type_ids"]
+    """The model on what its tokenizer returns: token type ids only where the tokenizer's
+    `model_input_names` has them (as sentence-transformers' CrossEncoder passes `**features`)."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
     with torch.no_grad():
         return model(**inputs).logits.float()
 
@@ -267,8 +301,17 @@ def encode_pair(hf, q: str, p: str, **kwargs) -> dict:
     (`if text_pair` is false) and applies the single-sequence template; with lists it keeps the
     pair template "<s> q </s></s></s>", which is also what tokenizers' `encode(q, "")` gives.
     """
-    enc = hf([q], [p], return_token_type_ids=True, **kwargs)
+    enc = hf([q], [p], **kwargs)
     return {k: v[0] for k, v in enc.items()}
+
+
+def type_ids_as_passed(hf, enc: dict) -> list[int]:
+    """The token type ids the model sees: the tokenizer's when its `model_input_names` lists them,
+    else none, which the model reads as zeros."""
+    if "token_type_ids" in hf.model_input_names:
+        return list(enc["token_type_ids"])
+    assert "token_type_ids" not in enc
+    return [0] * len(enc["input_ids"])
 
 
 def check_and_reference(name: str, out: Path, model, num_labels: int) -> dict:
@@ -282,12 +325,15 @@ def check_and_reference(name: str, out: Path, model, num_labels: int) -> dict:
     raw_trunc = Tokenizer.from_file(str(out / "tokenizer.json"))
     raw_trunc.enable_truncation(MAX_LENGTH, strategy="longest_first")
     n_unk = 0
+    # The type ids compared are tokenizer.json's: the model sees them only where the tokenizer's
+    # model_input_names lists token_type_ids (type_ids_as_passed).
+    passes_types = "token_type_ids" in hf.model_input_names
     for q, p in PAIRS:
-        full = encode_pair(hf, q, p)
+        full = encode_pair(hf, q, p, return_token_type_ids=True)
         enc = raw.encode(q, p)
         assert full["input_ids"] == enc.ids, (q, p, full["input_ids"], enc.ids)
         assert full["token_type_ids"] == enc.type_ids, (q, p)
-        cut = encode_pair(hf, q, p, truncation=True, max_length=MAX_LENGTH)
+        cut = encode_pair(hf, q, p, truncation=True, max_length=MAX_LENGTH, return_token_type_ids=True)
         enc_cut = raw_trunc.encode(q, p)
         assert cut["input_ids"] == enc_cut.ids and cut["token_type_ids"] == enc_cut.type_ids, (q, p)
         n_unk += enc.ids.count(hf.unk_token_id)
@@ -295,19 +341,19 @@ def check_and_reference(name: str, out: Path, model, num_labels: int) -> dict:
           f"(with and without truncation); {n_unk} unknown tokens in all")
     sample = encode_pair(hf, "how do rivers form", "Rivers flow.")
     print(f"[{name}] sample pair tokens: {hf.convert_ids_to_tokens(sample['input_ids'])}")
-    print(f"[{name}] sample pair type ids: {sample['token_type_ids']}")
+    print(f"[{name}] sample pair type ids (tokenizer.json): "
+          f"{encode_pair(hf, 'how do rivers form', 'Rivers flow.', return_token_type_ids=True)['token_type_ids']}; "
+          f"model_input_names {hf.model_input_names}: the model {'sees' if passes_types else 'does not see'} them")
 
     # 2. Logits: each pair alone, and all pairs in one padded batch.
     encs = [encode_pair(hf, q, p, truncation=True, max_length=MAX_LENGTH) for q, p in PAIRS]
     single = []
     for e in encs:
-        ids = torch.tensor([e["input_ids"]])
-        types = torch.tensor([e["token_type_ids"]])
-        single.append(forward(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                                      "token_type_ids": types})[0])
+        one = {k: torch.tensor([v]) for k, v in e.items()}
+        single.append(forward(model, one)[0])
     single = torch.stack(single)
     batch = hf([q for q, _ in PAIRS], [p for _, p in PAIRS], truncation=True, max_length=MAX_LENGTH,
-               padding=True, return_tensors="pt", return_token_type_ids=True)
+               padding=True, return_tensors="pt")
     batched = forward(model, batch)
     diff = (batched - single).abs().max().item()
     print(f"[{name}] batch padded to {batch['input_ids'].shape[1]}: max |batched - single| = {diff:.3g}")
@@ -316,7 +362,7 @@ def check_and_reference(name: str, out: Path, model, num_labels: int) -> dict:
     order = list(range(len(PAIRS)))[::-1]
     for half in (order[: len(order) // 2], order[len(order) // 2 :]):
         b = hf([PAIRS[i][0] for i in half], [PAIRS[i][1] for i in half], truncation=True,
-               max_length=MAX_LENGTH, padding=True, return_tensors="pt", return_token_type_ids=True)
+               max_length=MAX_LENGTH, padding=True, return_tensors="pt")
         d = (forward(model, b) - single[half]).abs().max().item()
         assert d <= BATCH_TOLERANCE, d
         diff = max(diff, d)
@@ -337,8 +383,8 @@ def check_and_reference(name: str, out: Path, model, num_labels: int) -> dict:
     bad = {k: v for k, v in info.items() if v}
     assert not bad, bad
     d = (forward(reloaded, batch) - batched).abs().max().item()
-    assert d == 0.0, d
-    print(f"[{name}] from_pretrained(dir): no missing/unexpected/mismatched keys, identical logits")
+    assert d <= 1e-6, d
+    print(f"[{name}] from_pretrained(dir): no missing/unexpected/mismatched keys, max |Δlogit| {d:.3g}")
 
     return {
         "transformers": transformers.__version__,
@@ -349,7 +395,7 @@ def check_and_reference(name: str, out: Path, model, num_labels: int) -> dict:
                 "query": q,
                 "passage": p,
                 "input_ids": e["input_ids"],
-                "token_type_ids": e["token_type_ids"],
+                "token_type_ids": type_ids_as_passed(hf, e),
                 "logits": [float(x) for x in single[i].tolist()],
             }
             for i, ((q, p), e) in enumerate(zip(PAIRS, encs))
@@ -518,17 +564,113 @@ def make_bert(out: Path, tok: Tokenizer | None) -> None:
     report_dir(name, out)
 
 
+def make_roberta_like(out: Path, name: str, tok: Tokenizer, specials_order: list[str], tokenizer_config: dict,
+                      config_class, model_class, seed: int) -> None:
+    """A RoBERTa-layout model (XLM-R's shape: hidden 32, 2 layers, 4 heads, FFN 64, positions past
+    the padding index, one token type, one label) under `config_class`/`model_class`."""
+    assert tok.get_vocab_size(with_added_tokens=True) == VOCAB_SIZE
+    assert [tok.token_to_id(t) for t in specials_order] == list(range(len(specials_order)))
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+                "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}
+    save_tokenizer(tok, out, specials, tokenizer_config)
+    pad = tok.token_to_id("<pad>")
+    config = config_class(
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_act="gelu",
+        max_position_embeddings=MAX_LENGTH + pad + 1,
+        type_vocab_size=1,
+        num_labels=1,
+        layer_norm_eps=1e-5,
+        bos_token_id=tok.token_to_id("<s>"),
+        pad_token_id=pad,
+        eos_token_id=tok.token_to_id("</s>"),
+        architectures=[model_class.__name__],
+    )
+    torch.manual_seed(seed)
+    model = model_class._from_config(config, attn_implementation="eager")
+    spread_weights(model)
+    model.eval()
+    assert model.config._attn_implementation == "eager"
+    model.save_pretrained(str(out), safe_serialization=True)
+    ref = check_and_reference(name, out, model, 1)
+    write_reference(out, ref)
+    report_dir(name, out)
+
+
+def make_roberta(out: Path, tok: Tokenizer | None) -> None:
+    tok = tok or train_byte_level_bpe()
+    make_roberta_like(out, "tiny-roberta", tok, XLMR_SPECIALS,
+                      {"tokenizer_class": "RobertaTokenizer", "add_prefix_space": False, "trim_offsets": True},
+                      RobertaConfig, RobertaForSequenceClassification, SEED_ROBERTA)
+
+
+def make_camembert(out: Path, tok: Tokenizer | None) -> None:
+    tok = tok or train_unigram(CAMEMBERT_SPECIALS)
+    make_roberta_like(out, "tiny-camembert", tok, CAMEMBERT_SPECIALS,
+                      {"tokenizer_class": "CamembertTokenizer", "add_prefix_space": True,
+                       "additional_special_tokens": ["<s>NOTUSED", "</s>NOTUSED", "<unk>NOTUSED"]},
+                      CamembertConfig, CamembertForSequenceClassification, SEED_CAMEMBERT)
+
+
+def make_electra(out: Path, tok: Tokenizer | None) -> None:
+    """ELECTRA: embeddings narrower than the layers (embedding_size 16, hidden 32: the
+    `embeddings_project` layer), BERT's WordPiece tokenizer and type ids, GELU head."""
+    name = "tiny-electra"
+    tok = tok or Tokenizer.from_file(str(out.parent / "tiny-distilbert" / "tokenizer.json"))
+    assert tok.get_vocab_size(with_added_tokens=True) == VOCAB_SIZE
+    specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                "mask_token": "[MASK]"}
+    save_tokenizer(tok, out, specials, {"tokenizer_class": "ElectraTokenizer", "do_lower_case": True,
+                                        "tokenize_chinese_chars": True, "strip_accents": None})
+    config = ElectraConfig(
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_act="gelu",
+        max_position_embeddings=MAX_LENGTH,
+        type_vocab_size=2,
+        num_labels=1,
+        pad_token_id=0,
+        architectures=["ElectraForSequenceClassification"],
+    )
+    torch.manual_seed(SEED_ELECTRA)
+    model = ElectraForSequenceClassification._from_config(config, attn_implementation="eager")
+    spread_weights(model)
+    model.eval()
+    assert model.config._attn_implementation == "eager"
+    assert hasattr(model.electra, "embeddings_project")
+    model.save_pretrained(str(out), safe_serialization=True)
+    ref = check_and_reference(name, out, model, 1)
+    assert any(1 in p["token_type_ids"] for p in ref["pairs"]), "the passage's type ids must be 1"
+    write_reference(out, ref)
+    report_dir(name, out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent.parent / "tests" / "data")
     parser.add_argument("--retrain-tokenizers", action="store_true",
                         help="train new tokenizers even where tokenizer.json exists (changes every id)")
     parser.add_argument("--only", action="append", metavar="DIR",
-                        help="write only this model (tiny-bert, ...); repeatable; default: all three")
+                        help="write only this model (tiny-bert, ...); repeatable; default: all")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__}")
-    makers = (("tiny-xlm-roberta", make_xlm_roberta), ("tiny-distilbert", make_distilbert), ("tiny-bert", make_bert))
+    makers = (
+        ("tiny-xlm-roberta", make_xlm_roberta),
+        ("tiny-distilbert", make_distilbert),
+        ("tiny-bert", make_bert),
+        ("tiny-roberta", make_roberta),
+        ("tiny-camembert", make_camembert),
+        ("tiny-electra", make_electra),
+    )
     for dirname, make in makers:
         if args.only and dirname not in args.only:
             continue
@@ -538,7 +680,7 @@ def main() -> None:
             tok = Tokenizer.from_file(str(out / "tokenizer.json"))
             print(f"[{dirname}] reusing the existing {out / 'tokenizer.json'}")
         else:
-            print(f"[{dirname}] no tokenizer.json to reuse: training one (tiny-bert copies tiny-distilbert's)")
+            print(f"[{dirname}] no tokenizer.json to reuse: training one (tiny-bert and tiny-electra copy tiny-distilbert's)")
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)

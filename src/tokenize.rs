@@ -52,6 +52,56 @@ struct TokenizerConfig {
     model_max_length: Option<f64>,
     #[serde(default)]
     truncation_side: Option<String>,
+    /// The inputs the tokenizer hands the model: type ids reach it only when `token_type_ids` is
+    /// listed (else it reads zeros, whatever the template assigns).
+    #[serde(default)]
+    model_input_names: Option<Vec<String>>,
+    #[serde(default)]
+    tokenizer_class: Option<String>,
+}
+
+/// transformers' tokenizer classes whose default `model_input_names` include `token_type_ids`
+/// (transformers 5; a `Fast` suffix is the same class).
+const CLASSES_WITH_TYPE_IDS: &[&str] = &[
+    "BertTokenizer",
+    "ElectraTokenizer",
+    "DebertaTokenizer",
+    "DebertaV2Tokenizer",
+    "MobileBertTokenizer",
+    "LayoutLMTokenizer",
+];
+
+/// Tokenizer classes of the families xbench loads, and transformers' generic ones, whose default
+/// `model_input_names` leave type ids out.
+const CLASSES_WITHOUT_TYPE_IDS: &[&str] = &[
+    "DistilBertTokenizer",
+    "RobertaTokenizer",
+    "XLMRobertaTokenizer",
+    "CamembertTokenizer",
+    "MPNetTokenizer",
+    "PreTrainedTokenizer",
+    "TokenizersBackend",
+    "Qwen2Tokenizer",
+];
+
+impl TokenizerConfig {
+    /// Whether the model is given the template's type ids, as transformers' tokenizer decides:
+    /// `model_input_names` when the file lists them, else the class's default; `None` when the
+    /// file says neither (no file, or a class not known here).
+    fn passes_type_ids(&self) -> Option<bool> {
+        if let Some(names) = &self.model_input_names {
+            return Some(names.iter().any(|n| n == "token_type_ids"));
+        }
+        let class = self.tokenizer_class.as_deref()?;
+        let class = class.strip_suffix("Fast").unwrap_or(class);
+        if CLASSES_WITH_TYPE_IDS.contains(&class) {
+            Some(true)
+        } else if CLASSES_WITHOUT_TYPE_IDS.contains(&class) {
+            Some(false)
+        } else {
+            None
+        }
+    }
 }
 
 /// One encoded pair.
@@ -82,11 +132,16 @@ pub struct PairTokenizer {
     /// Truncates nothing.
     untruncated: Tokenizer,
     max_length: usize,
+    /// Whether the model sees the template's type ids; when not, every type id is 0.
+    type_ids: bool,
 }
 
 impl PairTokenizer {
     /// Loads `tokenizer.json` and fixes `max_length` to the smallest of `requested`, the model's
-    /// `max_positions` and the tokenizer's `model_max_length`.
+    /// `max_positions` and the tokenizer's `model_max_length`. Type ids reach the model only when
+    /// the tokenizer passes them (`model_input_names` of `tokenizer_config.json`, else its
+    /// `tokenizer_class`'s default, else the model family's: [`crate::model::family::TypeIds`]);
+    /// otherwise they are all 0, as the model reads a missing `token_type_ids`.
     pub fn load(
         files: &ModelFiles,
         max_positions: usize,
@@ -135,12 +190,16 @@ impl PairTokenizer {
             TruncationDirection::Left => TruncationDirection::Right,
             TruncationDirection::Right => TruncationDirection::Left,
         };
+        let type_ids = config.passes_type_ids().unwrap_or_else(|| {
+            crate::model::family_of(files).is_none_or(|f| f.template.type_ids.passed_by_default())
+        });
         Ok(Self {
             tokenizer: truncating(direction)?,
             other_side: truncating(other)?,
             model_direction: direction,
             untruncated,
             max_length,
+            type_ids,
         })
     }
 
@@ -171,10 +230,25 @@ impl PairTokenizer {
             .tokenizer
             .encode_fast((query, passage), true)
             .map_err(|e| TokenizeError::Encode(e.to_string()))?;
-        Ok(Encoded {
-            ids: enc.get_ids().to_vec(),
-            type_ids: enc.get_type_ids().to_vec(),
-        })
+        Ok(self.encoded(&enc))
+    }
+
+    /// What the model is given of an encoding.
+    fn encoded(&self, e: &tokenizers::Encoding) -> Encoded {
+        let type_ids = if self.type_ids {
+            e.get_type_ids().to_vec()
+        } else {
+            vec![0; e.len()]
+        };
+        Encoded {
+            ids: e.get_ids().to_vec(),
+            type_ids,
+        }
+    }
+
+    /// Whether the model sees the type ids the tokenizer's template assigns (else zeros).
+    pub fn passes_type_ids(&self) -> bool {
+        self.type_ids
     }
 
     /// Encodes one pair, untruncated, keeping the special-token mask.
@@ -236,10 +310,7 @@ impl PairTokenizer {
                         max_length: self.max_length,
                     });
                 }
-                Ok(Encoded {
-                    ids: e.get_ids().to_vec(),
-                    type_ids: e.get_type_ids().to_vec(),
-                })
+                Ok(self.encoded(&e))
             })
             .collect()
     }

@@ -209,6 +209,40 @@ fn bad_input_gets_one_line_that_names_the_problem() {
     );
 }
 
+/// Every registered family's tiny checkpoint loads from a hub id through a pre-filled cache, offline,
+/// and scores as it does from its directory.
+#[test]
+fn every_family_loads_from_a_hub_id() {
+    let hf_home = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for family in xbench::model::family::REGISTRY {
+        for name in family.tiny_checkpoints {
+            fill_hub_cache(
+                hf_home.path(),
+                &format!("models--xbench-test--{name}"),
+                &data.join(name),
+            );
+            let score = |model: &str| {
+                let out = xbench()
+                    .args(["score", "--model", model, "--input", "-"])
+                    .env("HF_HOME", hf_home.path())
+                    .env("HF_HUB_OFFLINE", "1")
+                    .write_stdin(INPUT)
+                    .assert()
+                    .success();
+                String::from_utf8(out.get_output().stdout.clone()).unwrap()
+            };
+            let from_hub = score(&format!("xbench-test/{name}"));
+            assert_eq!(
+                parse_output(&from_hub).len(),
+                INPUT.lines().count(),
+                "{name}"
+            );
+            assert_eq!(from_hub, score(data.join(name).to_str().unwrap()), "{name}");
+        }
+    }
+}
+
 /// Lays `model` out as the HF cache does: blobs, a snapshot of symlinks, and refs/main.
 fn fill_hub_cache(hf_home: &Path, repo_folder: &str, model: &Path) {
     let repo = hf_home.join("hub").join(repo_folder);

@@ -1,8 +1,8 @@
 //! The encoder the registered families share ([`super::family`]), in candle: post-LayerNorm
 //! layers of self-attention and a feed-forward block, embeddings, and a two-layer head on the first
 //! token, one struct per module of transformers' `models/bert/modeling_bert.py`. What differs
-//! between families (config keys, weight names, positions, token types, head) comes from their
-//! [`Family`].
+//! between families (config keys, weight names, positions, token types, an embedding projection,
+//! head) comes from their [`Family`].
 //!
 //! Hidden states are kept as a `[tokens, hidden]` matrix so every linear layer is one matrix
 //! product. The default forward pass runs on the packed tokens of a [`Batch`], with no padding:
@@ -74,6 +74,13 @@ pub struct EncoderConfig {
     pub num_labels: Option<usize>,
     #[serde(default)]
     pub id2label: Option<BTreeMap<String, String>>,
+    /// A decoder attends causally: refused (a cross-encoder reads the whole pair).
+    #[serde(default)]
+    pub is_decoder: bool,
+    /// The width of the embeddings where a family's differ from `hidden_size` (ELECTRA's
+    /// `embedding_size`, set by its config reader; BERT's `config.json` has no such key).
+    #[serde(skip)]
+    pub embedding_size: Option<usize>,
 }
 
 fn default_act() -> Activation {
@@ -117,11 +124,24 @@ impl EncoderConfig {
             .collect()
     }
 
+    /// The width of the embedding tables.
+    pub fn embedding_width(&self) -> usize {
+        self.embedding_size.unwrap_or(self.hidden_size)
+    }
+
     pub fn validate(&self, path: &Path) -> std::result::Result<(), ModelError> {
         let invalid = |message: String| ModelError::InvalidConfig {
             path: path.to_path_buf(),
             message,
         };
+        if self.is_decoder {
+            return Err(invalid(
+                "is_decoder is true (causal attention); a cross-encoder reads the whole pair: set it to false or use the model's sequence-classification checkpoint".to_string(),
+            ));
+        }
+        if self.embedding_width() == 0 {
+            return Err(invalid("embedding_size is 0".to_string()));
+        }
         if self.position_embedding_type != "absolute" {
             return Err(invalid(format!(
                 "position_embedding_type \"{}\" is not supported; supported: absolute",
@@ -154,40 +174,56 @@ fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 }
 
 /// `BertEmbeddings`: word + position + token type, then LayerNorm (dropout is off in inference).
-/// DistilBERT's have no token type table; XLM-RoBERTa's positions start past the padding index.
+/// DistilBERT's have no token type table; RoBERTa's positions start past the padding index;
+/// ELECTRA's may be narrower than the layers, and projected to their width.
 struct BertEmbeddings {
     word_embeddings: Embedding,
     position_embeddings: Embedding,
     token_type_embeddings: Option<Embedding>,
     layer_norm: LayerNorm,
     position_offset: u32,
+    /// `[hidden, embedding width]`, where the embeddings are narrower than the layers.
+    projection: Option<Linear>,
 }
 
 impl BertEmbeddings {
-    fn load(vb: VarBuilder, c: &EncoderConfig, family: &Family) -> Result<Self> {
+    /// `root` is the encoder's root (the embeddings are `root.embeddings`, a projection
+    /// `root.<family's name for it>`).
+    fn load(root: VarBuilder, c: &EncoderConfig, family: &Family) -> Result<Self> {
+        let vb = root.pp("embeddings");
+        let width = c.embedding_width();
         let token_type_embeddings = if family.token_types {
             Some(candle_nn::embedding(
                 c.type_vocab_size,
-                c.hidden_size,
+                width,
                 vb.pp("token_type_embeddings"),
             )?)
         } else {
             None
         };
+        let projection = if width == c.hidden_size {
+            None
+        } else {
+            let Some(name) = family.weights.embedding_projection else {
+                candle_core::bail!(
+                    "embedding_size {width} differs from hidden_size {} and a {} model has no projection between them",
+                    c.hidden_size,
+                    family.name
+                );
+            };
+            Some(candle_nn::linear(width, c.hidden_size, root.pp(name))?)
+        };
         Ok(Self {
-            word_embeddings: candle_nn::embedding(
-                c.vocab_size,
-                c.hidden_size,
-                vb.pp("word_embeddings"),
-            )?,
+            word_embeddings: candle_nn::embedding(c.vocab_size, width, vb.pp("word_embeddings"))?,
             position_embeddings: candle_nn::embedding(
                 c.max_position_embeddings,
-                c.hidden_size,
+                width,
                 vb.pp("position_embeddings"),
             )?,
             token_type_embeddings,
-            layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
+            layer_norm: layer_norm(width, c.layer_norm_eps, vb.pp("LayerNorm"))?,
             position_offset: (family.position_offset)(c) as u32,
+            projection,
         })
     }
 
@@ -209,7 +245,11 @@ impl BertEmbeddings {
             x = (x + table.forward(&types)?)?;
         }
         let x = (x + self.position_embeddings.forward(&positions)?)?;
-        self.layer_norm.forward(&x)
+        let x = self.layer_norm.forward(&x)?;
+        match &self.projection {
+            Some(projection) => projection.forward(&x),
+            None => Ok(x),
+        }
     }
 }
 
@@ -385,7 +425,7 @@ impl Encoder {
             .map(|i| BertLayer::load(layer_list.pp(i), c, family))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embeddings: BertEmbeddings::load(root.pp("embeddings"), c, family)?,
+            embeddings: BertEmbeddings::load(root.clone(), c, family)?,
             layers,
             pooler: candle_nn::linear(h, h, vb.pp(family.head.dense))?,
             pooler_act: family.head.act,
@@ -440,6 +480,7 @@ impl Encoder {
         let pooled = match self.pooler_act {
             HeadAct::Tanh => pooled.tanh()?,
             HeadAct::Relu => pooled.relu()?,
+            HeadAct::Gelu => pooled.gelu_erf()?,
         };
         let logits = self.classifier.forward(&pooled)?;
         if logits.dtype() == DType::F32 {
@@ -561,12 +602,14 @@ impl Encoder {
                     None => Vec::new(),
                 },
                 norm: fused_norm(&e.layer_norm)?,
+                width: e.word_embeddings.hidden_size(),
+                projection: e.projection.as_ref().map(fused_weight).transpose()?,
             },
             layers,
             pooler: fused_weight(&self.pooler)?,
             pooler_act: self.pooler_act,
             classifier: fused_weight(&self.classifier)?,
-            hidden: e.word_embeddings.hidden_size(),
+            hidden: self.pooler.weight().dims2()?.1,
             heads: self.layers.first().map_or(1, |l| l.attention.heads),
             scratch: Default::default(),
         })

@@ -50,6 +50,10 @@ pub struct Embeddings {
     /// Empty for models without token types (DistilBERT), whose type ids are ignored.
     pub token_type: Vec<f32>,
     pub norm: Norm,
+    /// The tables' width: the layers' `hidden`, or narrower where `projection` widens the
+    /// normalized embeddings to it (ELECTRA).
+    pub width: usize,
+    pub projection: Option<Weight>,
 }
 
 /// A BERT cross-encoder ready for the fused pass.
@@ -235,14 +239,21 @@ impl FusedBert {
                 .map(|(g, b)| g.abs() + b.abs())
                 .collect()
         };
-        let mut before = magnitude(&self.embeddings.norm);
+        // A projection after the embeddings' LayerNorm (ELECTRA) hides it from the first layer.
+        let mut before = match self.embeddings.projection {
+            None => Some(magnitude(&self.embeddings.norm)),
+            Some(_) => None,
+        };
         for layer in &mut self.layers {
             let attention_in = magnitude(&layer.attention_norm);
-            layer.qkv = smoothed(&layer.qkv, &before);
+            layer.qkv = match &before {
+                Some(before) => smoothed(&layer.qkv, before),
+                None => plain(&layer.qkv),
+            };
             layer.attention_output = plain(&layer.attention_output);
             layer.intermediate = smoothed(&layer.intermediate, &attention_in);
             layer.output = plain(&layer.output);
-            before = magnitude(&layer.output_norm);
+            before = Some(magnitude(&layer.output_norm));
         }
     }
 
@@ -295,7 +306,7 @@ impl FusedBert {
     }
 
     fn check(&self, batch: &Batch) -> Result<(), FusedError> {
-        let h = self.hidden;
+        let h = self.embeddings.width;
         let vocab = self.embeddings.word.len() / h;
         let offset = self.embeddings.position_offset as usize;
         let positions = (self.embeddings.position.len() / h).saturating_sub(offset);
@@ -385,14 +396,37 @@ impl FusedBert {
             position_offset: e.position_offset,
             token_type: (!e.token_type.is_empty()).then_some(e.token_type.as_slice()),
         };
-        rows::embed(
-            x,
-            &tables,
-            &batch.input_ids,
-            &batch.position_ids,
-            &batch.token_type_ids,
-        );
-        rows::bias_layer_norm(x, None, &e.norm.gamma, &e.norm.beta, e.norm.eps);
+        let embed = |out: &mut [f32]| {
+            rows::embed(
+                out,
+                &tables,
+                &batch.input_ids,
+                &batch.position_ids,
+                &batch.token_type_ids,
+            );
+            rows::bias_layer_norm(out, None, &e.norm.gamma, &e.norm.beta, e.norm.eps);
+        };
+        match &e.projection {
+            None => embed(x),
+            Some(projection) => {
+                // The embeddings at their own width, normalized, then projected to the layers'
+                // (in the Q/K/V buffer, free until the first layer, where it is wide enough).
+                let mut own = Vec::new();
+                let narrow = if tokens * e.width <= qkv.len() {
+                    &mut qkv[..tokens * e.width]
+                } else {
+                    own.resize(tokens * e.width, 0.0);
+                    &mut own[..]
+                };
+                embed(narrow);
+                projection.matmul_into(narrow, x, false);
+                for row in x.chunks_exact_mut(h) {
+                    for (v, b) in row.iter_mut().zip(&projection.bias) {
+                        *v += b;
+                    }
+                }
+            }
+        }
 
         let ranges: Vec<(usize, usize)> = (0..pairs)
             .map(|i| {
@@ -461,6 +495,7 @@ impl FusedBert {
                 *v = match self.pooler_act {
                     HeadAct::Tanh => math::tanh(*v + b),
                     HeadAct::Relu => (*v + b).max(0.0),
+                    HeadAct::Gelu => math::gelu_erf(*v + b),
                 };
             }
         }

@@ -316,6 +316,15 @@ pub fn relevance(logits: &[f32]) -> f32 {
 }
 
 /// The architecture `config.json` names and the family that loads it.
+/// The family of the model in `files`, where its `config.json` reads and names one.
+pub fn family_of(files: &ModelFiles) -> Option<&'static family::Family> {
+    let text = read_text(&files.config).ok()?;
+    let head: ConfigHead = parse_json(&files.config, &text).ok()?;
+    architecture_of(&files.config, &head)
+        .ok()
+        .map(|(_, family)| family)
+}
+
 fn architecture_of(
     path: &Path,
     head: &ConfigHead,

@@ -5,10 +5,11 @@
 use super::{positions_from_zero, Family, Head, HeadAct, PairTemplate, TypeIds, WeightNames};
 use crate::model::encoder::EncoderConfig;
 
-/// transformers' `BertModel` weight names (XLM-RoBERTa's are the same under another root).
+/// transformers' `BertModel` weight names (RoBERTa's and ELECTRA's are the same under other roots).
 pub(super) const WEIGHTS: WeightNames = WeightNames {
     root: "bert",
     layers: "encoder.layer",
+    embedding_projection: None,
     qkv: [
         "attention.self.query",
         "attention.self.key",
@@ -37,5 +38,5 @@ pub static BERT: Family = Family {
         text: "[CLS] A [SEP] B [SEP]",
         type_ids: TypeIds::Segments,
     },
-    tiny_checkpoint: "tiny-bert",
+    tiny_checkpoints: &["tiny-bert"],
 };

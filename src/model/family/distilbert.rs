@@ -21,6 +21,7 @@ pub static DISTILBERT: Family = Family {
     weights: WeightNames {
         root: "distilbert",
         layers: "transformer.layer",
+        embedding_projection: None,
         qkv: ["attention.q_lin", "attention.k_lin", "attention.v_lin"],
         attention_output: "attention.out_lin",
         attention_norm: "sa_layer_norm",
@@ -37,7 +38,7 @@ pub static DISTILBERT: Family = Family {
         text: "[CLS] A [SEP] B [SEP]",
         type_ids: TypeIds::Ignored,
     },
-    tiny_checkpoint: "tiny-distilbert",
+    tiny_checkpoints: &["tiny-distilbert"],
 };
 
 /// The keys of a DistilBERT `config.json` the forward pass reads (its names differ from BERT's).
@@ -80,6 +81,8 @@ fn read_config(path: &Path, text: &str) -> Result<EncoderConfig, ModelError> {
         position_embedding_type: "absolute".to_string(),
         num_labels: c.num_labels,
         id2label: c.id2label,
+        is_decoder: false,
+        embedding_size: None,
     };
     config.validate(path)?;
     Ok(config)

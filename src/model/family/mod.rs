@@ -12,7 +12,8 @@
 
 mod bert;
 mod distilbert;
-mod xlm_roberta;
+mod electra;
+mod roberta;
 
 use std::path::Path;
 
@@ -23,8 +24,9 @@ use crate::tokenize::PairTokenizer;
 /// Every family xbench loads, in the order error messages list them.
 pub static REGISTRY: &[&Family] = &[
     &bert::BERT,
-    &xlm_roberta::XLM_ROBERTA,
+    &roberta::ROBERTA,
     &distilbert::DISTILBERT,
+    &electra::ELECTRA,
 ];
 
 /// The family that loads `architecture` (an `architectures` entry of `config.json`).
@@ -63,9 +65,9 @@ pub struct Family {
     pub head: Head,
     /// What the tokenizer must make of a pair.
     pub template: PairTemplate,
-    /// The directory under `tests/data/` of this family's tiny checkpoint and transformers'
-    /// logits for it (`reference.json`).
-    pub tiny_checkpoint: &'static str,
+    /// The directories under `tests/data/` of this family's tiny checkpoints, one per entry of
+    /// `architectures` in the same order, each with transformers' logits (`reference.json`).
+    pub tiny_checkpoints: &'static [&'static str],
 }
 
 impl Family {
@@ -76,7 +78,7 @@ impl Family {
     }
 }
 
-/// Positions from 0 (BERT, DistilBERT).
+/// Positions from 0 (BERT, DistilBERT, ELECTRA).
 pub fn positions_from_zero(_: &EncoderConfig) -> usize {
     0
 }
@@ -84,10 +86,15 @@ pub fn positions_from_zero(_: &EncoderConfig) -> usize {
 /// The weight names of the shared encoder, as paths (dots allowed) in the checkpoint.
 #[derive(Debug)]
 pub struct WeightNames {
-    /// The encoder's root: `bert`, `roberta`, `distilbert`; the embeddings are `<root>.embeddings`.
+    /// The encoder's root: `bert`, `roberta`, `distilbert`, `electra`; the embeddings are
+    /// `<root>.embeddings`.
     pub root: &'static str,
     /// The layer list under the root (`encoder.layer`: layer `i` is `<root>.encoder.layer.<i>`).
     pub layers: &'static str,
+    /// Under the root: the projection from embeddings narrower than the layers to the layers'
+    /// width (ELECTRA's `embeddings_project`), where the family has one; read only when
+    /// `embedding_size` differs from `hidden_size`.
+    pub embedding_projection: Option<&'static str>,
     /// Within a layer: the query, key and value projections.
     pub qkv: [&'static str; 3],
     /// Within a layer: attention's output projection and the LayerNorm after it.
@@ -104,6 +111,8 @@ pub struct WeightNames {
 pub enum HeadAct {
     Tanh,
     Relu,
+    /// Exact GELU (ELECTRA's head).
+    Gelu,
 }
 
 /// The head: a dense layer and its activation on the first token, then the classifier.
@@ -137,6 +146,16 @@ pub enum TypeIds {
     Zero,
     /// Whatever the tokenizer sets: the model has no token type table (DistilBERT).
     Ignored,
+}
+
+impl TypeIds {
+    /// Whether the family's tokenizer class passes type ids to the model when
+    /// `tokenizer_config.json` names no `model_input_names` (transformers' class defaults: BERT's
+    /// and ELECTRA's do; RoBERTa's, XLM-RoBERTa's, CamemBERT's and DistilBERT's do not, and the
+    /// model then reads zeros).
+    pub fn passed_by_default(self) -> bool {
+        self == TypeIds::Segments
+    }
 }
 
 impl PairTemplate {
@@ -193,10 +212,18 @@ mod tests {
         }
         assert_eq!(
             find("XLMRobertaForSequenceClassification").map(|f| f.name),
-            Some("xlm-roberta")
+            Some("roberta")
         );
         assert!(find("BertModel").is_none());
-        let dirs: Vec<_> = REGISTRY.iter().map(|f| f.tiny_checkpoint).collect();
+        for f in REGISTRY {
+            assert_eq!(
+                f.tiny_checkpoints.len(),
+                f.architectures.len(),
+                "{}",
+                f.name
+            );
+        }
+        let dirs: Vec<_> = REGISTRY.iter().flat_map(|f| f.tiny_checkpoints).collect();
         for d in &dirs {
             assert_eq!(dirs.iter().filter(|e| e == &d).count(), 1, "{d}");
         }
