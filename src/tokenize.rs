@@ -1,11 +1,19 @@
 //! Pair tokenization with the `tokenizers` crate, as transformers' fast tokenizer does it for
 //! `tokenizer(query, passage, truncation=True, max_length=N)`: the model's template adds the special
 //! tokens and token type ids, truncation is `longest_first`, and padding is left to the model.
+//!
+//! A request may also cut each passage to a number of tokens before pairing (Cohere v2's
+//! `max_tokens_per_doc`) and split a passage too long for the room beside its query into
+//! overlapping windows ([`LongDocuments::ChunkMax`]), each a pair of its own
+//! ([`PairTokenizer::encode_passages`]).
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokenizers::{
+    PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 use crate::batch::Batch;
 use crate::model::ModelFiles;
@@ -40,6 +48,49 @@ pub enum Truncation {
     Left,
     /// No truncation: a pair longer than `max_length` is an error.
     Off,
+}
+
+/// What becomes of a passage too long to fit beside its query within `max_length`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LongDocuments {
+    /// Cut to fit, as the pair's truncation says (`longest_first`).
+    #[default]
+    Truncate,
+    /// Split into windows that fit beside the query, consecutive windows sharing
+    /// `chunk_overlap_tokens` tokens; each window is scored as a pair, and the passage scores as
+    /// its best window (Cohere's and Elastic's choice for long documents).
+    ChunkMax,
+}
+
+impl LongDocuments {
+    pub fn name(self) -> &'static str {
+        match self {
+            LongDocuments::Truncate => "truncate",
+            LongDocuments::ChunkMax => "chunk_max",
+        }
+    }
+}
+
+/// How a request's passages become pairs. `None` fields take the model's settings
+/// ([`PairTokenizer::with_long_documents`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassageOptions {
+    pub truncation: Truncation,
+    /// Each passage is cut to its first N tokens before pairing (Cohere v2's
+    /// `max_tokens_per_doc`).
+    pub max_passage_tokens: Option<usize>,
+    pub long_documents: Option<LongDocuments>,
+    pub chunk_overlap_tokens: Option<usize>,
+}
+
+/// A request's pairs: one per passage, or with [`LongDocuments::ChunkMax`] one per window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedPassages {
+    pub pairs: Vec<Encoded>,
+    /// How many consecutive pairs each passage became, in passage order; `None` when every
+    /// passage is one pair.
+    pub windows: Option<Vec<usize>>,
 }
 
 /// The smallest `max_length` accepted: `[CLS] q [SEP] p [SEP]` with one token of each text.
@@ -134,6 +185,9 @@ pub struct PairTokenizer {
     max_length: usize,
     /// Whether the model sees the template's type ids; when not, every type id is 0.
     type_ids: bool,
+    /// The model's settings for passages too long to fit beside their query.
+    long_documents: LongDocuments,
+    chunk_overlap_tokens: usize,
 }
 
 impl PairTokenizer {
@@ -200,6 +254,8 @@ impl PairTokenizer {
             untruncated,
             max_length,
             type_ids,
+            long_documents: LongDocuments::Truncate,
+            chunk_overlap_tokens: 0,
         })
     }
 
@@ -217,6 +273,19 @@ impl PairTokenizer {
             Truncation::Left => side(TruncationDirection::Left),
             Truncation::Off => &self.untruncated,
         }
+    }
+
+    /// What becomes of long passages when a request does not say (a model instance's
+    /// `long_documents` and `chunk_overlap_tokens`).
+    pub fn with_long_documents(mut self, mode: LongDocuments, overlap_tokens: usize) -> Self {
+        self.long_documents = mode;
+        self.chunk_overlap_tokens = overlap_tokens;
+        self
+    }
+
+    /// The model's settings for long passages: the mode and the windows' overlap in tokens.
+    pub fn long_documents(&self) -> (LongDocuments, usize) {
+        (self.long_documents, self.chunk_overlap_tokens)
     }
 
     /// The truncation length in force, special tokens included.
@@ -313,6 +382,134 @@ impl PairTokenizer {
                 Ok(self.encoded(&e))
             })
             .collect()
+    }
+
+    /// Encodes one query with each passage as `options` say: as [`Self::encode_many_with`] does,
+    /// after cutting each passage's text to its first `max_passage_tokens` tokens, unless a pair
+    /// does not fit and [`LongDocuments::ChunkMax`] splits its passage into windows. A window
+    /// holds as many passage tokens as fit beside the query (the query is cut to half of the room
+    /// when it is longer, from the model's truncation side) and starts `chunk_overlap_tokens` (at
+    /// most half a window) before the previous one ends; each window is paired with the query by
+    /// the tokenizer's template, as `tokenizer(query, passage)` pairs two texts.
+    pub fn encode_passages(
+        &self,
+        query: &str,
+        passages: &[String],
+        parallel: bool,
+        options: &PassageOptions,
+    ) -> Result<EncodedPassages, TokenizeError> {
+        let chunk =
+            options.long_documents.unwrap_or(self.long_documents) == LongDocuments::ChunkMax;
+        let cut: Vec<String>;
+        let passages = match options.max_passage_tokens {
+            Some(n) => {
+                cut = passages
+                    .iter()
+                    .map(|p| self.first_tokens(p, n))
+                    .collect::<Result<_, _>>()?;
+                &cut[..]
+            }
+            None => passages,
+        };
+        if !chunk {
+            return Ok(EncodedPassages {
+                pairs: self.encode_many_with(query, passages, parallel, options.truncation)?,
+                windows: None,
+            });
+        }
+        let error = |e: tokenizers::Error| TokenizeError::Encode(e.to_string());
+        let added = self
+            .untruncated
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        let whole_query = self.untruncated.encode_fast(query, false).map_err(error)?;
+        let mut q = whole_query.clone();
+        let room_for_query = self.max_length.saturating_sub(added) / 2;
+        if q.len() > room_for_query {
+            let side = match options.truncation {
+                Truncation::Left => TruncationDirection::Left,
+                Truncation::Right => TruncationDirection::Right,
+                _ => self.model_direction,
+            };
+            q.truncate(room_for_query, 0, side);
+            q.take_overflowing();
+        }
+        let room = self.max_length.saturating_sub(added + q.len()).max(1);
+        let overlap = options
+            .chunk_overlap_tokens
+            .unwrap_or(self.chunk_overlap_tokens)
+            .min(room / 2);
+        let one = |index: usize, passage: &String| -> Result<Vec<Encoded>, TokenizeError> {
+            let mut p = self
+                .untruncated
+                .encode_fast(passage.as_str(), false)
+                .map_err(error)?;
+            if whole_query.len() + p.len() + added <= self.max_length {
+                // It fits: the pair as it always is.
+                let e = self
+                    .untruncated
+                    .encode_fast((query, passage.as_str()), true)
+                    .map_err(error)?;
+                return Ok(vec![self.encoded(&e)]);
+            }
+            if options.truncation == Truncation::Off && q.len() < whole_query.len() {
+                return Err(TokenizeError::TooLong {
+                    index,
+                    tokens: whole_query.len() + added + 1,
+                    max_length: self.max_length,
+                });
+            }
+            // As tokenizer(query, passage) encodes the second text: type id 1 before the template.
+            p.set_type_ids(vec![1; p.len()]);
+            p.truncate(room, overlap, TruncationDirection::Right);
+            let rest = p.take_overflowing();
+            std::iter::once(p)
+                .chain(rest)
+                .map(|w| {
+                    let e = self
+                        .untruncated
+                        .post_process(q.clone(), Some(w), true)
+                        .map_err(error)?;
+                    Ok(self.encoded(&e))
+                })
+                .collect()
+        };
+        let per_passage: Vec<Vec<Encoded>> = if parallel && passages.len() > 1 {
+            passages
+                .par_iter()
+                .enumerate()
+                .map(|(i, p)| one(i, p))
+                .collect::<Result<_, _>>()?
+        } else {
+            passages
+                .iter()
+                .enumerate()
+                .map(|(i, p)| one(i, p))
+                .collect::<Result<_, _>>()?
+        };
+        let windows: Vec<usize> = per_passage.iter().map(Vec::len).collect();
+        Ok(EncodedPassages {
+            pairs: per_passage.into_iter().flatten().collect(),
+            windows: Some(windows),
+        })
+    }
+
+    /// The text of `passage` up to the end of its `n`-th token (the whole text when it has no
+    /// more): a passage cut to `n` tokens.
+    fn first_tokens(&self, passage: &str, n: usize) -> Result<String, TokenizeError> {
+        let e = self
+            .untruncated
+            .encode(passage, false)
+            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        if e.len() <= n || n == 0 {
+            return Ok(if n == 0 {
+                String::new()
+            } else {
+                passage.to_string()
+            });
+        }
+        let end = e.get_offsets()[n - 1].1;
+        Ok(passage.get(..end).unwrap_or(passage).to_string())
     }
 
     /// Encodes pairs one by one into a packed batch.

@@ -336,3 +336,127 @@ fn unsupported_configs_are_refused_by_name() {
     let text = xbench::error_chain(&backend::load(&spec).err().expect("refused"));
     assert!(text.contains("is_decoder"), "{text}");
 }
+
+/// `encode_passages` changes nothing of a pair that needs no cut: with a `max_passage_tokens`
+/// over the passage's length, and with `chunk_max` on pairs that fit, it gives exactly what
+/// `tokenizer(query, passage)` gives (every truncation side), on every checkpoint's tokenizer.
+#[test]
+fn passages_that_need_no_cut_are_encoded_as_pairs() {
+    use xbench::tokenize::{LongDocuments, PassageOptions, Truncation};
+    for name in checkpoints() {
+        let r = reference(name);
+        let model = load(name, BackendKind::Fused, Precision::Fp32);
+        let t = &model.tokenizer;
+        for truncation in [Truncation::Model, Truncation::Left, Truncation::Right] {
+            for p in &r.pairs {
+                let passages = [p.passage.clone()];
+                let want = t
+                    .encode_many_with(&p.query, &passages, false, truncation)
+                    .unwrap();
+                let options = PassageOptions {
+                    truncation,
+                    max_passage_tokens: Some(100_000),
+                    ..Default::default()
+                };
+                let got = t
+                    .encode_passages(&p.query, &passages, false, &options)
+                    .unwrap();
+                assert_eq!(got.pairs, want, "{name} {truncation:?} {:?}", p.query);
+                assert_eq!(got.windows, None);
+                let fits = t.probe(&p.query, &p.passage).unwrap().ids.len() <= t.max_length();
+                if fits {
+                    let options = PassageOptions {
+                        truncation,
+                        long_documents: Some(LongDocuments::ChunkMax),
+                        ..Default::default()
+                    };
+                    let got = t
+                        .encode_passages(&p.query, &passages, false, &options)
+                        .unwrap();
+                    assert_eq!(got.pairs, want, "{name} {truncation:?} {:?}", p.query);
+                    assert_eq!(got.windows, Some(vec![1]));
+                }
+            }
+        }
+    }
+}
+
+/// `chunk_max` splits a long passage into windows that each fit, hold the whole query, and
+/// together cover the passage's tokens with the asked overlap; `max_passage_tokens` cuts a
+/// passage to its first N tokens.
+#[test]
+fn long_passages_split_into_overlapping_windows() {
+    use xbench::tokenize::{LongDocuments, PassageOptions};
+    let model = load("tiny-bert", BackendKind::Fused, Precision::Fp32);
+    let t = &model.tokenizer;
+    let r = reference("tiny-bert");
+    let passage = r
+        .pairs
+        .iter()
+        .map(|p| p.passage.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let query = "how do rivers form";
+    let alone = t.encode(query, "").unwrap().ids.len(); // [CLS] q [SEP] [SEP]
+    let passage_ids: Vec<u32> = {
+        let e = t.encode_passages(
+            query,
+            std::slice::from_ref(&passage),
+            false,
+            &PassageOptions {
+                max_passage_tokens: Some(100_000),
+                truncation: xbench::tokenize::Truncation::Off,
+                ..Default::default()
+            },
+        );
+        // Too long for one pair: Off refuses it.
+        assert!(e.is_err());
+        let full = t.probe("", &passage).unwrap();
+        full.ids[2..full.ids.len() - 1].to_vec() // [CLS] [SEP] p [SEP]
+    };
+    for overlap in [0usize, 8, 1000] {
+        let options = PassageOptions {
+            long_documents: Some(LongDocuments::ChunkMax),
+            chunk_overlap_tokens: Some(overlap),
+            ..Default::default()
+        };
+        let e = t
+            .encode_passages(query, &[passage.clone(), "short".into()], true, &options)
+            .unwrap();
+        let windows = e.windows.clone().unwrap();
+        assert_eq!(windows.len(), 2);
+        assert_eq!(windows[1], 1, "a passage that fits is one window");
+        assert!(windows[0] > 3, "{windows:?}");
+        let room = t.max_length() - alone;
+        let step = room - overlap.min(room / 2);
+        let mut covered = Vec::new();
+        for (k, w) in e.pairs[..windows[0]].iter().enumerate() {
+            assert!(w.ids.len() <= t.max_length());
+            let body = &w.ids[alone - 1..w.ids.len() - 1];
+            assert_eq!(
+                &w.ids[..alone - 1],
+                &t.encode(query, "").unwrap().ids[..alone - 1]
+            );
+            assert_eq!(
+                body,
+                &passage_ids[k * step..(k * step + room).min(passage_ids.len())]
+            );
+            covered.truncate(k * step);
+            covered.extend_from_slice(body);
+        }
+        assert_eq!(covered, passage_ids, "overlap {overlap}");
+    }
+    let cut = t
+        .encode_passages(
+            query,
+            std::slice::from_ref(&passage),
+            false,
+            &PassageOptions {
+                max_passage_tokens: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(cut.pairs[0].ids.len(), alone + 5);
+    assert_eq!(&cut.pairs[0].ids[alone - 1..alone + 4], &passage_ids[..5]);
+}

@@ -296,9 +296,9 @@ proptest! {
     }
 
     #[test]
-    fn both_rerank_apis_answer_every_body_with_200_or_a_documented_4xx(
+    fn every_rerank_api_answers_every_body_with_200_or_a_documented_4xx(
         body in body(),
-        path in prop::sample::select(&["/rerank", "/v1/rerank"][..]),
+        path in prop::sample::select(&["/rerank", "/v1/rerank", "/v2/rerank"][..]),
     ) {
         let r = client()
             .post(format!("{}{path}", server().url()))

@@ -347,13 +347,15 @@ fn the_api_key_guards_every_route_but_health_and_metrics() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     assert!(assert_envelope(&r.json().unwrap(), "unauthorized").contains("Authorization: Bearer"));
-    let r = client()
-        .post(server.url("/v1/rerank"))
-        .bearer_auth("wrong")
-        .json(&json!({"query": "q", "documents": ["a"]}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    for path in ["/v1/rerank", "/v2/rerank"] {
+        let r = client()
+            .post(server.url(path))
+            .bearer_auth("wrong")
+            .json(&json!({"query": "q", "documents": ["a"], "model": demo()}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
     for path in ["/info", "/openapi.json"] {
         let r = client().get(server.url(path)).send().unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
@@ -392,6 +394,7 @@ fn the_openapi_document_describes_the_real_responses() {
     for (path, method) in [
         ("/rerank", "post"),
         ("/v1/rerank", "post"),
+        ("/v2/rerank", "post"),
         ("/health", "get"),
         ("/info", "get"),
         ("/metrics", "get"),
@@ -417,7 +420,13 @@ fn the_openapi_document_describes_the_real_responses() {
         ),
         (
             "/v1/rerank",
-            json!({"query": "q", "documents": ["a", {"text": "b"}], "top_n": 1, "return_documents": true}),
+            json!({"query": "q", "documents": ["a", {"text": "b"}], "top_n": 1, "return_documents": true,
+                   "long_documents": "chunk_max", "return_chunks": true}),
+        ),
+        (
+            "/v2/rerank",
+            json!({"model": demo(), "query": "q", "documents": ["a", "b"], "top_n": 1,
+                   "max_tokens_per_doc": 16, "chunk_overlap_tokens": 4, "return_chunks": true}),
         ),
     ];
     for (path, body) in &cases {
@@ -723,5 +732,345 @@ fn multi_label_models_answer_every_logit_and_score_their_last_label() {
     );
     assert_eq!(info["models"][0]["precision"], "fp32");
     assert_eq!(info["models"][0]["backend"], "fused");
+    server.stop();
+}
+
+/// A server on the tiny BERT checkpoint (64 positions), one thread.
+fn tiny_bert_server() -> TestServer {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-bert");
+    TestServer::start(
+        settings(),
+        EngineConfig {
+            models: vec![ModelSpec {
+                threads: Some(1),
+                ..ModelSpec::new(dir.to_str().unwrap())
+            }],
+            tokenizer_pool: TokenizerPoolConfig::default(),
+            batching: BatchingConfig::default(),
+        },
+        None,
+    )
+}
+
+/// Raw scores of `texts` against `query` in request order, and the whole answer.
+fn raw_scores(
+    server: &TestServer,
+    query: &str,
+    texts: &[String],
+    extra: Value,
+) -> (Vec<f64>, Value) {
+    let mut body = json!({"query": query, "texts": texts, "raw_scores": true});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (status, ranks) = post(server, "/rerank", &body);
+    assert_eq!(status, StatusCode::OK, "{ranks}");
+    let mut scores = vec![f64::NAN; texts.len()];
+    for r in ranks.as_array().unwrap() {
+        scores[r["index"].as_u64().unwrap() as usize] = r["score"].as_f64().unwrap();
+    }
+    (scores, ranks)
+}
+
+/// A document whose relevant sentence lies past the model's limit (64 tokens) is found by
+/// `chunk_max` and lost by `truncate`: beside an otherwise identical document without that
+/// sentence, `truncate` scores the two the same (it sees only their common start) and
+/// `chunk_max` ranks it first, naming the window that holds the sentence. Every window counts in
+/// `usage.total_tokens`, and the model instance's setting is the default a request overrides.
+#[test]
+fn chunk_max_finds_the_sentence_that_truncate_cuts_off() {
+    let server = tiny_bert_server();
+    let query = "how do rivers form";
+    // "Relevant" as this random-weight model scores: the best and worst of a few sentences.
+    let candidates: Vec<String> = [
+        "Rivers form when rain water collects in streams and flows downhill to the sea.",
+        "Season the steak with salt and pepper, then sear it in a very hot pan.",
+        "The museum opens at nine in the morning and closes at six in the evening.",
+        "Coffee beans are roasted, ground and brewed with hot water.",
+        "The delta of a river is built from sand and mud carried down from the mountains.",
+        "Children learn to read by sounding out letters and then whole words.",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (alone, _) = raw_scores(&server, query, &candidates, json!({}));
+    let best = (0..alone.len())
+        .max_by(|&a, &b| alone[a].total_cmp(&alone[b]))
+        .unwrap();
+    let worst = (0..alone.len())
+        .min_by(|&a, &b| alone[a].total_cmp(&alone[b]))
+        .unwrap();
+    let filler = format!("{} ", candidates[worst]).repeat(8);
+    let with = format!("{filler}{} {}", candidates[best], candidates[best]);
+    let without = format!("{filler}{}", candidates[worst]);
+    let docs = vec![with, without];
+
+    let (cut, _) = raw_scores(&server, query, &docs, json!({}));
+    assert_eq!(
+        cut[0], cut[1],
+        "truncate sees only the common start: {cut:?}"
+    );
+
+    let (split, ranks) = raw_scores(
+        &server,
+        query,
+        &docs,
+        json!({"long_documents": "chunk_max", "chunk_overlap_tokens": 8, "return_chunks": true}),
+    );
+    assert!(
+        split[0] > split[1],
+        "chunk_max finds the sentence: {split:?}"
+    );
+    assert!(split[0] > cut[0], "{split:?} vs {cut:?}");
+    let first = &ranks[0];
+    assert_eq!(first["index"], 0);
+    let chunk = first["chunk_index"].as_u64().unwrap();
+    assert!(chunk >= 2, "the sentence is in a late window: {first}");
+
+    // Cohere v1 and v2 say the same, and count every window's tokens.
+    let (s, v1) = post(
+        &server,
+        "/v1/rerank",
+        &json!({"query": query, "documents": docs, "long_documents": "chunk_max",
+                "chunk_overlap_tokens": 8, "return_chunks": true}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v1}");
+    assert_eq!(v1["results"][0]["index"], 0);
+    assert_eq!(v1["results"][0]["chunk_index"], chunk);
+    let (_, v1_cut) = post(
+        &server,
+        "/v1/rerank",
+        &json!({"query": query, "documents": docs}),
+    );
+    let (split_tokens, cut_tokens) = (
+        v1["usage"]["total_tokens"].as_u64().unwrap(),
+        v1_cut["usage"]["total_tokens"].as_u64().unwrap(),
+    );
+    assert_eq!(cut_tokens, 128, "two pairs cut to 64 tokens");
+    assert!(split_tokens > 2 * 128, "{split_tokens}");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-bert");
+    let (s, v2) = post(
+        &server,
+        "/v2/rerank",
+        &json!({"model": model.to_str().unwrap(), "query": query, "documents": docs,
+                "long_documents": "chunk_max", "chunk_overlap_tokens": 8}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v2}");
+    assert_eq!(v2["results"][0]["index"], 0);
+    assert!(
+        v2["results"][0].get("chunk_index").is_none(),
+        "only with return_chunks"
+    );
+    assert_eq!(
+        v2["meta"]["tokens"]["input_tokens"].as_f64(),
+        Some(split_tokens as f64)
+    );
+    let d = v2["results"][0]["relevance_score"].as_f64().unwrap() - sigmoid(split[0] as f32) as f64;
+    assert!(d.abs() <= 1e-6);
+    server.stop();
+}
+
+/// `POST /v2/rerank` as Cohere's v2 API defines it: `model` required, documents as strings,
+/// `top_n`, `max_tokens_per_doc`, and `{id, results, meta}` with billed search units; scores as
+/// `/v1/rerank` does.
+#[test]
+fn cohere_v2_rerank() {
+    let server = tiny_bert_server();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-bert");
+    let model = model.to_str().unwrap();
+    let query = "how do rivers form";
+    let docs: Vec<String> = sample(5).into_iter().map(|p| p.passage).collect();
+    let (s, v1) = post(
+        &server,
+        "/v1/rerank",
+        &json!({"query": query, "documents": docs}),
+    );
+    assert_eq!(s, StatusCode::OK);
+    let (s, v2) = post(
+        &server,
+        "/v2/rerank",
+        &json!({"model": model, "query": query, "documents": docs, "top_n": 3,
+                "priority": 0, "relevant_spans": null}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v2}");
+    assert_eq!(v2["id"].as_str().unwrap().len(), 32);
+    assert_eq!(v2["meta"]["api_version"]["version"], "2");
+    assert_eq!(v2["meta"]["billed_units"]["search_units"], 1.0);
+    assert_eq!(
+        v2["meta"]["tokens"]["input_tokens"].as_f64(),
+        v1["usage"]["total_tokens"].as_f64()
+    );
+    let results = v2["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (a, b) in results.iter().zip(v1["results"].as_array().unwrap()) {
+        assert_eq!(a["index"], b["index"]);
+        assert_eq!(a["relevance_score"], b["relevance_score"]);
+        assert_eq!(
+            a.as_object().unwrap().len(),
+            2,
+            "index and relevance_score: {a}"
+        );
+    }
+    // max_tokens_per_doc cuts each document before pairing: 4 tokens of each.
+    let (s, cut) = post(
+        &server,
+        "/v2/rerank",
+        &json!({"model": model, "query": query, "documents": docs, "max_tokens_per_doc": 4}),
+    );
+    assert_eq!(s, StatusCode::OK, "{cut}");
+    let scorer = Scorer::load_default(model, None).unwrap();
+    let empty_pair = scorer.tokenizer().encode(query, "").unwrap().ids.len();
+    let want = docs.len() * (empty_pair + 4);
+    assert_eq!(
+        cut["meta"]["tokens"]["input_tokens"].as_f64(),
+        Some(want as f64)
+    );
+    // 150 documents bill two search units.
+    let many: Vec<&str> = vec!["a"; 150];
+    let (s, v) = post(
+        &server,
+        "/v2/rerank",
+        &json!({"model": model, "query": "q", "documents": many}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["meta"]["billed_units"]["search_units"], 2.0);
+    // Errors name the field.
+    for (body, status, kind, says) in [
+        (
+            json!({"query": "q", "documents": ["a"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "model",
+        ),
+        (
+            json!({"model": model, "query": "q", "documents": [{"text": "a"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "documents",
+        ),
+        (
+            json!({"model": model, "query": "q", "documents": ["a"], "top_n": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "top_n",
+        ),
+        (
+            json!({"model": model, "query": "q", "documents": ["a"], "max_tokens_per_doc": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "max_tokens_per_doc",
+        ),
+        (
+            json!({"model": model, "query": "q", "documents": []}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "'documents' is empty",
+        ),
+        (
+            json!({"model": "nope", "query": "q", "documents": ["a"]}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "nope",
+        ),
+    ] {
+        expect_error(&server, "/v2/rerank", &body, status, kind, says);
+    }
+    server.stop();
+}
+
+/// Cohere's own Python SDK (`cohere` from PyPI, installed into `.venv-clients` by
+/// `scripts/install_sdk_clients.sh`, which `scripts/test.sh` runs) against the server, with an
+/// API key: `ClientV2.rerank` (`/v2/rerank`, `top_n`, `max_tokens_per_doc`) and `Client.rerank`
+/// (`/v1/rerank`) parse the answers and get the scores the routes give over plain HTTP.
+#[test]
+fn cohere_sdk_clients_v1_and_v2_rerank() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".venv-clients/bin/python");
+    assert!(
+        python.is_file(),
+        "Cohere's SDK is missing: run ./scripts/install_sdk_clients.sh (scripts/test.sh does)"
+    );
+    let dir = root.join("tests/data/tiny-bert");
+    let model = dir.to_str().unwrap();
+    let key = "sdk-key-5e1d";
+    let server = TestServer::start(
+        ServerSettings {
+            api_key: Some(key.into()),
+            ..settings()
+        },
+        EngineConfig {
+            models: vec![ModelSpec {
+                threads: Some(1),
+                ..ModelSpec::new(model)
+            }],
+            tokenizer_pool: TokenizerPoolConfig::default(),
+            batching: BatchingConfig::default(),
+        },
+        None,
+    );
+    let query = "how do rivers form";
+    let docs: Vec<String> = sample(4).into_iter().map(|p| p.passage).collect();
+    let out = std::process::Command::new(&python)
+        .arg(root.join("scripts/cohere_sdk_check.py"))
+        .args([&server.url(""), model, key, query])
+        .args(&docs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the SDK failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sdk: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plain = |path: &str, body: Value| {
+        let r = client()
+            .post(server.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<Value>().unwrap()
+    };
+    let pairs = |results: &Value| -> Vec<(u64, f64)> {
+        results
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["index"].as_u64().unwrap(),
+                    r["relevance_score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let sdk_pairs = |v: &Value| -> Vec<(u64, f64)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r[0].as_u64().unwrap(), r[1].as_f64().unwrap()))
+            .collect()
+    };
+    let v2 = plain(
+        "/v2/rerank",
+        json!({"model": model, "query": query, "documents": docs, "top_n": 2}),
+    );
+    assert_eq!(sdk_pairs(&sdk["v2"]), pairs(&v2["results"]));
+    assert_eq!(sdk["v2_id"].as_str().unwrap().len(), 32);
+    assert_eq!(sdk["v2_meta"]["version"], "2");
+    assert_eq!(sdk["v2_meta"]["search_units"], 1.0);
+    assert_eq!(
+        sdk["v2_meta"]["input_tokens"],
+        v2["meta"]["tokens"]["input_tokens"]
+    );
+    let cut = plain(
+        "/v2/rerank",
+        json!({"model": model, "query": query, "documents": docs, "max_tokens_per_doc": 4}),
+    );
+    assert_eq!(sdk_pairs(&sdk["v2_cut"]), pairs(&cut["results"]));
+    assert_eq!(sdk["v2_cut_tokens"], cut["meta"]["tokens"]["input_tokens"]);
+    let v1 = plain("/v1/rerank", json!({"query": query, "documents": docs}));
+    assert_eq!(sdk_pairs(&sdk["v1"]), pairs(&v1["results"]));
+    assert_eq!(sdk_pairs(&sdk["v1"]).len(), docs.len());
     server.stop();
 }

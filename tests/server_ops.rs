@@ -533,10 +533,17 @@ fn the_api_key_is_never_logged() {
         &["server.port=0".as_ref()],
         &[("XBENCH_API_KEY", KEY), ("RUST_LOG", "trace")],
     );
-    let body = json!({"query": "q", "texts": ["a"], "documents": ["a"]});
+    let body = json!({"query": "q", "texts": ["a"], "documents": ["a"], "model": "m"});
     let mut answers = String::new();
     for key in [Some(KEY), Some(WRONG), None] {
-        for path in ["/rerank", "/v1/rerank", "/info", "/metrics", "/nope"] {
+        for path in [
+            "/rerank",
+            "/v1/rerank",
+            "/v2/rerank",
+            "/info",
+            "/metrics",
+            "/nope",
+        ] {
             let mut r = if path.ends_with("rerank") {
                 client().post(format!("{url}{path}")).json(&body)
             } else {

@@ -1,4 +1,4 @@
-//! The JSON bodies of both rerank APIs, sent over HTTP to a real server on a tiny model: the
+//! The JSON bodies of every rerank API, sent over HTTP to a real server on a tiny model: the
 //! first byte picks the route, the rest is the body. Every answer must be 200 or a documented
 //! error with the envelope; a handler that panics drops the connection, which fails here too.
 #![no_main]
@@ -10,10 +10,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&route, body)) = data.split_first() else {
         return;
     };
-    let path = if route & 1 == 0 {
-        "/rerank"
-    } else {
-        "/v1/rerank"
+    let path = match route % 3 {
+        0 => "/rerank",
+        1 => "/v1/rerank",
+        _ => "/v2/rerank",
     };
     let (server, client) = xbench_fuzz::server();
     let response = client

@@ -14,7 +14,7 @@ use crate::batch::Batch;
 use crate::model::family;
 use crate::model::{parse_device, ModelError, ModelFiles, ModelInfo, Precision};
 pub use crate::model::{BackendKind, CacheUse};
-use crate::tokenize::{PairTokenizer, TokenizeError};
+use crate::tokenize::{LongDocuments, PairTokenizer, TokenizeError};
 pub use candle::CandleBackend;
 pub use fused::FusedBackend;
 
@@ -48,6 +48,19 @@ pub struct ModelSpec {
     /// them at the next load.
     #[serde(default)]
     pub quantization_cache: bool,
+    /// What becomes of a passage too long to fit beside its query when a request does not say:
+    /// `truncate` or `chunk_max` (windows overlapping by `chunk_overlap_tokens`).
+    #[serde(default)]
+    pub long_documents: LongDocuments,
+    #[serde(default = "default_overlap")]
+    pub chunk_overlap_tokens: usize,
+}
+
+/// Tokens consecutive windows of a split passage share unless configured.
+pub const DEFAULT_CHUNK_OVERLAP_TOKENS: usize = 32;
+
+fn default_overlap() -> usize {
+    DEFAULT_CHUNK_OVERLAP_TOKENS
 }
 
 fn one() -> usize {
@@ -69,6 +82,8 @@ impl ModelSpec {
             backend: BackendKind::default(),
             quantization: Precision::default(),
             quantization_cache: false,
+            long_documents: LongDocuments::default(),
+            chunk_overlap_tokens: DEFAULT_CHUNK_OVERLAP_TOKENS,
         }
     }
 }
@@ -221,7 +236,8 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
             (Arc::new(backend), info, CacheUse::None)
         }
     };
-    let tokenizer = PairTokenizer::load(&files, info.max_positions, spec.max_length)?;
+    let tokenizer = PairTokenizer::load(&files, info.max_positions, spec.max_length)?
+        .with_long_documents(spec.long_documents, spec.chunk_overlap_tokens);
     if let Some(family) = family::find(&info.architecture) {
         family
             .template

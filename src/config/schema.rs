@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::settings::{Arrivals, BatchingConfig, ServerSettings, Stage, TokenizerPoolConfig};
 use super::{Composed, ConfigError};
 use crate::model::{BackendKind, Precision};
+use crate::tokenize::LongDocuments;
 
 /// The whole config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -62,6 +63,13 @@ pub struct InstanceConfig {
     /// Truncation length in tokens; default the model's limit.
     #[serde(default)]
     pub max_length: Option<usize>,
+    /// A passage too long to fit beside its query: `truncate` (cut to fit) or `chunk_max` (split
+    /// into windows, scored as its best window). Requests may say otherwise.
+    #[serde(default)]
+    pub long_documents: LongDocuments,
+    /// Tokens consecutive windows share with `chunk_max` (at most half a window).
+    #[serde(default = "default_overlap")]
+    pub chunk_overlap_tokens: usize,
     /// Model workers (instances) of this entry.
     #[serde(default = "one")]
     pub workers: usize,
@@ -83,6 +91,9 @@ fn precision<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Precision, D::Err
 }
 fn one() -> usize {
     1
+}
+fn default_overlap() -> usize {
+    crate::backend::DEFAULT_CHUNK_OVERLAP_TOKENS
 }
 
 /// `workload`: the pairs the load generator sends.
@@ -286,7 +297,7 @@ impl XbenchConfig {
                     return Err(bad(
                         "model_pool.instances",
                         format!(
-                            "model '{}' is listed twice with different settings; give each entry the same backend, device, quantization, max_length and threads",
+                            "model '{}' is listed twice with different settings; give each entry the same backend, device, quantization, max_length, long_documents, chunk_overlap_tokens and threads",
                             m.name
                         ),
                     ));

@@ -24,7 +24,7 @@ pub use crate::backend::ModelSpec;
 use crate::backend::{self, BackendError, LoadError, LoadedModel};
 use crate::config::XbenchConfig;
 use crate::model::ModelInfo;
-use crate::tokenize::{Encoded, PairTokenizer, Truncation};
+use crate::tokenize::{Encoded, PairTokenizer, PassageOptions};
 
 pub use batcher::BatchingConfig;
 use batcher::{Pending, QueueSlots, RequestState};
@@ -102,6 +102,8 @@ impl EngineConfig {
                     backend: m.backend,
                     quantization: m.quantization,
                     quantization_cache: m.quantization_cache,
+                    long_documents: m.long_documents,
+                    chunk_overlap_tokens: m.chunk_overlap_tokens,
                 }),
             }
         }
@@ -130,8 +132,8 @@ impl EngineConfig {
 pub struct RerankInput {
     pub query: String,
     pub passages: Vec<String>,
-    /// How pairs over `max_length` are cut (or refused).
-    pub truncation: Truncation,
+    /// How pairs over `max_length` are cut (or refused), passages cut or split.
+    pub options: PassageOptions,
 }
 
 impl RerankInput {
@@ -140,7 +142,7 @@ impl RerankInput {
         Self {
             query: query.into(),
             passages,
-            truncation: Truncation::Model,
+            options: PassageOptions::default(),
         }
     }
 }
@@ -165,12 +167,40 @@ pub struct Scored {
     pub logits: Vec<f32>,
     /// Logits per pair (the model's `num_labels`).
     pub labels: usize,
-    /// Real tokens of the request's pairs.
+    /// Real tokens of the request's pairs (every window's, for split passages).
     pub tokens: usize,
+    /// Pairs the model computed: one per passage, or per window of split passages.
+    pub computed_pairs: usize,
+    /// For passages split into windows ([`crate::tokenize::LongDocuments::ChunkMax`]): which window gave each
+    /// passage its score (the logits are that window's).
+    pub chunks: Option<Vec<usize>>,
     pub timings: Timings,
 }
 
 impl Scored {
+    /// Keeps, of each passage's consecutive windows (`windows[i]` of them for passage `i`), the
+    /// one with the highest relevance, and records which it was.
+    fn keep_best_windows(&mut self, windows: &[usize]) {
+        let labels = self.labels.max(1);
+        let mut logits = Vec::with_capacity(windows.len() * labels);
+        let mut chunks = Vec::with_capacity(windows.len());
+        let mut start = 0;
+        for &n in windows {
+            let rows = &self.logits[start * labels..(start + n) * labels];
+            let best = rows
+                .chunks_exact(labels)
+                .map(crate::model::relevance)
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(0, |(i, _)| i);
+            logits.extend_from_slice(&rows[best * labels..(best + 1) * labels]);
+            chunks.push(best);
+            start += n;
+        }
+        self.logits = logits;
+        self.chunks = Some(chunks);
+    }
+
     pub fn pairs(&self) -> usize {
         self.logits.len() / self.labels.max(1)
     }
@@ -190,6 +220,8 @@ impl Scored {
 #[derive(Debug, Clone)]
 pub struct Tokenized {
     pub encoded: Vec<Encoded>,
+    /// How many consecutive pairs each passage became, when passages were split into windows.
+    pub windows: Option<Vec<usize>>,
     pub queue: Duration,
     pub tokenize: Duration,
 }
@@ -428,6 +460,9 @@ impl Engine {
         let tokenized = self.tokenize_at(m, input).await?;
         let encoded: Arc<[Encoded]> = tokenized.encoded.into();
         let mut scored = self.infer_at(m, encoded).await?;
+        if let Some(windows) = &tokenized.windows {
+            scored.keep_best_windows(windows);
+        }
         scored.timings.queue = tokenized.queue;
         scored.timings.tokenize = tokenized.tokenize;
         scored.timings.total = started.elapsed();
@@ -488,6 +523,7 @@ impl Engine {
         // Frees the queue place if this future is dropped (the caller left) before the batcher
         // took the request; a no-op once it has.
         let _place = ReleaseOnDrop(state.clone());
+        let computed_pairs = encoded.len();
         let pending = Pending::new(state, encoded);
         handle.queue.try_send(pending).map_err(|e| match e {
             crossbeam_channel::TrySendError::Full(_) => overloaded(),
@@ -498,6 +534,8 @@ impl Engine {
             logits: out.logits,
             labels,
             tokens,
+            computed_pairs,
+            chunks: None,
             timings: Timings {
                 batch_wait: out.batch_wait,
                 inference: out.inference,

@@ -97,11 +97,11 @@ fn work(jobs: crossbeam_channel::Receiver<Job>, tokenizers: Vec<PairTokenizer>, 
             if input.query == tests::PANIC_QUERY {
                 panic!("injected tokenizer panic");
             }
-            tokenizers[job.model].encode_many_with(
+            tokenizers[job.model].encode_passages(
                 &input.query,
                 &input.passages,
                 parallel,
-                input.truncation,
+                &input.options,
             )
         };
         let encoded = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(encode)) {
@@ -121,7 +121,8 @@ fn work(jobs: crossbeam_channel::Receiver<Job>, tokenizers: Vec<PairTokenizer>, 
         };
         let result = encoded
             .map(|encoded| Tokenized {
-                encoded,
+                encoded: encoded.pairs,
+                windows: encoded.windows,
                 queue,
                 tokenize: started.elapsed(),
             })

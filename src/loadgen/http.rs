@@ -124,11 +124,20 @@ impl HttpTarget {
             truncation_direction: None,
             model: model.map(str::to_string),
             timeout_ms: None,
+            long_documents: None,
+            chunk_overlap_tokens: None,
+            return_chunks: false,
         };
         let mut v = serde_json::to_value(&req).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             // Only what TEI knows, so any TEI-compatible server takes it.
-            o.retain(|k, v| !v.is_null() && k != "return_text" && k != "truncation_direction");
+            o.retain(|k, v| {
+                !v.is_null()
+                    && !matches!(
+                        k.as_str(),
+                        "return_text" | "truncation_direction" | "return_chunks"
+                    )
+            });
         }
         serde_json::to_vec(&v).unwrap_or_default()
     }

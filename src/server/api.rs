@@ -1,10 +1,14 @@
 //! Every request and response body of the HTTP API, in one place, with their OpenAPI schemas.
 //!
-//! `POST /rerank` follows text-embeddings-inference (TEI); `POST /v1/rerank` follows Cohere's and
-//! Jina's rerank APIs. Unknown fields are ignored, as those servers do.
+//! `POST /rerank` follows text-embeddings-inference (TEI); `POST /v1/rerank` follows Cohere's (v1)
+//! and Jina's rerank APIs; `POST /v2/rerank` Cohere's v2 (as vLLM serves it too). Unknown fields
+//! are ignored, as those servers do. Every rerank route also takes xbench's long-document fields
+//! (`long_documents`, `chunk_overlap_tokens`, `return_chunks`).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+pub use crate::tokenize::LongDocuments;
 
 /// Which end of the longer text loses tokens when a pair is over `max_length`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -44,6 +48,19 @@ pub struct RerankRequest {
     /// server's `request_timeout_ms`.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// `truncate` (cut to fit) or `chunk_max` (split into windows that fit beside the query,
+    /// score each, answer the best window's score); an xbench extension. Default: the model
+    /// instance's `long_documents`.
+    #[serde(default)]
+    pub long_documents: Option<LongDocuments>,
+    /// Tokens consecutive windows share (at most half a window); default: the model instance's
+    /// `chunk_overlap_tokens`.
+    #[serde(default)]
+    pub chunk_overlap_tokens: Option<usize>,
+    /// Name in each result the window that gave its score (`chunk_index`, from 0; 0 for a
+    /// document that was not split).
+    #[serde(default)]
+    pub return_chunks: bool,
 }
 
 /// One result of `POST /rerank`; the list is sorted by score, highest first.
@@ -61,6 +78,9 @@ pub struct Rank {
     /// with more than one label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logits: Option<Vec<f32>>,
+    /// The window of the text that gave its score, with `return_chunks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_index: Option<usize>,
 }
 
 /// A document of `POST /v1/rerank`: a string or an object with a `text` field.
@@ -106,6 +126,101 @@ pub struct CohereRerankRequest {
     /// server's `request_timeout_ms`.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// `truncate` (cut to fit) or `chunk_max` (split into windows that fit beside the query,
+    /// score each, answer the best window's score); an xbench extension. Default: the model
+    /// instance's `long_documents`.
+    #[serde(default)]
+    pub long_documents: Option<LongDocuments>,
+    /// Tokens consecutive windows share (at most half a window); default: the model instance's
+    /// `chunk_overlap_tokens`.
+    #[serde(default)]
+    pub chunk_overlap_tokens: Option<usize>,
+    /// Name in each result the window that gave its score (`chunk_index`, from 0; 0 for a
+    /// document that was not split).
+    #[serde(default)]
+    pub return_chunks: bool,
+}
+
+/// `POST /v2/rerank` (Cohere's v2 rerank API).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct CohereV2RerankRequest {
+    /// Which loaded model scores (required, as Cohere's v2 API requires it).
+    pub model: String,
+    #[schema(example = "what is rust")]
+    pub query: String,
+    /// The texts to rank (at least one, at most `max_client_batch_size`).
+    pub documents: Vec<String>,
+    /// Return only the best N results (default: all).
+    #[serde(default)]
+    pub top_n: Option<usize>,
+    /// Cut each document to its first N tokens before pairing it with the query (Cohere's
+    /// default 4096; the pair is then cut to the model's `max_length` as usual).
+    #[serde(default)]
+    pub max_tokens_per_doc: Option<usize>,
+    /// Deadline in ms from the request's arrival (an xbench extension), as on the other routes.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// `truncate` (cut to fit) or `chunk_max` (split into windows that fit beside the query,
+    /// score each, answer the best window's score); an xbench extension. Default: the model
+    /// instance's `long_documents`.
+    #[serde(default)]
+    pub long_documents: Option<LongDocuments>,
+    /// Tokens consecutive windows share (at most half a window); default: the model instance's
+    /// `chunk_overlap_tokens`.
+    #[serde(default)]
+    pub chunk_overlap_tokens: Option<usize>,
+    /// Name in each result the window that gave its score (`chunk_index`, from 0; 0 for a
+    /// document that was not split).
+    #[serde(default)]
+    pub return_chunks: bool,
+}
+
+/// One result of `POST /v2/rerank`, sorted by relevance, highest first.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct CohereV2Result {
+    pub index: usize,
+    /// Sigmoid of the logit, 0..1 (more than one label: the last label's softmax probability).
+    pub relevance_score: f32,
+    /// The window of the document that gave its score, with `return_chunks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_index: Option<usize>,
+}
+
+/// The response of `POST /v2/rerank`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct CohereV2RerankResponse {
+    /// A unique id of this request.
+    pub id: String,
+    pub results: Vec<CohereV2Result>,
+    pub meta: ApiMeta,
+}
+
+/// `meta` of a Cohere v2 response.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct ApiMeta {
+    pub api_version: ApiVersion,
+    pub billed_units: BilledUnits,
+    pub tokens: MetaTokens,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct ApiVersion {
+    /// `"2"`.
+    pub version: String,
+}
+
+/// What the request would be billed, as Cohere counts it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct BilledUnits {
+    /// One per started hundred documents (Cohere's search unit); windows of a split document
+    /// count as documents.
+    pub search_units: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct MetaTokens {
+    /// Tokens of every pair scored (every window's), special tokens included.
+    pub input_tokens: f64,
 }
 
 /// A document echoed in a `/v1/rerank` result.
@@ -125,11 +240,15 @@ pub struct CohereResult {
     /// Every label's logit; only for models with more than one label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logits: Option<Vec<f32>>,
+    /// The window of the document that gave its score, with `return_chunks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_index: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct Usage {
-    /// Tokens of every pair scored, special tokens included, after truncation.
+    /// Tokens of every pair scored (every window's, for split documents), special tokens
+    /// included, after truncation.
     pub total_tokens: usize,
 }
 

@@ -21,13 +21,14 @@ use super::{AppState, LOADING, READY};
 use crate::engine::{Engine, EngineError, RerankInput, Scored};
 use crate::model::relevance;
 use crate::score::sigmoid;
-use crate::tokenize::Truncation;
+use crate::tokenize::{PassageOptions, Truncation};
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let limit = state.settings.payload_limit_bytes;
     Router::new()
         .route("/rerank", post(rerank))
         .route("/v1/rerank", post(cohere_rerank))
+        .route("/v2/rerank", post(cohere_v2_rerank))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(prometheus))
@@ -46,9 +47,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 #[openapi(
     info(
         title = "xbench",
-        description = "Cross-encoder reranking: TEI-compatible /rerank, Cohere/Jina-compatible /v1/rerank."
+        description = "Cross-encoder reranking: TEI-compatible /rerank, Cohere/Jina-compatible /v1/rerank, Cohere v2 /v2/rerank."
     ),
-    paths(rerank, cohere_rerank, health, info, prometheus, openapi),
+    paths(rerank, cohere_rerank, cohere_v2_rerank, health, info, prometheus, openapi),
     components(schemas(
         RerankRequest,
         Rank,
@@ -59,6 +60,14 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         CohereResult,
         DocumentText,
         Usage,
+        LongDocuments,
+        CohereV2RerankRequest,
+        CohereV2RerankResponse,
+        CohereV2Result,
+        ApiMeta,
+        ApiVersion,
+        BilledUnits,
+        MetaTokens,
         ErrorResponse,
         HealthResponse,
         InfoResponse,
@@ -111,12 +120,34 @@ struct Job {
     model: Option<String>,
     query: String,
     passages: Vec<String>,
-    truncation: Truncation,
+    options: PassageOptions,
     /// The request's name for its passages, for error messages.
     field: &'static str,
     /// When the request arrived, and its deadline from then in ms (the request's `timeout_ms`).
     started: Instant,
     timeout_ms: Option<u64>,
+}
+
+/// A request's passage options: pairs cut as `truncation` says, each passage to
+/// `max_passage_tokens`, long passages as the request's `long_documents` and
+/// `chunk_overlap_tokens` say (the model's settings where it says nothing).
+fn passage_options(
+    truncation: Truncation,
+    max_passage_tokens: Option<usize>,
+    long_documents: Option<LongDocuments>,
+    chunk_overlap_tokens: Option<usize>,
+) -> PassageOptions {
+    PassageOptions {
+        truncation,
+        max_passage_tokens,
+        long_documents,
+        chunk_overlap_tokens,
+    }
+}
+
+/// The window of result `index` that gave its score, when the request asked (`return_chunks`).
+fn chunk_index(return_chunks: bool, scored: &Scored, index: usize) -> Option<usize> {
+    return_chunks.then(|| scored.chunks.as_ref().map_or(0, |c| c[index]))
 }
 
 /// Checks the request against the limits and scores it.
@@ -152,7 +183,7 @@ async fn score(state: &AppState, job: Job) -> Result<(String, Scored), ApiError>
     let input = RerankInput {
         query: job.query,
         passages: job.passages,
-        truncation: job.truncation,
+        options: job.options,
     };
     let scoring = engine.rerank(Some(&model), Arc::new(input));
     // Past the deadline the future is dropped: the request's reply channel closes, and the batcher
@@ -319,7 +350,12 @@ async fn rerank(
                 model: req.model,
                 query: req.query,
                 passages: req.texts,
-                truncation,
+                options: passage_options(
+                    truncation,
+                    None,
+                    req.long_documents,
+                    req.chunk_overlap_tokens,
+                ),
                 field: "texts",
                 started,
                 timeout_ms: req.timeout_ms,
@@ -336,6 +372,7 @@ async fn rerank(
                     score: if req.raw_scores { raw } else { sigmoid(raw) },
                     text: texts.as_ref().map(|t| t[index].clone()),
                     logits: (logits.len() > 1).then(|| logits.to_vec()),
+                    chunk_index: chunk_index(req.return_chunks, &scored, index),
                 }
             })
             .collect();
@@ -391,7 +428,12 @@ async fn cohere_rerank(
                 model: req.model,
                 query: req.query,
                 passages,
-                truncation: Truncation::Model,
+                options: passage_options(
+                    Truncation::Model,
+                    None,
+                    req.long_documents,
+                    req.chunk_overlap_tokens,
+                ),
                 field: "documents",
                 started,
                 timeout_ms: req.timeout_ms,
@@ -408,6 +450,7 @@ async fn cohere_rerank(
                     text: t[index].clone(),
                 }),
                 logits: (logits.len() > 1).then(|| logits.to_vec()),
+                chunk_index: chunk_index(req.return_chunks, &scored, index),
             })
             .collect();
         results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
@@ -420,6 +463,102 @@ async fn cohere_rerank(
             results,
             usage: Usage {
                 total_tokens: scored.tokens,
+            },
+        };
+        Ok((timing_headers(started.elapsed(), &scored), Json(body)).into_response())
+    }
+    .await;
+    accepted.answer(result.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// Rerank documents against a query (Cohere's v2 API, as its `ClientV2` calls it).
+///
+/// `model` is required; `relevance_score` is the sigmoid of the model's logit (for a model with
+/// more than one label, the softmax probability of its last label); results are sorted by it,
+/// highest first, and cut to `top_n`. `max_tokens_per_doc` cuts each document before it is paired
+/// with the query. `meta.billed_units.search_units` counts started hundreds of documents (windows
+/// of split documents included), as Cohere bills.
+#[utoipa::path(
+    post,
+    path = "/v2/rerank",
+    request_body = CohereV2RerankRequest,
+    responses(
+        (status = 200, description = "Documents ranked, most relevant first", body = CohereV2RerankResponse),
+        (status = 400, description = "Malformed JSON or no documents", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "Unknown model", body = ErrorResponse),
+        (status = 413, description = "Too many documents or body too large", body = ErrorResponse),
+        (status = 415, description = "Body not sent as JSON", body = ErrorResponse),
+        (status = 422, description = "Wrong types or missing fields (model is required)", body = ErrorResponse),
+        (status = 429, description = "Overloaded; retry after Retry-After seconds", body = ErrorResponse),
+        (status = 500, description = "Inference failed", body = ErrorResponse),
+        (status = 503, description = "Loading, shutting down, or the deadline (timeout_ms) passed; retry after Retry-After seconds", body = ErrorResponse),
+    ),
+    security((), ("api_key" = [])),
+)]
+async fn cohere_v2_rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let accepted = Accepted::new(&state);
+    let result = async {
+        let req: CohereV2RerankRequest = read_body(&state, &headers, body)?;
+        if req.top_n == Some(0) {
+            return Err(ApiError::validation(
+                "top_n must be at least 1 (or left out for every document)",
+            ));
+        }
+        if req.max_tokens_per_doc == Some(0) {
+            return Err(ApiError::validation(
+                "max_tokens_per_doc must be at least 1 (or left out for the model's max_length)",
+            ));
+        }
+        let (_, scored) = score(
+            &state,
+            Job {
+                model: Some(req.model),
+                query: req.query,
+                passages: req.documents,
+                options: passage_options(
+                    Truncation::Model,
+                    req.max_tokens_per_doc,
+                    req.long_documents,
+                    req.chunk_overlap_tokens,
+                ),
+                field: "documents",
+                started,
+                timeout_ms: req.timeout_ms,
+            },
+        )
+        .await?;
+        let mut results: Vec<CohereV2Result> = scored
+            .rows()
+            .enumerate()
+            .map(|(index, logits)| CohereV2Result {
+                index,
+                relevance_score: sigmoid(relevance(logits)),
+                chunk_index: chunk_index(req.return_chunks, &scored, index),
+            })
+            .collect();
+        results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
+        if let Some(n) = req.top_n {
+            results.truncate(n);
+        }
+        let body = CohereV2RerankResponse {
+            id: format!("{:032x}", rand::rng().random::<u128>()),
+            results,
+            meta: ApiMeta {
+                api_version: ApiVersion {
+                    version: "2".to_string(),
+                },
+                billed_units: BilledUnits {
+                    search_units: scored.computed_pairs.div_ceil(100) as f64,
+                },
+                tokens: MetaTokens {
+                    input_tokens: scored.tokens as f64,
+                },
             },
         };
         Ok((timing_headers(started.elapsed(), &scored), Json(body)).into_response())
