@@ -291,9 +291,7 @@ impl BertSelfAttention {
                     .contiguous()
             };
             let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
-            let scores = (q.matmul(&k.t()?)? * scale)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let context = probs.matmul(&v)?;
+            let context = attend_in_blocks(&q, &k, &v, scale, None)?;
             contexts.push(
                 context
                     .transpose(0, 1)?
@@ -320,13 +318,52 @@ impl BertSelfAttention {
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs.matmul(&v)?;
+        let context = attend_in_blocks(&q, &k, &v, scale, Some(mask_bias))?;
         context
             .transpose(1, 2)?
             .reshape((pairs * length, self.heads * self.head_dim))
     }
+}
+
+/// Queries per block of [`attend_in_blocks`]: a block's scores are `[heads, 256, keys]`, so a pair
+/// of 8,192 tokens holds 8 MB per head of them at a time rather than 256 MB.
+const QUERY_BLOCK: usize = 256;
+
+/// Softmax attention, `softmax(q·kᵀ · scale + mask_bias)·v`, over `[.., queries, d]` query, key
+/// and value tensors (keys and values `[.., keys, d]`), computed for [`QUERY_BLOCK`] queries at a
+/// time: the scores of a long sequence never exist for all its queries at once, so attention's
+/// memory grows with the sequence's length, not its square. `mask_bias` broadcasts over the
+/// scores (`[.., 1, keys]`).
+fn attend_in_blocks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask_bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let axis = q.rank() - 2;
+    let queries = q.dim(axis)?;
+    let kt = k.t()?;
+    let block = |q: &Tensor| -> Result<Tensor> {
+        let mut scores = (q.matmul(&kt)? * scale)?;
+        if let Some(bias) = mask_bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
+    };
+    if queries <= QUERY_BLOCK {
+        return block(q);
+    }
+    let parts = (0..queries)
+        .step_by(QUERY_BLOCK)
+        .map(|s| {
+            block(
+                &q.narrow(axis, s, QUERY_BLOCK.min(queries - s))?
+                    .contiguous()?,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, axis)
 }
 
 /// `BertSelfOutput` / `BertOutput`: dense, residual, LayerNorm.
