@@ -198,6 +198,7 @@ mod kernels {
         let shape = Heads {
             heads: 12,
             head_dim: 32,
+            window: None,
         };
         let qkv = values(TOKENS * 3 * 384, 10);
         let bias = values(3 * 384, 11);

@@ -65,6 +65,8 @@ from transformers import (  # noqa: E402
     CamembertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
     DistilBertConfig,
@@ -82,6 +84,7 @@ SEED_ROBERTA = 20261202
 SEED_CAMEMBERT = 20261203
 SEED_ELECTRA = 20261204
 SEED_LONG = 20261205
+SEED_MODERNBERT = 20261206
 BATCH_TOLERANCE = 1e-5
 
 CORPUS = [
@@ -654,6 +657,60 @@ def make_electra(out: Path, tok: Tokenizer | None) -> None:
     report_dir(name, out)
 
 
+def make_modernbert(out: Path, tok: Tokenizer | None) -> None:
+    """ModernBERT with the options that take other code paths: three layers with global attention
+    every second one (layers 0 and 2 global, 1 local), a local window of 16 tokens (8 on each
+    side, shorter than most test pairs), `mean` pooling, every bias present (attention, MLP, norms,
+    head), GELU; tiny-distilbert's WordPiece tokenizer as a PreTrainedTokenizerFast passing no type
+    ids, as ModernBERT's tokenizers do."""
+    name = "tiny-modernbert"
+    tok = tok or Tokenizer.from_file(str(out.parent / "tiny-distilbert" / "tokenizer.json"))
+    specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                "mask_token": "[MASK]"}
+    save_tokenizer(tok, out, specials, {"tokenizer_class": "PreTrainedTokenizerFast",
+                                        "model_input_names": ["input_ids", "attention_mask"]})
+    config = ModernBertConfig(
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        hidden_activation="gelu",
+        max_position_embeddings=MAX_LENGTH,
+        global_attn_every_n_layers=2,
+        local_attention=16,
+        global_rope_theta=160000.0,
+        local_rope_theta=10000.0,
+        norm_eps=1e-5,
+        norm_bias=True,
+        attention_bias=True,
+        mlp_bias=True,
+        classifier_bias=True,
+        classifier_pooling="mean",
+        classifier_activation="gelu",
+        num_labels=1,
+        pad_token_id=0,
+        cls_token_id=2,
+        sep_token_id=3,
+        bos_token_id=2,
+        eos_token_id=3,
+        architectures=["ModernBertForSequenceClassification"],
+    )
+    assert config.layer_types == ["full_attention", "sliding_attention", "full_attention"], config.layer_types
+    assert config.sliding_window == 8
+    torch.manual_seed(SEED_MODERNBERT)
+    model = ModernBertForSequenceClassification._from_config(config, attn_implementation="eager")
+    spread_weights(model)
+    model.eval()
+    assert model.config._attn_implementation == "eager"
+    model.save_pretrained(str(out), safe_serialization=True)
+    ref = check_and_reference(name, out, model, 1)
+    lengths = [len(p["input_ids"]) for p in ref["pairs"]]
+    assert sum(n > 2 * 8 + 1 for n in lengths) >= 10, "most pairs must be longer than the local window"
+    write_reference(out, ref)
+    report_dir(name, out)
+
+
 LONG_LENGTH = 8192
 LONG_TARGETS = (2048, 4096, 8192)
 
@@ -736,6 +793,7 @@ def main() -> None:
         ("tiny-camembert", make_camembert),
         ("tiny-electra", make_electra),
         ("tiny-xlm-roberta-8k", make_xlm_roberta_8k),
+        ("tiny-modernbert", make_modernbert),
     )
     for dirname, make in makers:
         if args.only and dirname not in args.only:

@@ -6,13 +6,12 @@ use candle_core::{DType, Device, Tensor};
 
 use super::{Backend, BackendError, BackendKind, Executor};
 use crate::batch::Batch;
-use crate::model::encoder::Encoder;
-use crate::model::{load_encoder, ModelError, ModelFiles, ModelInfo, Precision};
+use crate::model::{load_encoder, CrossEncoder, ModelError, ModelFiles, ModelInfo, Precision};
 
 /// A model on candle's ops. Its weights are immutable tensors, so the instance threads share one
 /// `CandleBackend` (one copy of the weights) and run forward passes concurrently.
 pub struct CandleBackend {
-    model: Encoder,
+    model: Box<dyn CrossEncoder>,
     device: Device,
     info: ModelInfo,
 }
@@ -48,12 +47,12 @@ impl CandleBackend {
     fn run(
         &self,
         batch: &Batch,
-        forward: fn(&Encoder, &Batch, &Device) -> candle_core::Result<Tensor>,
+        forward: fn(&dyn CrossEncoder, &Batch, &Device) -> candle_core::Result<Tensor>,
     ) -> Result<Vec<f32>, BackendError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let values = forward(&self.model, batch, &self.device)
+        let values = forward(self.model.as_ref(), batch, &self.device)
             .and_then(|l| l.to_dtype(DType::F32))
             .and_then(|l| l.flatten_all())
             .and_then(|l| l.to_vec1::<f32>())
@@ -73,7 +72,7 @@ impl Backend for CandleBackend {
     }
 
     fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
-        self.run(batch, Encoder::forward)
+        self.run(batch, |m, b, d| m.forward(b, d))
     }
 
     /// candle's CPU ops split their work over the rayon pool they run in: one per instance.
@@ -82,6 +81,6 @@ impl Backend for CandleBackend {
     }
 
     fn predict_padded(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
-        self.run(batch, Encoder::forward_padded)
+        self.run(batch, |m, b, d| m.forward_padded(b, d))
     }
 }

@@ -18,8 +18,8 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::family::{Family, HeadAct};
-use super::fused::{Embeddings, FusedBert, FusedLayer, Norm};
+use super::family::{BertLayout, HeadAct};
+use super::fused::{Embeddings, FusedBert, FusedLayer, Norm, Pooling};
 use super::ModelError;
 use crate::batch::Batch;
 use xbench_kernels::matmul::{Linear as FusedLinear, Weight};
@@ -40,7 +40,17 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn forward(self, x: &Tensor) -> Result<Tensor> {
+    /// The same activation in xbench's kernels.
+    pub fn kernel(self) -> Act {
+        match self {
+            Activation::Gelu => Act::GeluErf,
+            Activation::GeluNew => Act::GeluTanh,
+            Activation::Relu => Act::Relu,
+            Activation::Silu => Act::Silu,
+        }
+    }
+
+    pub(crate) fn forward(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Activation::Gelu => x.gelu_erf(),
             Activation::GeluNew => x.gelu(),
@@ -189,7 +199,7 @@ struct BertEmbeddings {
 impl BertEmbeddings {
     /// `root` is the encoder's root (the embeddings are `root.embeddings`, a projection
     /// `root.<family's name for it>`).
-    fn load(root: VarBuilder, c: &EncoderConfig, family: &Family) -> Result<Self> {
+    fn load(root: VarBuilder, c: &EncoderConfig, family: &BertLayout, name: &str) -> Result<Self> {
         let vb = root.pp("embeddings");
         let width = c.embedding_width();
         let token_type_embeddings = if family.token_types {
@@ -206,9 +216,8 @@ impl BertEmbeddings {
         } else {
             let Some(name) = family.weights.embedding_projection else {
                 candle_core::bail!(
-                    "embedding_size {width} differs from hidden_size {} and a {} model has no projection between them",
+                    "embedding_size {width} differs from hidden_size {} and a {name} model has no projection between them",
                     c.hidden_size,
-                    family.name
                 );
             };
             Some(candle_nn::linear(width, c.hidden_size, root.pp(name))?)
@@ -291,7 +300,7 @@ impl BertSelfAttention {
                     .contiguous()
             };
             let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
-            let context = attend_in_blocks(&q, &k, &v, scale, None)?;
+            let context = attend_in_blocks(&q, &k, &v, scale, &|_, _| Ok(None))?;
             contexts.push(
                 context
                     .transpose(0, 1)?
@@ -318,7 +327,7 @@ impl BertSelfAttention {
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let context = attend_in_blocks(&q, &k, &v, scale, Some(mask_bias))?;
+        let context = attend_in_blocks(&q, &k, &v, scale, &|_, _| Ok(Some(mask_bias.clone())))?;
         context
             .transpose(1, 2)?
             .reshape((pairs * length, self.heads * self.head_dim))
@@ -329,39 +338,40 @@ impl BertSelfAttention {
 /// of 8,192 tokens holds 8 MB per head of them at a time rather than 256 MB.
 const QUERY_BLOCK: usize = 256;
 
-/// Softmax attention, `softmax(q·kᵀ · scale + mask_bias)·v`, over `[.., queries, d]` query, key
-/// and value tensors (keys and values `[.., keys, d]`), computed for [`QUERY_BLOCK`] queries at a
+/// Softmax attention, `softmax(q·kᵀ · scale + bias)·v`, over `[.., queries, d]` query, key and
+/// value tensors (keys and values `[.., keys, d]`), computed for [`QUERY_BLOCK`] queries at a
 /// time: the scores of a long sequence never exist for all its queries at once, so attention's
-/// memory grows with the sequence's length, not its square. `mask_bias` broadcasts over the
-/// scores (`[.., 1, keys]`).
-fn attend_in_blocks(
+/// memory grows with the sequence's length, not its square. `bias(first, n)` is what is added to
+/// the scores of queries `first..first + n` (broadcast over them: a padding mask
+/// `[.., 1, keys]`, a window `[n, keys]`), or nothing.
+pub(crate) fn attend_in_blocks(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
-    mask_bias: Option<&Tensor>,
+    bias: &dyn Fn(usize, usize) -> Result<Option<Tensor>>,
 ) -> Result<Tensor> {
     let axis = q.rank() - 2;
     let queries = q.dim(axis)?;
     let kt = k.t()?;
-    let block = |q: &Tensor| -> Result<Tensor> {
+    let block = |first: usize, n: usize| -> Result<Tensor> {
+        let q = if n == queries {
+            q.clone()
+        } else {
+            q.narrow(axis, first, n)?.contiguous()?
+        };
         let mut scores = (q.matmul(&kt)? * scale)?;
-        if let Some(bias) = mask_bias {
-            scores = scores.broadcast_add(bias)?;
+        if let Some(bias) = bias(first, n)? {
+            scores = scores.broadcast_add(&bias)?;
         }
         candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
     };
     if queries <= QUERY_BLOCK {
-        return block(q);
+        return block(0, queries);
     }
     let parts = (0..queries)
         .step_by(QUERY_BLOCK)
-        .map(|s| {
-            block(
-                &q.narrow(axis, s, QUERY_BLOCK.min(queries - s))?
-                    .contiguous()?,
-            )
-        })
+        .map(|s| block(s, QUERY_BLOCK.min(queries - s)))
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&parts, axis)
 }
@@ -398,7 +408,7 @@ struct BertLayer {
 
 impl BertLayer {
     /// Layer `vb` of `family`'s encoder, under that family's weight names.
-    fn load(vb: VarBuilder, c: &EncoderConfig, family: &Family) -> Result<Self> {
+    fn load(vb: VarBuilder, c: &EncoderConfig, family: &BertLayout) -> Result<Self> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let n = &family.weights;
         Ok(Self {
@@ -454,7 +464,13 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn load(vb: VarBuilder, c: &EncoderConfig, family: &Family) -> Result<Self> {
+    /// The encoder of a family of the shared layout (`name` for messages).
+    pub fn load(
+        vb: VarBuilder,
+        c: &EncoderConfig,
+        family: &BertLayout,
+        name: &str,
+    ) -> Result<Self> {
         let (h, labels) = (c.hidden_size, c.num_labels());
         let root = vb.pp(family.weights.root);
         let layer_list = root.pp(family.weights.layers);
@@ -462,7 +478,7 @@ impl Encoder {
             .map(|i| BertLayer::load(layer_list.pp(i), c, family))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embeddings: BertEmbeddings::load(root.clone(), c, family)?,
+            embeddings: BertEmbeddings::load(root.clone(), c, family, name)?,
             layers,
             pooler: candle_nn::linear(h, h, vb.pp(family.head.dense))?,
             pooler_act: family.head.act,
@@ -518,6 +534,8 @@ impl Encoder {
             HeadAct::Tanh => pooled.tanh()?,
             HeadAct::Relu => pooled.relu()?,
             HeadAct::Gelu => pooled.gelu_erf()?,
+            HeadAct::GeluTanh => pooled.gelu()?,
+            HeadAct::Silu => pooled.silu()?,
         };
         let logits = self.classifier.forward(&pooled)?;
         if logits.dtype() == DType::F32 {
@@ -554,11 +572,11 @@ impl Encoder {
 }
 
 /// The values of a candle tensor as a flat f32 vector.
-fn values(t: &Tensor) -> Result<Vec<f32>> {
+pub(crate) fn values(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
-fn fused_weight(linear: &Linear) -> Result<Weight> {
+pub(crate) fn fused_weight(linear: &Linear) -> Result<Weight> {
     let (outputs, inputs) = linear.weight().dims2()?;
     let bias = match linear.bias() {
         Some(b) => values(b)?,
@@ -572,7 +590,7 @@ fn fused_weight(linear: &Linear) -> Result<Weight> {
     ))
 }
 
-fn fused_norm(norm: &LayerNorm) -> Result<Norm> {
+pub(crate) fn fused_norm(norm: &LayerNorm) -> Result<Norm> {
     let gamma = values(norm.weight())?;
     let beta = match norm.bias() {
         Some(b) => values(b)?,
@@ -615,16 +633,14 @@ impl Encoder {
                         outputs: 3 * out,
                     }),
                     attention_output: FusedLinear::F32(fused_weight(&l.attention_output.dense)?),
-                    attention_norm: fused_norm(&l.attention_output.layer_norm)?,
+                    attention_norm: Some(fused_norm(&l.attention_output.layer_norm)?),
                     intermediate: FusedLinear::F32(fused_weight(&l.intermediate)?),
-                    act: match l.act {
-                        Activation::Gelu => Act::GeluErf,
-                        Activation::GeluNew => Act::GeluTanh,
-                        Activation::Relu => Act::Relu,
-                        Activation::Silu => Act::Silu,
-                    },
+                    act: l.act.kernel(),
+                    gated: false,
                     output: FusedLinear::F32(fused_weight(&l.output.dense)?),
                     output_norm: fused_norm(&l.output.layer_norm)?,
+                    rotary: None,
+                    window: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -643,11 +659,16 @@ impl Encoder {
                 projection: e.projection.as_ref().map(fused_weight).transpose()?,
             },
             layers,
+            pre_norm: false,
+            final_norm: None,
+            pooling: Pooling::First,
             pooler: fused_weight(&self.pooler)?,
             pooler_act: self.pooler_act,
+            head_norm: None,
             classifier: fused_weight(&self.classifier)?,
             hidden: self.pooler.weight().dims2()?.1,
             heads: self.layers.first().map_or(1, |l| l.attention.heads),
+            max_positions: self.max_positions,
             scratch: Default::default(),
         })
     }

@@ -27,23 +27,45 @@ pub struct Norm {
     pub eps: f32,
 }
 
-/// One `BertLayer`.
+/// One encoder layer: BERT's (post-norm: each block's LayerNorm after its residual sum) or
+/// ModernBERT's (pre-norm: each block's LayerNorm on its input, the residual sum left as it is).
 #[derive(Debug, Clone)]
 pub struct FusedLayer {
     /// query, key and value side by side: `[hidden, 3 * hidden]`.
     pub qkv: Linear,
     pub attention_output: Linear,
-    pub attention_norm: Norm,
+    /// Post-norm: the LayerNorm after the attention block. Pre-norm: the one before it (none in
+    /// ModernBERT's first layer, which reads the normalized embeddings).
+    pub attention_norm: Option<Norm>,
     pub intermediate: Linear,
     pub act: Act,
+    /// The intermediate product's outputs are two halves, `[input | gate]`, and the block's
+    /// activation is `act(input) * gate` (ModernBERT's GLU).
+    pub gated: bool,
     pub output: Linear,
+    /// Post-norm: the LayerNorm after the feed-forward block. Pre-norm: the one before it.
     pub output_norm: Norm,
+    /// Rotary positions: the inverse frequencies of the head's dimension pairs (queries and keys
+    /// are rotated by `position * inv_freq[i]`, after their biases), or none (absolute position
+    /// embeddings).
+    pub rotary: Option<Vec<f32>>,
+    /// Attention only to keys at most this far away (ModernBERT's local layers).
+    pub window: Option<usize>,
+}
+
+/// How the head reads the encoder's output: the first token of each pair, or the mean of its
+/// tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    First,
+    Mean,
 }
 
 /// Embedding tables, `[rows, hidden]` row-major.
 #[derive(Debug, Clone)]
 pub struct Embeddings {
     pub word: Vec<f32>,
+    /// Empty for rotary models (ModernBERT), which add no position table.
     pub position: Vec<f32>,
     /// Added to every position id (XLM-RoBERTa: `pad_token_id + 1`).
     pub position_offset: u32,
@@ -56,17 +78,26 @@ pub struct Embeddings {
     pub projection: Option<Weight>,
 }
 
-/// A BERT cross-encoder ready for the fused pass.
+/// A cross-encoder ready for the fused pass: the shared BERT-style encoder or ModernBERT.
 #[derive(Debug, Clone)]
 pub struct FusedBert {
     pub embeddings: Embeddings,
     pub layers: Vec<FusedLayer>,
-    /// The head's first dense layer (`BertPooler`'s, `classifier.dense`, `pre_classifier`).
+    /// Whether the layers normalize their blocks' inputs (ModernBERT) rather than their outputs.
+    pub pre_norm: bool,
+    /// The LayerNorm after the last layer (pre-norm models).
+    pub final_norm: Option<Norm>,
+    pub pooling: Pooling,
+    /// The head's first dense layer (`BertPooler`'s, `classifier.dense`, `pre_classifier`,
+    /// ModernBERT's `head.dense`), its activation, and the LayerNorm after it (ModernBERT's).
     pub pooler: Weight,
     pub pooler_act: HeadAct,
+    pub head_norm: Option<Norm>,
     pub classifier: Weight,
     pub hidden: usize,
     pub heads: usize,
+    /// The longest pair the positions allow.
+    pub max_positions: usize,
     /// Buffers the last pass left for the next one.
     pub scratch: Scratch,
 }
@@ -85,6 +116,9 @@ struct Buffers {
     qkv: Vec<f32>,
     context: Vec<f32>,
     inner: Vec<f32>,
+    /// Pre-norm layers: a block's normalized input, and the gated activations.
+    normed: Vec<f32>,
+    gated: Vec<f32>,
 }
 
 impl Clone for Scratch {
@@ -210,7 +244,10 @@ impl FusedBert {
             }),
         )?;
         let h = self.hidden;
-        let inner = self.layers[l].intermediate.outputs();
+        // The output product reads the intermediate activations: half the intermediate
+        // product's outputs when they are gated.
+        let layer = &self.layers[l];
+        let inner = layer.intermediate.outputs() / if layer.gated { 2 } else { 1 };
         let [a, b, c, d] = hessians;
         Ok([
             a.unwrap_or_else(|| Hessian::new(h)),
@@ -239,21 +276,30 @@ impl FusedBert {
                 .map(|(g, b)| g.abs() + b.abs())
                 .collect()
         };
-        // A projection after the embeddings' LayerNorm (ELECTRA) hides it from the first layer.
+        // The LayerNorm whose output each product reads, where one does. A projection after the
+        // embeddings' LayerNorm (ELECTRA) hides it from the first layer.
         let mut before = match self.embeddings.projection {
             None => Some(magnitude(&self.embeddings.norm)),
             Some(_) => None,
         };
+        let pre_norm = self.pre_norm;
         for layer in &mut self.layers {
-            let attention_in = magnitude(&layer.attention_norm);
-            layer.qkv = match &before {
-                Some(before) => smoothed(&layer.qkv, before),
-                None => plain(&layer.qkv),
+            let (qkv_in, intermediate_in) = if pre_norm {
+                let qkv_in = layer.attention_norm.as_ref().map(magnitude).or(before);
+                (qkv_in, Some(magnitude(&layer.output_norm)))
+            } else {
+                (before, layer.attention_norm.as_ref().map(magnitude))
             };
+            let product = |l: &Linear, input: &Option<Vec<f32>>| match input {
+                Some(magnitudes) => smoothed(l, magnitudes),
+                None => plain(l),
+            };
+            layer.qkv = product(&layer.qkv, &qkv_in);
             layer.attention_output = plain(&layer.attention_output);
-            layer.intermediate = smoothed(&layer.intermediate, &attention_in);
+            layer.intermediate = product(&layer.intermediate, &intermediate_in);
             layer.output = plain(&layer.output);
-            before = Some(magnitude(&layer.output_norm));
+            // Pre-norm: the next layer reads the residual stream through its own LayerNorm.
+            before = (!pre_norm).then(|| magnitude(&layer.output_norm));
         }
     }
 
@@ -308,8 +354,7 @@ impl FusedBert {
     fn check(&self, batch: &Batch) -> Result<(), FusedError> {
         let h = self.embeddings.width;
         let vocab = self.embeddings.word.len() / h;
-        let offset = self.embeddings.position_offset as usize;
-        let positions = (self.embeddings.position.len() / h).saturating_sub(offset);
+        let positions = self.max_positions;
         let types = self.embeddings.token_type.len() / h;
         if let Some(&id) = batch.input_ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(FusedError::TokenId { id, vocab });
@@ -330,6 +375,75 @@ impl FusedBert {
             }
         }
         Ok(())
+    }
+
+    /// One pre-norm layer (ModernBERT's): `x += Wo · attention(rotary(norm(x) · Wqkv))`, then
+    /// `x += Wo2 · (act(a) * g)` where `[a | g] = norm(x) · Wi`. Observed as the post-norm layers
+    /// are: product 0 reads the attention block's normalized input, 2 the feed-forward block's.
+    #[allow(clippy::too_many_arguments)]
+    fn pre_norm_layer(
+        &self,
+        l: usize,
+        layer: &FusedLayer,
+        batch: &Batch,
+        ranges: &[(usize, usize)],
+        shape: Heads,
+        scores: Scores,
+        observe: &mut Observer<'_>,
+        x: &mut [f32],
+        qkv: &mut [f32],
+        context: &mut [f32],
+        normed: &mut [f32],
+        inner: &mut Vec<f32>,
+        gated: &mut Vec<f32>,
+    ) {
+        let h = self.hidden;
+        let tokens = x.len() / h;
+        let input: &[f32] = match &layer.attention_norm {
+            Some(n) => {
+                normed.copy_from_slice(x);
+                rows::bias_layer_norm(normed, None, &n.gamma, &n.beta, n.eps);
+                normed
+            }
+            None => x,
+        };
+        observe(l, 0, input, h);
+        layer.qkv.matmul_into(input, qkv, false);
+        let bias = match &layer.rotary {
+            // Queries and keys take their biases before the rotation; the kernel adds only the
+            // values'.
+            Some(inv_freq) => {
+                rotate(qkv, layer.qkv.bias(), &batch.position_ids, shape, inv_freq);
+                let mut bias = vec![0f32; 3 * h];
+                bias[2 * h..].copy_from_slice(&layer.qkv.bias()[2 * h..]);
+                bias
+            }
+            None => layer.qkv.bias().to_vec(),
+        };
+        packed_attention(qkv, &bias, ranges, shape, scores, context);
+        observe(l, 1, context, h);
+        layer.attention_output.matmul_into(context, x, true);
+        add_bias(x, layer.attention_output.bias());
+
+        normed.copy_from_slice(x);
+        let n = &layer.output_norm;
+        rows::bias_layer_norm(normed, None, &n.gamma, &n.beta, n.eps);
+        observe(l, 2, normed, h);
+        let width = layer.intermediate.outputs();
+        let up = grow(inner, tokens * width);
+        layer.intermediate.matmul_into(normed, up, false);
+        let activations: &[f32] = if layer.gated {
+            let half = width / 2;
+            let out = grow(gated, tokens * half);
+            glu(up, layer.intermediate.bias(), layer.act, out);
+            out
+        } else {
+            rows::bias_act(up, layer.intermediate.bias(), layer.act);
+            up
+        };
+        observe(l, 3, activations, activations.len() / tokens.max(1));
+        layer.output.matmul_into(activations, x, true);
+        add_bias(x, layer.output.bias());
     }
 
     /// Logits `[pairs, num_labels]`, row-major. Runs on the caller's rayon pool.
@@ -377,6 +491,8 @@ impl FusedBert {
             qkv,
             context,
             inner,
+            normed,
+            gated,
         } = match held.as_deref_mut() {
             Some(kept) => kept,
             None => &mut own,
@@ -392,7 +508,7 @@ impl FusedBert {
         let e = &self.embeddings;
         let tables = rows::EmbeddingTables {
             word: &e.word,
-            position: &e.position,
+            position: (!e.position.is_empty()).then_some(e.position.as_slice()),
             position_offset: e.position_offset,
             token_type: (!e.token_type.is_empty()).then_some(e.token_type.as_slice()),
         };
@@ -434,35 +550,48 @@ impl FusedBert {
                 (r.start, r.len())
             })
             .collect();
-        let shape = Heads {
-            heads: self.heads,
-            head_dim: h / self.heads,
-        };
+        let head_dim = h / self.heads;
         // The intermediate activations, when they are observed (else feed_forward_in_place sizes
         // them, if it needs them).
         if watched {
             let width = self.layers.iter().map(|l| l.intermediate.outputs()).max();
             inner.resize(tokens * width.unwrap_or(0), 0.0);
         }
+        if self.pre_norm {
+            normed.resize(tokens * h, 0.0);
+        }
         for (l, layer) in self.layers.iter().enumerate().take(layers) {
-            observe(l, 0, x, h);
-            layer.qkv.matmul_into(x, qkv, false);
+            let shape = Heads {
+                heads: self.heads,
+                head_dim,
+                window: layer.window,
+            };
             let scores = match &layer.qkv {
                 Linear::Half(w) if w.kind == HalfKind::Bf16 => Scores::Bf16,
                 _ => Scores::F32,
             };
+            if self.pre_norm {
+                self.pre_norm_layer(
+                    l, layer, batch, &ranges, shape, scores, observe, x, qkv, context, normed,
+                    inner, gated,
+                );
+                continue;
+            }
+            observe(l, 0, x, h);
+            layer.qkv.matmul_into(x, qkv, false);
             packed_attention(qkv, layer.qkv.bias(), &ranges, shape, scores, context);
             // x ← LayerNorm(context · Wo + bo + x)
             observe(l, 1, context, h);
             layer.attention_output.matmul_into(context, x, true);
-            let n = &layer.attention_norm;
-            rows::bias_layer_norm(
-                x,
-                Some(layer.attention_output.bias()),
-                &n.gamma,
-                &n.beta,
-                n.eps,
-            );
+            if let Some(n) = &layer.attention_norm {
+                rows::bias_layer_norm(
+                    x,
+                    Some(layer.attention_output.bias()),
+                    &n.gamma,
+                    &n.beta,
+                    n.eps,
+                );
+            }
             // x ← LayerNorm(act(x · Wi + bi) · Wo2 + bo2 + x)
             if watched {
                 let inner = &mut inner[..tokens * layer.intermediate.outputs()];
@@ -478,26 +607,40 @@ impl FusedBert {
             let n = &layer.output_norm;
             rows::bias_layer_norm(x, Some(layer.output.bias()), &n.gamma, &n.beta, n.eps);
         }
+        if let Some(n) = &self.final_norm {
+            rows::bias_layer_norm(x, None, &n.gamma, &n.beta, n.eps);
+        }
 
         if layers < self.layers.len() {
             return Ok(Vec::new());
         }
-        // The head's dense layer (BertPooler: dense + tanh; DistilBERT: + ReLU) on each pair's
-        // first token, then the classifier.
+        // The head's dense layer (BertPooler: dense + tanh; DistilBERT: + ReLU; ModernBERT:
+        // + its activation and a LayerNorm) on each pair's first token or mean, then the
+        // classifier.
         let mut first = Vec::with_capacity(pairs * h);
-        for &(start, _) in &ranges {
-            first.extend_from_slice(&x[start * h..(start + 1) * h]);
+        for &(start, len) in &ranges {
+            match self.pooling {
+                Pooling::First => first.extend_from_slice(&x[start * h..(start + 1) * h]),
+                Pooling::Mean => {
+                    let mut sum = vec![0f64; h];
+                    for row in x[start * h..(start + len) * h].chunks_exact(h) {
+                        for (s, v) in sum.iter_mut().zip(row) {
+                            *s += *v as f64;
+                        }
+                    }
+                    first.extend(sum.iter().map(|s| (*s / len as f64) as f32));
+                }
+            }
         }
         let mut pooled = vec![0f32; pairs * h];
         self.pooler.matmul_into(&first, &mut pooled, false);
         for row in pooled.chunks_exact_mut(h) {
             for (v, b) in row.iter_mut().zip(&self.pooler.bias) {
-                *v = match self.pooler_act {
-                    HeadAct::Tanh => math::tanh(*v + b),
-                    HeadAct::Relu => (*v + b).max(0.0),
-                    HeadAct::Gelu => math::gelu_erf(*v + b),
-                };
+                *v = self.pooler_act.apply(*v + b);
             }
+        }
+        if let Some(n) = &self.head_norm {
+            rows::bias_layer_norm(&mut pooled, None, &n.gamma, &n.beta, n.eps);
         }
         let labels = self.num_labels();
         let mut logits = vec![0f32; pairs * labels];
@@ -509,4 +652,79 @@ impl FusedBert {
         }
         Ok(logits)
     }
+}
+
+/// The first `n` values of `buffer`, grown (with zeros) when it is shorter.
+fn grow(buffer: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buffer.len() < n {
+        buffer.resize(n, 0.0);
+    }
+    &mut buffer[..n]
+}
+
+/// `x[r] += bias` for every row (nothing for an all-zero bias, as a layer without one has).
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    if bias.iter().all(|&b| b == 0.0) {
+        return;
+    }
+    x.par_chunks_mut(bias.len())
+        .with_min_len(64)
+        .for_each(|row| {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        });
+}
+
+/// ModernBERT's gated activation: each row of `up` is `[a | g]` (`2 * width` values, `bias` the
+/// same); `out` row = `act(a + b_a) * (g + b_g)`.
+fn glu(up: &[f32], bias: &[f32], act: Act, out: &mut [f32]) {
+    let width = bias.len() / 2;
+    let (ba, bg) = bias.split_at(width);
+    out.par_chunks_mut(width)
+        .zip(up.par_chunks(2 * width))
+        .with_min_len(16)
+        .for_each(|(o, row)| {
+            let (a, g) = row.split_at(width);
+            for j in 0..width {
+                let v = a[j] + ba[j];
+                let v = match act {
+                    Act::GeluErf => math::gelu_erf(v),
+                    Act::GeluTanh => math::gelu_tanh(v),
+                    Act::Relu => v.max(0.0),
+                    Act::Silu => v / (1.0 + math::exp(-v)),
+                };
+                o[j] = v * (g[j] + bg[j]);
+            }
+        });
+}
+
+/// Rotary positions on the queries and keys of `qkv` (`[tokens, 3 * hidden]`), after adding their
+/// biases: each head's dimension pair `(i, i + d/2)` of the token at `positions[t]` turns by
+/// `positions[t] * inv_freq[i]`, as transformers' `apply_rotary_pos_emb` (`rotate_half`) does, in
+/// f32.
+fn rotate(qkv: &mut [f32], bias: &[f32], positions: &[u32], shape: Heads, inv_freq: &[f32]) {
+    let (d, h) = (shape.head_dim, shape.heads * shape.head_dim);
+    let half = d / 2;
+    qkv.par_chunks_mut(3 * h)
+        .zip(positions.par_iter())
+        .with_min_len(16)
+        .for_each(|(row, &p)| {
+            let turns: Vec<(f32, f32)> =
+                inv_freq.iter().map(|f| (p as f32 * f).sin_cos()).collect();
+            for part in 0..2 {
+                for head in 0..shape.heads {
+                    let at = part * h + head * d;
+                    let x = &mut row[at..at + d];
+                    for (v, b) in x.iter_mut().zip(&bias[at..at + d]) {
+                        *v += b;
+                    }
+                    for (i, &(sin, cos)) in turns.iter().enumerate().take(half) {
+                        let (a, b) = (x[i], x[i + half]);
+                        x[i] = a * cos - b * sin;
+                        x[i + half] = b * cos + a * sin;
+                    }
+                }
+            }
+        });
 }

@@ -11,15 +11,18 @@ pub mod family;
 pub mod files;
 pub mod fused;
 mod gguf;
+pub mod modernbert;
 pub(crate) mod quant_cache;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 pub use files::ModelFiles;
+
+use crate::batch::Batch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -257,6 +260,41 @@ pub struct ModelInfo {
     pub backend: BackendKind,
 }
 
+/// A cross-encoder loaded with candle: what the candle backend runs and the fused backend lays
+/// out for its kernels.
+pub trait CrossEncoder: Send + Sync {
+    /// Logits `[pairs, num_labels]` on the packed tokens of `batch`.
+    fn forward(&self, batch: &Batch, device: &Device) -> candle_core::Result<Tensor>;
+    /// The same over the padded rectangle, as transformers computes a padded batch.
+    fn forward_padded(&self, batch: &Batch, device: &Device) -> candle_core::Result<Tensor>;
+    /// The weights laid out for the fused CPU pass.
+    fn fused(&self) -> candle_core::Result<fused::FusedBert>;
+}
+
+impl CrossEncoder for encoder::Encoder {
+    fn forward(&self, batch: &Batch, device: &Device) -> candle_core::Result<Tensor> {
+        encoder::Encoder::forward(self, batch, device)
+    }
+    fn forward_padded(&self, batch: &Batch, device: &Device) -> candle_core::Result<Tensor> {
+        encoder::Encoder::forward_padded(self, batch, device)
+    }
+    fn fused(&self) -> candle_core::Result<fused::FusedBert> {
+        encoder::Encoder::fused(self)
+    }
+}
+
+impl CrossEncoder for modernbert::ModernBert {
+    fn forward(&self, batch: &Batch, device: &Device) -> candle_core::Result<Tensor> {
+        modernbert::ModernBert::forward(self, batch, device)
+    }
+    fn forward_padded(&self, batch: &Batch, device: &Device) -> candle_core::Result<Tensor> {
+        modernbert::ModernBert::forward_padded(self, batch, device)
+    }
+    fn fused(&self) -> candle_core::Result<fused::FusedBert> {
+        modernbert::ModernBert::fused(self)
+    }
+}
+
 /// Reads `config.json`, picks the family of its architecture and loads the weights onto `device`
 /// in `dtype` with candle: the model both backends start from. `info.backend` is `backend`.
 pub fn load_encoder(
@@ -264,7 +302,7 @@ pub fn load_encoder(
     device: &Device,
     dtype: DType,
     backend: BackendKind,
-) -> Result<(encoder::Encoder, ModelInfo), ModelError> {
+) -> Result<(Box<dyn CrossEncoder>, ModelInfo), ModelError> {
     let text = read_text(&files.config)?;
     let head: ConfigHead = parse_json(&files.config, &text)?;
     let (architecture, family) = architecture_of(&files.config, &head)?;
@@ -275,26 +313,49 @@ pub fn load_encoder(
             name: files.name.clone(),
             source,
         })?;
-    let config = (family.config)(&files.config, &text)?;
-    let model =
-        encoder::Encoder::load(vb, &config, family).map_err(|source| ModelError::Weights {
-            name: files.name.clone(),
-            source,
-        })?;
-    let info = ModelInfo {
+    let weights = |source| ModelError::Weights {
         name: files.name.clone(),
-        architecture,
-        num_labels: config.num_labels(),
-        labels: config.labels(),
-        hidden_size: config.hidden_size,
-        num_layers: config.num_hidden_layers,
-        max_positions: family.max_positions(&config),
-        precision: match dtype {
-            DType::BF16 => Precision::Bf16,
-            DType::F16 => Precision::Fp16,
-            _ => Precision::Fp32,
-        },
-        backend,
+        source,
+    };
+    let precision = match dtype {
+        DType::BF16 => Precision::Bf16,
+        DType::F16 => Precision::Fp16,
+        _ => Precision::Fp32,
+    };
+    let (model, info): (Box<dyn CrossEncoder>, ModelInfo) = match &family.encoder {
+        family::EncoderKind::Bert(layout) => {
+            let config = (layout.config)(&files.config, &text)?;
+            let model =
+                encoder::Encoder::load(vb, &config, layout, family.name).map_err(weights)?;
+            let info = ModelInfo {
+                name: files.name.clone(),
+                architecture,
+                num_labels: config.num_labels(),
+                labels: config.labels(),
+                hidden_size: config.hidden_size,
+                num_layers: config.num_hidden_layers,
+                max_positions: layout.max_positions(&config),
+                precision,
+                backend,
+            };
+            (Box::new(model), info)
+        }
+        family::EncoderKind::ModernBert => {
+            let config = modernbert::ModernBertConfig::read(&files.config, &text)?;
+            let model = modernbert::ModernBert::load(vb, &config).map_err(weights)?;
+            let info = ModelInfo {
+                name: files.name.clone(),
+                architecture,
+                num_labels: config.num_labels,
+                labels: config.labels.clone(),
+                hidden_size: config.hidden_size,
+                num_layers: config.num_hidden_layers,
+                max_positions: config.max_position_embeddings,
+                precision,
+                backend,
+            };
+            (Box::new(model), info)
+        }
     };
     Ok((model, info))
 }
@@ -315,7 +376,6 @@ pub fn relevance(logits: &[f32]) -> f32 {
     }
 }
 
-/// The architecture `config.json` names and the family that loads it.
 /// The family of the model in `files`, where its `config.json` reads and names one.
 pub fn family_of(files: &ModelFiles) -> Option<&'static family::Family> {
     let text = read_text(&files.config).ok()?;
@@ -325,6 +385,7 @@ pub fn family_of(files: &ModelFiles) -> Option<&'static family::Family> {
         .map(|(_, family)| family)
 }
 
+/// The architecture `config.json` names and the family that loads it.
 fn architecture_of(
     path: &Path,
     head: &ConfigHead,

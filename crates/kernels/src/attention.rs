@@ -9,11 +9,14 @@ use rayon::prelude::*;
 
 use super::{grow, math, multiversion, SharedMut};
 
-/// Shapes of one attention call.
+/// Shapes of one attention call, and which keys a query sees.
 #[derive(Debug, Clone, Copy)]
 pub struct Heads {
     pub heads: usize,
     pub head_dim: usize,
+    /// `Some(w)`: a query attends only to the keys at most `w` positions from it (ModernBERT's
+    /// local layers, `|i - j| <= local_attention / 2`); `None`: to every key of its sequence.
+    pub window: Option<usize>,
 }
 
 impl Heads {
@@ -45,7 +48,10 @@ pub fn packed_attention(
     scores: Scores,
     out: &mut [f32],
 ) {
-    let simd = scores == Scores::Bf16 && crate::half::simd_available(crate::half::HalfKind::Bf16);
+    // The AVX-512 BF16 kernel attends to every key; a windowed call takes the plain loops.
+    let simd = scores == Scores::Bf16
+        && shape.window.is_none()
+        && crate::half::simd_available(crate::half::HalfKind::Bf16);
     packed_attention_with(qkv, bias, ranges, shape, scores, simd, out);
 }
 
@@ -106,6 +112,7 @@ fn packed_attention_with(
             d: shape.head_dim,
             bf16: scores == Scores::Bf16,
             simd,
+            window: shape.window,
         };
         BUFFERS.with_borrow_mut(|buffers| {
             let mut context = std::mem::take(&mut buffers.context);
@@ -162,6 +169,8 @@ struct Head {
     bf16: bool,
     /// With `bf16`, through the AVX-512 BF16 kernel (when the head's size is even).
     simd: bool,
+    /// Keys at most this far from the query, or all.
+    window: Option<usize>,
 }
 
 /// Keys per block of the scores product, and queries per block of the weighted sum: each vector
@@ -223,7 +232,7 @@ multiversion! {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        if head.bf16 && head.simd && d.is_multiple_of(2) {
+        if head.bf16 && head.simd && head.window.is_none() && d.is_multiple_of(2) {
             for h in 0..count {
                 let q = &q[h * len * d..][..len * d];
                 let k = &k[h * lenp * d..][..lenp * d];
@@ -258,11 +267,33 @@ multiversion! {
                         panel[t * LANES + i] = x;
                     }
                 }
-                for (kb, block) in st.iter_mut().enumerate() {
+                // The keys these queries see: all, or the blocks that reach within the window
+                // of one of them (keys outside a query's own window are masked below).
+                let (first_block, keys) = match head.window {
+                    None => (0, len),
+                    Some(w) => {
+                        let lo = q0.saturating_sub(w) / ROWS * ROWS;
+                        (lo / ROWS, (q0 + nq + w).min(len) - lo)
+                    }
+                };
+                let k0 = first_block * ROWS;
+                let seen = &mut st[first_block..first_block + keys.div_ceil(ROWS)];
+                for (kb, block) in seen.iter_mut().enumerate() {
                     *block = [[0f32; LANES]; ROWS];
-                    micro::outer_products(&panel, LANES, &k[kb * ROWS * d..], 1, d, d, block);
+                    let at = (first_block + kb) * ROWS * d;
+                    micro::outer_products(&panel, LANES, &k[at..], 1, d, d, block);
                 }
-                let real = &mut st.as_flattened_mut()[..len];
+                let real = &mut seen.as_flattened_mut()[..keys];
+                if let Some(w) = head.window {
+                    for (j, row) in real.iter_mut().enumerate() {
+                        let key = k0 + j;
+                        for (l, x) in row.iter_mut().enumerate() {
+                            if (q0 + l).abs_diff(key) > w {
+                                *x = -f32::MAX;
+                            }
+                        }
+                    }
+                }
                 let sum = softmax_columns(real.as_flattened_mut());
                 if head.bf16 {
                     for x in real.as_flattened_mut() {
@@ -270,11 +301,12 @@ multiversion! {
                     }
                 }
                 // Context: probabilities times V, ROWS queries by LANES value columns at a time.
-                let p = st.as_flattened().as_flattened();
+                let p = seen.as_flattened().as_flattened();
+                let v = &v[k0 * dp..];
                 for half in (0..nq).step_by(ROWS) {
                     for cb in (0..dp).step_by(LANES) {
                         let mut acc = [[0f32; LANES]; ROWS];
-                        micro::outer_products(&v[cb..], dp, &p[half..], LANES, 1, len, &mut acc);
+                        micro::outer_products(&v[cb..], dp, &p[half..], LANES, 1, keys, &mut acc);
                         let w = LANES.min(d - cb);
                         for (r, a) in acc.iter().enumerate().take(nq - half) {
                             let inv = 1.0 / sum[half + r];
@@ -598,6 +630,7 @@ mod tests {
 
     /// Attention of one sequence, head by head, in f64 straight from the definition.
     fn reference(qkv: &[f32], bias: &[f32], start: usize, len: usize, shape: Heads) -> Vec<f64> {
+        let sees = |i: usize, j: usize| shape.window.is_none_or(|w| i.abs_diff(j) <= w);
         let h = shape.hidden();
         let d = shape.head_dim;
         let at = |t: usize, c: usize| (qkv[t * 3 * h + c] + bias[c]) as f64;
@@ -606,6 +639,9 @@ mod tests {
             for i in 0..len {
                 let scores: Vec<f64> = (0..len)
                     .map(|j| {
+                        if !sees(i, j) {
+                            return f64::NEG_INFINITY;
+                        }
                         (0..d)
                             .map(|c| at(start + i, head * d + c) * at(start + j, h + head * d + c))
                             .sum::<f64>()
@@ -629,12 +665,19 @@ mod tests {
     fn packed_attention_matches_the_definition() {
         // Head sizes below, at and above one vector block; lengths around the 4-row and
         // 16-key blocks.
-        for (heads, head_dim, ranges) in [
-            (3, 8, vec![(0, 5), (5, 1), (6, 17), (23, 2)]),
-            (2, 32, vec![(0, 40), (40, 16), (56, 3)]),
-            (1, 20, vec![(0, 33), (33, 4)]),
+        // Windows narrower than the sequences, within a block and across several.
+        for (heads, head_dim, ranges, window) in [
+            (3, 8, vec![(0, 5), (5, 1), (6, 17), (23, 2)], None),
+            (2, 32, vec![(0, 40), (40, 16), (56, 3)], None),
+            (1, 20, vec![(0, 33), (33, 4)], None),
+            (2, 8, vec![(0, 70), (70, 9), (79, 33)], Some(3)),
+            (1, 16, vec![(0, 100), (100, 20)], Some(24)),
         ] {
-            let shape = Heads { heads, head_dim };
+            let shape = Heads {
+                heads,
+                head_dim,
+                window,
+            };
             let h = shape.hidden();
             let tokens: usize = ranges.iter().map(|r| r.1).sum();
             let mut s = 7u32;
@@ -695,6 +738,7 @@ mod tests {
         let shape = Heads {
             heads: 1,
             head_dim: 2,
+            window: None,
         };
         let qkv = vec![0f32; 4 * 6];
         let mut out = vec![0f32; 4 * 2];

@@ -106,7 +106,8 @@ multiversion! {
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddingTables<'a> {
     pub word: &'a [f32],
-    pub position: &'a [f32],
+    /// `None` for models whose positions are rotary (ModernBERT): no position table is added.
+    pub position: Option<&'a [f32]>,
     /// Added to every position id before the lookup (XLM-RoBERTa's positions start past the
     /// padding index).
     pub position_offset: u32,
@@ -134,7 +135,11 @@ pub fn embed(
         .with_min_len(64)
         .for_each(|(row, (&id, (&pos, &ty)))| {
             let w = &tables.word[id as usize * hidden..][..hidden];
-            let p = &tables.position[(pos as usize + offset) * hidden..][..hidden];
+            let Some(position) = tables.position else {
+                row.copy_from_slice(w);
+                return;
+            };
+            let p = &position[(pos as usize + offset) * hidden..][..hidden];
             match tables.token_type {
                 Some(table) => {
                     let t = &table[ty as usize * hidden..][..hidden];

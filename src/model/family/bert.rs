@@ -2,7 +2,10 @@
 //! from 0; word, position and token type embeddings; `BertPooler` (dense + tanh on `[CLS]`) then
 //! `classifier`. The demo model (MiniLM) is one.
 
-use super::{positions_from_zero, Family, Head, HeadAct, PairTemplate, TypeIds, WeightNames};
+use super::{
+    positions_from_zero, BertLayout, EncoderKind, Family, Head, HeadAct, PairTemplate, TypeIds,
+    WeightNames,
+};
 use crate::model::encoder::EncoderConfig;
 
 /// transformers' `BertModel` weight names (RoBERTa's and ELECTRA's are the same under other roots).
@@ -25,15 +28,17 @@ pub(super) const WEIGHTS: WeightNames = WeightNames {
 pub static BERT: Family = Family {
     name: "bert",
     architectures: &["BertForSequenceClassification"],
-    config: EncoderConfig::read,
-    position_offset: positions_from_zero,
-    token_types: true,
-    weights: WEIGHTS,
-    head: Head {
-        dense: "bert.pooler.dense",
-        act: HeadAct::Tanh,
-        classifier: "classifier",
-    },
+    encoder: EncoderKind::Bert(BertLayout {
+        config: EncoderConfig::read,
+        position_offset: positions_from_zero,
+        token_types: true,
+        weights: WEIGHTS,
+        head: Head {
+            dense: "bert.pooler.dense",
+            act: HeadAct::Tanh,
+            classifier: "classifier",
+        },
+    }),
     template: PairTemplate {
         text: "[CLS] A [SEP] B [SEP]",
         type_ids: TypeIds::Segments,

@@ -8,32 +8,37 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{positions_from_zero, Family, Head, HeadAct, PairTemplate, TypeIds, WeightNames};
+use super::{
+    positions_from_zero, BertLayout, EncoderKind, Family, Head, HeadAct, PairTemplate, TypeIds,
+    WeightNames,
+};
 use crate::model::encoder::{Activation, EncoderConfig};
 use crate::model::{parse_json, ModelError};
 
 pub static DISTILBERT: Family = Family {
     name: "distilbert",
     architectures: &["DistilBertForSequenceClassification"],
-    config: read_config,
-    position_offset: positions_from_zero,
-    token_types: false,
-    weights: WeightNames {
-        root: "distilbert",
-        layers: "transformer.layer",
-        embedding_projection: None,
-        qkv: ["attention.q_lin", "attention.k_lin", "attention.v_lin"],
-        attention_output: "attention.out_lin",
-        attention_norm: "sa_layer_norm",
-        intermediate: "ffn.lin1",
-        output: "ffn.lin2",
-        output_norm: "output_layer_norm",
-    },
-    head: Head {
-        dense: "pre_classifier",
-        act: HeadAct::Relu,
-        classifier: "classifier",
-    },
+    encoder: EncoderKind::Bert(BertLayout {
+        config: read_config,
+        position_offset: positions_from_zero,
+        token_types: false,
+        weights: WeightNames {
+            root: "distilbert",
+            layers: "transformer.layer",
+            embedding_projection: None,
+            qkv: ["attention.q_lin", "attention.k_lin", "attention.v_lin"],
+            attention_output: "attention.out_lin",
+            attention_norm: "sa_layer_norm",
+            intermediate: "ffn.lin1",
+            output: "ffn.lin2",
+            output_norm: "output_layer_norm",
+        },
+        head: Head {
+            dense: "pre_classifier",
+            act: HeadAct::Relu,
+            classifier: "classifier",
+        },
+    }),
     template: PairTemplate {
         text: "[CLS] A [SEP] B [SEP]",
         type_ids: TypeIds::Ignored,

@@ -8,26 +8,31 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{positions_from_zero, Family, Head, HeadAct, PairTemplate, TypeIds, WeightNames};
+use super::{
+    positions_from_zero, BertLayout, EncoderKind, Family, Head, HeadAct, PairTemplate, TypeIds,
+    WeightNames,
+};
 use crate::model::encoder::EncoderConfig;
 use crate::model::{parse_json, ModelError};
 
 pub static ELECTRA: Family = Family {
     name: "electra",
     architectures: &["ElectraForSequenceClassification"],
-    config: read_config,
-    position_offset: positions_from_zero,
-    token_types: true,
-    weights: WeightNames {
-        root: "electra",
-        embedding_projection: Some("embeddings_project"),
-        ..super::bert::WEIGHTS
-    },
-    head: Head {
-        dense: "classifier.dense",
-        act: HeadAct::Gelu,
-        classifier: "classifier.out_proj",
-    },
+    encoder: EncoderKind::Bert(BertLayout {
+        config: read_config,
+        position_offset: positions_from_zero,
+        token_types: true,
+        weights: WeightNames {
+            root: "electra",
+            embedding_projection: Some("embeddings_project"),
+            ..super::bert::WEIGHTS
+        },
+        head: Head {
+            dense: "classifier.dense",
+            act: HeadAct::Gelu,
+            classifier: "classifier.out_proj",
+        },
+    }),
     template: PairTemplate {
         text: "[CLS] A [SEP] B [SEP]",
         type_ids: TypeIds::Segments,

@@ -3,16 +3,18 @@
 //! its head, the pair template its tokenizer must produce, and the tiny checkpoint its reference
 //! test runs. [`find`] picks the family by the `architectures` entry of `config.json`.
 //!
-//! Every family registered today shares one encoder, post-LayerNorm layers of self-attention and a
-//! feed-forward block ([`super::encoder`] in candle, [`super::fused`] on xbench's kernels), and
-//! differs only in what a [`Family`] declares. Adding such a family is one file here, one line in
-//! [`REGISTRY`], and one tiny checkpoint with transformers' logits in `tests/data/` (written by
+//! Most families share one encoder, post-LayerNorm layers of self-attention and a feed-forward
+//! block ([`super::encoder`] in candle), and differ only in what their [`BertLayout`] declares;
+//! ModernBERT has its own ([`super::modernbert`]). Both run on xbench's kernels as
+//! [`super::fused::FusedBert`]. Adding a family of the shared encoder is one file here, one line
+//! in [`REGISTRY`], and one tiny checkpoint with transformers' logits in `tests/data/` (written by
 //! `scripts/make_tiny_architectures.py`; `tests/architectures.rs` checks every registered family
-//! against its checkpoint on both backends).
+//! against its checkpoints on both backends).
 
 mod bert;
 mod distilbert;
 mod electra;
+mod modernbert;
 mod roberta;
 
 use std::path::Path;
@@ -27,6 +29,7 @@ pub static REGISTRY: &[&Family] = &[
     &roberta::ROBERTA,
     &distilbert::DISTILBERT,
     &electra::ELECTRA,
+    &modernbert::MODERNBERT,
 ];
 
 /// The family that loads `architecture` (an `architectures` entry of `config.json`).
@@ -45,14 +48,39 @@ pub fn architectures() -> Vec<&'static str> {
         .collect()
 }
 
-/// One family of cross-encoders: everything that differs between its members and the shared
-/// encoder.
+/// One family of cross-encoders: the architectures it loads, its encoder, the pair template its
+/// tokenizer must make, and its tiny checkpoints.
 #[derive(Debug)]
 pub struct Family {
-    /// A short name for logs and errors (`bert`, `xlm-roberta`).
+    /// A short name for logs and errors (`bert`, `roberta`).
     pub name: &'static str,
     /// The `architectures` values of `config.json` it loads.
     pub architectures: &'static [&'static str],
+    /// Which encoder computes it, and how.
+    pub encoder: EncoderKind,
+    /// What the tokenizer must make of a pair.
+    pub template: PairTemplate,
+    /// The directories under `tests/data/` of this family's tiny checkpoints, one per entry of
+    /// `architectures` in the same order, each with transformers' logits (`reference.json`).
+    pub tiny_checkpoints: &'static [&'static str],
+}
+
+/// The encoders xbench computes.
+// Only ever in statics (the registry): the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum EncoderKind {
+    /// BERT's post-LayerNorm layers over absolute position embeddings ([`super::encoder`]), laid
+    /// out as the family declares.
+    Bert(BertLayout),
+    /// ModernBERT's pre-norm layers: rotary positions, global and sliding-window attention, gated
+    /// MLP ([`super::modernbert`]).
+    ModernBert,
+}
+
+/// Everything a family of the shared BERT-style encoder declares.
+#[derive(Debug)]
+pub struct BertLayout {
     /// Reads `config.json` (path, text) into the encoder's config: the family's own key names.
     pub config: fn(&Path, &str) -> Result<EncoderConfig, ModelError>,
     /// How far position ids are shifted from 0 at the first token.
@@ -63,14 +91,9 @@ pub struct Family {
     pub weights: WeightNames,
     /// The classification head on the pair's first token.
     pub head: Head,
-    /// What the tokenizer must make of a pair.
-    pub template: PairTemplate,
-    /// The directories under `tests/data/` of this family's tiny checkpoints, one per entry of
-    /// `architectures` in the same order, each with transformers' logits (`reference.json`).
-    pub tiny_checkpoints: &'static [&'static str],
 }
 
-impl Family {
+impl BertLayout {
     /// The longest pair (special tokens included) the position embeddings allow.
     pub fn max_positions(&self, c: &EncoderConfig) -> usize {
         c.max_position_embeddings
@@ -111,8 +134,24 @@ pub struct WeightNames {
 pub enum HeadAct {
     Tanh,
     Relu,
-    /// Exact GELU (ELECTRA's head).
+    /// Exact GELU (ELECTRA's head, ModernBERT's by default).
     Gelu,
+    /// GELU's tanh approximation.
+    GeluTanh,
+    Silu,
+}
+
+impl HeadAct {
+    pub fn apply(self, x: f32) -> f32 {
+        use xbench_kernels::math;
+        match self {
+            HeadAct::Tanh => math::tanh(x),
+            HeadAct::Relu => x.max(0.0),
+            HeadAct::Gelu => math::gelu_erf(x),
+            HeadAct::GeluTanh => math::gelu_tanh(x),
+            HeadAct::Silu => x / (1.0 + math::exp(-x)),
+        }
+    }
 }
 
 /// The head: a dense layer and its activation on the first token, then the classifier.

@@ -5,7 +5,7 @@
 //! token type, and tokenizers that pass none; `RobertaClassificationHead` (dense + tanh on `<s>`,
 //! then `out_proj`), no pooler. The three differ only in their tokenizers.
 
-use super::{Family, Head, HeadAct, PairTemplate, TypeIds, WeightNames};
+use super::{BertLayout, EncoderKind, Family, Head, HeadAct, PairTemplate, TypeIds, WeightNames};
 use crate::model::encoder::EncoderConfig;
 
 pub static ROBERTA: Family = Family {
@@ -15,18 +15,20 @@ pub static ROBERTA: Family = Family {
         "RobertaForSequenceClassification",
         "CamembertForSequenceClassification",
     ],
-    config: EncoderConfig::read,
-    position_offset: past_padding,
-    token_types: true,
-    weights: WeightNames {
-        root: "roberta",
-        ..super::bert::WEIGHTS
-    },
-    head: Head {
-        dense: "classifier.dense",
-        act: HeadAct::Tanh,
-        classifier: "classifier.out_proj",
-    },
+    encoder: EncoderKind::Bert(BertLayout {
+        config: EncoderConfig::read,
+        position_offset: past_padding,
+        token_types: true,
+        weights: WeightNames {
+            root: "roberta",
+            ..super::bert::WEIGHTS
+        },
+        head: Head {
+            dense: "classifier.dense",
+            act: HeadAct::Tanh,
+            classifier: "classifier.out_proj",
+        },
+    }),
     template: PairTemplate {
         text: "<s> A </s></s> B </s>",
         type_ids: TypeIds::Zero,
