@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Writes three tiny random-weight cross-encoders, with transformers reference logits, for xbench's tests.
+"""Writes tiny random-weight cross-encoders, with transformers reference logits, for xbench's tests.
+
+One per architecture xbench loads (tiny-bert, tiny-xlm-roberta, tiny-roberta, tiny-camembert,
+tiny-distilbert, tiny-electra, tiny-modernbert, tiny-deberta-v2; each maker's docstring says what
+it exercises) and tiny-xlm-roberta-8k for long pairs. The first three are described below.
 
 Output (under --out-dir, default tests/data/ of this repository):
 
@@ -63,6 +67,8 @@ from transformers import (  # noqa: E402
     BertForSequenceClassification,
     CamembertConfig,
     CamembertForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
     ModernBertConfig,
@@ -85,6 +91,7 @@ SEED_CAMEMBERT = 20261203
 SEED_ELECTRA = 20261204
 SEED_LONG = 20261205
 SEED_MODERNBERT = 20261206
+SEED_DEBERTA = 20261207
 BATCH_TOLERANCE = 1e-5
 
 CORPUS = [
@@ -171,6 +178,7 @@ PAIRS = [
 
 XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 # CamemBERT's vocabulary opens with unused copies of the specials; its <s> and </s> come later.
+DEBERTA_SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
 CAMEMBERT_SPECIALS = ["<s>NOTUSED", "<pad>", "</s>NOTUSED", "<unk>", "<unk>NOTUSED", "<s>", "</s>", "<mask>"]
 
 
@@ -711,6 +719,78 @@ def make_modernbert(out: Path, tok: Tokenizer | None) -> None:
     report_dir(name, out)
 
 
+def train_deberta_unigram() -> Tokenizer:
+    """SentencePiece-style Unigram with the pipeline transformers 5's DebertaV2Tokenizer rebuilds:
+    whitespace runs and newlines to one space, NFC, right strip; Metaspace (always); the pair
+    template `[CLS] A [SEP] B [SEP]` with type ids 0 for A and 1 for B. [PAD]=0 [CLS]=1 [SEP]=2
+    [UNK]=3 [MASK]=4, as DeBERTa-v3's vocabulary opens."""
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([
+        normalizers.Replace(tokenizers.Regex(r"\s{2,}|[\n\r\t]"), " "),
+        normalizers.NFC(),
+        normalizers.Strip(left=False, right=True),
+    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=VOCAB_SIZE, special_tokens=DEBERTA_SPECIALS, unk_token="[UNK]",
+                                      show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return tok
+
+
+def make_deberta_v2(out: Path, tok: Tokenizer | None) -> None:
+    """DeBERTa-v3's layout (relative attention in both directions, c2p and p2c, with shared keys,
+    log position buckets narrower than the test pairs, LayerNorm'd relative embeddings, no absolute
+    positions, no token types) and the ContextPooler head, with a DebertaV2Tokenizer-style
+    Unigram tokenizer."""
+    name = "tiny-deberta-v2"
+    tok = tok or train_deberta_unigram()
+    assert tok.get_vocab_size(with_added_tokens=True) == VOCAB_SIZE
+    assert [tok.token_to_id(t) for t in DEBERTA_SPECIALS] == list(range(len(DEBERTA_SPECIALS)))
+    specials = {"bos_token": "[CLS]", "eos_token": "[SEP]", "unk_token": "[UNK]", "sep_token": "[SEP]",
+                "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    save_tokenizer(tok, out, specials, {"tokenizer_class": "DebertaV2Tokenizer", "do_lower_case": False,
+                                        "split_by_punct": False, "add_prefix_space": True})
+    config = DebertaV2Config(
+        vocab_size=tok.get_vocab_size(with_added_tokens=True),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_act="gelu",
+        max_position_embeddings=MAX_LENGTH,
+        type_vocab_size=0,
+        layer_norm_eps=1e-7,
+        relative_attention=True,
+        max_relative_positions=-1,
+        position_buckets=16,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pos_att_type="p2c|c2p",
+        position_biased_input=False,
+        pooler_hidden_size=32,
+        pooler_hidden_act="gelu",
+        pad_token_id=0,
+        num_labels=1,
+        architectures=["DebertaV2ForSequenceClassification"],
+    )
+    torch.manual_seed(SEED_DEBERTA)
+    model = DebertaV2ForSequenceClassification._from_config(config, attn_implementation="eager")
+    spread_weights(model)
+    model.eval()
+    model.save_pretrained(str(out), safe_serialization=True)
+    ref = check_and_reference(name, out, model, 1)
+    lengths = [len(p["input_ids"]) for p in ref["pairs"]]
+    assert sum(n > 8 for n in lengths) >= 10, "most pairs reach the log buckets (|i - j| >= 8)"
+    write_reference(out, ref)
+    report_dir(name, out)
+
+
 LONG_LENGTH = 8192
 LONG_TARGETS = (2048, 4096, 8192)
 
@@ -794,6 +874,7 @@ def main() -> None:
         ("tiny-electra", make_electra),
         ("tiny-xlm-roberta-8k", make_xlm_roberta_8k),
         ("tiny-modernbert", make_modernbert),
+        ("tiny-deberta-v2", make_deberta_v2),
     )
     for dirname, make in makers:
         if args.only and dirname not in args.only:

@@ -150,6 +150,7 @@ fn labels_are_the_configs() {
         ("tiny-distilbert", &["irrelevant", "partial", "relevant"]),
         ("tiny-electra", &["LABEL_0"]),
         ("tiny-modernbert", &["LABEL_0"]),
+        ("tiny-deberta-v2", &["LABEL_0"]),
     ] {
         let model = load(name, BackendKind::Candle, Precision::Fp32);
         assert_eq!(model.info.labels, labels, "{name}");
@@ -168,6 +169,7 @@ fn labels_are_the_configs() {
 /// | tiny-distilbert | 0.0031 | 0.030 | 0.045 | 1.06 |
 /// | tiny-electra | 0.0012 | 0.017 | 0.025 | 0.31 |
 /// | tiny-modernbert | 0.0058 | 0.050 | 0.13 | 1.11 |
+/// | tiny-deberta-v2 | 0.0034 | 0.045 | 0.084 | 0.98 |
 ///
 /// (Random weights quantize badly to four bits; GPTQ's damping moved DistilBERT's int4 from under
 /// 1.0 at 0.01. tiny-modernbert's logits spread over 4.8, four times the others'.)
@@ -179,6 +181,7 @@ const TOLERANCES: &[(&str, [f32; 4])] = &[
     ("tiny-distilbert", [0.0062, 0.06, 0.09, 1.5]),
     ("tiny-electra", [0.0025, 0.035, 0.05, 0.65]),
     ("tiny-modernbert", [0.012, 0.1, 0.25, 2.2]),
+    ("tiny-deberta-v2", [0.007, 0.09, 0.17, 2.0]),
 ];
 
 /// Every precision runs every family (int8 and int4 calibrated with their own tokenizers), stays

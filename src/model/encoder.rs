@@ -18,8 +18,9 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::deberta::Relative;
 use super::family::{BertLayout, HeadAct};
-use super::fused::{Embeddings, FusedBert, FusedLayer, Norm, Pooling};
+use super::fused::{Embeddings, FusedBert, FusedLayer, FusedRelative, Norm, Pooling};
 use super::ModelError;
 use crate::batch::Batch;
 use xbench_kernels::matmul::{Linear as FusedLinear, Weight};
@@ -91,6 +92,17 @@ pub struct EncoderConfig {
     /// `embedding_size`, set by its config reader; BERT's `config.json` has no such key).
     #[serde(skip)]
     pub embedding_size: Option<usize>,
+    /// Whether the embeddings add a position table (DeBERTa's `position_biased_input`: its
+    /// positions may be relative only).
+    #[serde(skip, default = "yes")]
+    pub absolute_positions: bool,
+    /// DeBERTa's disentangled attention, when on (set by its config reader).
+    #[serde(skip)]
+    pub relative: Option<Relative>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_act() -> Activation {
@@ -188,7 +200,8 @@ fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
 /// ELECTRA's may be narrower than the layers, and projected to their width.
 struct BertEmbeddings {
     word_embeddings: Embedding,
-    position_embeddings: Embedding,
+    /// None where positions are relative only (DeBERTa-v3).
+    position_embeddings: Option<Embedding>,
     token_type_embeddings: Option<Embedding>,
     layer_norm: LayerNorm,
     position_offset: u32,
@@ -202,11 +215,20 @@ impl BertEmbeddings {
     fn load(root: VarBuilder, c: &EncoderConfig, family: &BertLayout, name: &str) -> Result<Self> {
         let vb = root.pp("embeddings");
         let width = c.embedding_width();
-        let token_type_embeddings = if family.token_types {
+        let token_type_embeddings = if family.token_types && c.type_vocab_size > 0 {
             Some(candle_nn::embedding(
                 c.type_vocab_size,
                 width,
                 vb.pp("token_type_embeddings"),
+            )?)
+        } else {
+            None
+        };
+        let position_embeddings = if c.absolute_positions {
+            Some(candle_nn::embedding(
+                c.max_position_embeddings,
+                width,
+                vb.pp("position_embeddings"),
             )?)
         } else {
             None
@@ -224,11 +246,7 @@ impl BertEmbeddings {
         };
         Ok(Self {
             word_embeddings: candle_nn::embedding(c.vocab_size, width, vb.pp("word_embeddings"))?,
-            position_embeddings: candle_nn::embedding(
-                c.max_position_embeddings,
-                width,
-                vb.pp("position_embeddings"),
-            )?,
+            position_embeddings,
             token_type_embeddings,
             layer_norm: layer_norm(width, c.layer_norm_eps, vb.pp("LayerNorm"))?,
             position_offset: (family.position_offset)(c) as u32,
@@ -246,14 +264,16 @@ impl BertEmbeddings {
     ) -> Result<Tensor> {
         let tokens = ids.len();
         let ids = Tensor::from_slice(ids, tokens, device)?;
-        let positions: Vec<u32> = positions.iter().map(|p| p + self.position_offset).collect();
-        let positions = Tensor::from_vec(positions, tokens, device)?;
         let mut x = self.word_embeddings.forward(&ids)?;
         if let Some(table) = &self.token_type_embeddings {
             let types = Tensor::from_slice(types, tokens, device)?;
             x = (x + table.forward(&types)?)?;
         }
-        let x = (x + self.position_embeddings.forward(&positions)?)?;
+        if let Some(table) = &self.position_embeddings {
+            let positions: Vec<u32> = positions.iter().map(|p| p + self.position_offset).collect();
+            let positions = Tensor::from_vec(positions, tokens, device)?;
+            x = (x + table.forward(&positions)?)?;
+        }
         let x = self.layer_norm.forward(&x)?;
         match &self.projection {
             Some(projection) => projection.forward(&x),
@@ -284,13 +304,47 @@ impl BertSelfAttention {
         })
     }
 
+    /// DeBERTa's position keys and queries of this layer: the key and query projections of the
+    /// relative embeddings, `[heads, 2 span, d]` (those of the terms the model has).
+    fn positions(&self, rel: &RelativeTable) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let rows = rel.table.dim(0)?;
+        let split = |t: Tensor| {
+            t.reshape((rows, self.heads, self.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()
+        };
+        let keys = rel
+            .params
+            .c2p
+            .then(|| split(self.key.forward(&rel.table)?))
+            .transpose()?;
+        let queries = rel
+            .params
+            .p2c
+            .then(|| split(self.query.forward(&rel.table)?))
+            .transpose()?;
+        Ok((keys, queries))
+    }
+
+    /// The scale of the scores: `1 / sqrt(d)`, or DeBERTa's `1 / sqrt(d · (1 + terms))`.
+    fn scale(&self, rel: Option<&RelativeTable>) -> f64 {
+        let factor = rel.map_or(1, |r| r.params.scale_factor());
+        1.0 / ((self.head_dim * factor) as f64).sqrt()
+    }
+
     /// Packed attention: `x` is `[tokens, hidden]`; the pair at `(start, len)` attends only to its
     /// own tokens, so no padding is computed or masked.
-    fn forward_packed(&self, x: &Tensor, ranges: &[(usize, usize)]) -> Result<Tensor> {
+    fn forward_packed(
+        &self,
+        x: &Tensor,
+        ranges: &[(usize, usize)],
+        rel: Option<&RelativeTable>,
+    ) -> Result<Tensor> {
         let q = self.query.forward(x)?;
         let k = self.key.forward(x)?;
         let v = self.value.forward(x)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scale = self.scale(rel);
+        let positions = rel.map(|r| self.positions(r)).transpose()?;
         let mut contexts = Vec::with_capacity(ranges.len());
         for &(start, len) in ranges {
             let split = |t: &Tensor| {
@@ -300,7 +354,22 @@ impl BertSelfAttention {
                     .contiguous()
             };
             let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
-            let context = attend_in_blocks(&q, &k, &v, scale, &|_, _| Ok(None))?;
+            let bias = |first: usize, n: usize| -> Result<Option<Tensor>> {
+                match (rel, &positions) {
+                    (Some(rel), Some((pk, pq))) => Ok(Some(relative_bias(
+                        &q,
+                        &k,
+                        pk.as_ref(),
+                        pq.as_ref(),
+                        &rel.params,
+                        first,
+                        n,
+                        scale,
+                    )?)),
+                    _ => Ok(None),
+                }
+            };
+            let context = attend_in_blocks(&q, &k, &v, scale, &bias)?;
             contexts.push(
                 context
                     .transpose(0, 1)?
@@ -317,6 +386,7 @@ impl BertSelfAttention {
         mask_bias: &Tensor,
         pairs: usize,
         length: usize,
+        rel: Option<&RelativeTable>,
     ) -> Result<Tensor> {
         let split = |t: Tensor| {
             t.reshape((pairs, length, self.heads, self.head_dim))?
@@ -326,11 +396,96 @@ impl BertSelfAttention {
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let context = attend_in_blocks(&q, &k, &v, scale, &|_, _| Ok(Some(mask_bias.clone())))?;
+        let scale = self.scale(rel);
+        let positions = rel.map(|r| self.positions(r)).transpose()?;
+        let bias = |first: usize, n: usize| -> Result<Option<Tensor>> {
+            match (rel, &positions) {
+                (Some(rel), Some((pk, pq))) => {
+                    let b = relative_bias(
+                        &q,
+                        &k,
+                        pk.as_ref(),
+                        pq.as_ref(),
+                        &rel.params,
+                        first,
+                        n,
+                        scale,
+                    )?;
+                    Ok(Some(b.broadcast_add(mask_bias)?))
+                }
+                _ => Ok(Some(mask_bias.clone())),
+            }
+        };
+        let context = attend_in_blocks(&q, &k, &v, scale, &bias)?;
         context
             .transpose(1, 2)?
             .reshape((pairs * length, self.heads * self.head_dim))
+    }
+}
+
+/// DeBERTa's relative embeddings, LayerNorm'd when the config says so, `[2 span, hidden]`, and
+/// how positions index them.
+struct RelativeTable {
+    table: Tensor,
+    params: Relative,
+}
+
+/// DeBERTa's disentangled terms, scaled, for queries `first..first + n` against every key of
+/// `q`, `k` (`[.., heads, len, d]`): `q_i · pk[δ(i, j)] + k_j · pq[δ(i, j)]` times `scale`,
+/// `[.., heads, n, len]`. `pk`, `pq` are `[heads, 2 span, d]`.
+#[allow(clippy::too_many_arguments)]
+fn relative_bias(
+    q: &Tensor,
+    k: &Tensor,
+    pk: Option<&Tensor>,
+    pq: Option<&Tensor>,
+    params: &Relative,
+    first: usize,
+    n: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let r = q.rank();
+    let len = k.dim(r - 2)?;
+    let device = q.device();
+    let mut dims = q.dims().to_vec();
+    // δ for (query first + i, key j), as [n, len], and transposed, [len, n].
+    let by_query: Vec<u32> = (first..first + n)
+        .flat_map(|i| (0..len).map(move |j| params.index(i, j) as u32))
+        .collect();
+    let by_key: Vec<u32> = (0..len)
+        .flat_map(|j| (first..first + n).map(move |i| params.index(i, j) as u32))
+        .collect();
+    let mut total: Option<Tensor> = None;
+    if let Some(pk) = pk {
+        let q = q.narrow(r - 2, first, n)?.contiguous()?;
+        let scores = q.broadcast_matmul(&pk.t()?)?;
+        dims[r - 2] = n;
+        dims[r - 1] = len;
+        let index = Tensor::from_vec(by_query, (n, len), device)?
+            .broadcast_as(dims.as_slice())?
+            .contiguous()?;
+        total = Some(scores.gather(&index, r - 1)?);
+    }
+    if let Some(pq) = pq {
+        let scores = k.broadcast_matmul(&pq.t()?)?;
+        dims[r - 2] = len;
+        dims[r - 1] = n;
+        let index = Tensor::from_vec(by_key, (len, n), device)?
+            .broadcast_as(dims.as_slice())?
+            .contiguous()?;
+        let term = scores.gather(&index, r - 1)?.transpose(r - 2, r - 1)?;
+        total = Some(match total {
+            Some(t) => (t + term)?,
+            None => term,
+        });
+    }
+    match total {
+        Some(t) => t * scale,
+        None => {
+            dims[r - 2] = n;
+            dims[r - 1] = len;
+            Tensor::zeros(dims.as_slice(), q.dtype(), device)
+        }
     }
 }
 
@@ -431,13 +586,19 @@ impl BertLayer {
         mask_bias: &Tensor,
         pairs: usize,
         length: usize,
+        rel: Option<&RelativeTable>,
     ) -> Result<Tensor> {
-        let attended = self.attention.forward(x, mask_bias, pairs, length)?;
+        let attended = self.attention.forward(x, mask_bias, pairs, length, rel)?;
         self.feed_forward(x, &attended)
     }
 
-    fn forward_packed(&self, x: &Tensor, ranges: &[(usize, usize)]) -> Result<Tensor> {
-        let attended = self.attention.forward_packed(x, ranges)?;
+    fn forward_packed(
+        &self,
+        x: &Tensor,
+        ranges: &[(usize, usize)],
+        rel: Option<&RelativeTable>,
+    ) -> Result<Tensor> {
+        let attended = self.attention.forward_packed(x, ranges, rel)?;
         self.feed_forward(x, &attended)
     }
 
@@ -461,6 +622,8 @@ pub struct Encoder {
     classifier: Linear,
     pad_token_id: u32,
     max_positions: usize,
+    /// DeBERTa's relative embeddings, when its attention is disentangled.
+    relative: Option<RelativeTable>,
 }
 
 impl Encoder {
@@ -477,9 +640,30 @@ impl Encoder {
         let layers = (0..c.num_hidden_layers)
             .map(|i| BertLayer::load(layer_list.pp(i), c, family))
             .collect::<Result<Vec<_>>>()?;
+        // DeBERTa: `<root>.encoder.rel_embeddings`, through `<root>.encoder.LayerNorm` once here
+        // (it is the same for every layer and every pass).
+        let relative = match &c.relative {
+            None => None,
+            Some(params) => {
+                let encoder = root.pp("encoder");
+                let table = encoder
+                    .pp("rel_embeddings")
+                    .get((2 * params.span, h), "weight")?;
+                let table = if params.norm {
+                    layer_norm(h, c.layer_norm_eps, encoder.pp("LayerNorm"))?.forward(&table)?
+                } else {
+                    table
+                };
+                Some(RelativeTable {
+                    table,
+                    params: params.clone(),
+                })
+            }
+        };
         Ok(Self {
             embeddings: BertEmbeddings::load(root.clone(), c, family, name)?,
             layers,
+            relative,
             pooler: candle_nn::linear(h, h, vb.pp(family.head.dense))?,
             pooler_act: family.head.act,
             classifier: candle_nn::linear(h, labels, vb.pp(family.head.classifier))?,
@@ -515,7 +699,7 @@ impl Encoder {
             device,
         )?;
         for layer in &self.layers {
-            x = layer.forward_packed(&x, &ranges)?;
+            x = layer.forward_packed(&x, &ranges, self.relative.as_ref())?;
         }
         // The head (`BertPooler` and the classifier) on the first token of each pair.
         let firsts = Tensor::from_slice(
@@ -564,7 +748,7 @@ impl Encoder {
             self.embeddings
                 .forward(&p.input_ids, &p.token_type_ids, &p.position_ids, device)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask_bias, pairs, length)?;
+            x = layer.forward(&x, &mask_bias, pairs, length, self.relative.as_ref())?;
         }
         let first = x.reshape((pairs, length, ()))?.i((.., 0))?;
         self.head(&first)
@@ -641,6 +825,20 @@ impl Encoder {
                     output_norm: fused_norm(&l.output.layer_norm)?,
                     rotary: None,
                     window: None,
+                    relative: match &self.relative {
+                        None => None,
+                        Some(rel) => {
+                            let (keys, queries) = (&a.key, &a.query);
+                            let project = |on: bool, l: &Linear| -> Result<Option<Vec<f32>>> {
+                                on.then(|| values(&l.forward(&rel.table)?)).transpose()
+                            };
+                            Some(FusedRelative {
+                                params: rel.params.clone(),
+                                pos_key: project(rel.params.c2p, keys)?,
+                                pos_query: project(rel.params.p2c, queries)?,
+                            })
+                        }
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -648,7 +846,10 @@ impl Encoder {
         Ok(FusedBert {
             embeddings: Embeddings {
                 word: values(e.word_embeddings.embeddings())?,
-                position: values(e.position_embeddings.embeddings())?,
+                position: match &e.position_embeddings {
+                    Some(table) => values(table.embeddings())?,
+                    None => Vec::new(),
+                },
                 position_offset: e.position_offset,
                 token_type: match &e.token_type_embeddings {
                     Some(table) => values(table.embeddings())?,

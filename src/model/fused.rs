@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use super::deberta::Relative;
 use super::family::HeadAct;
 use crate::batch::Batch;
 use xbench_kernels::attention::{packed_attention, Heads, Scores};
@@ -51,6 +52,18 @@ pub struct FusedLayer {
     pub rotary: Option<Vec<f32>>,
     /// Attention only to keys at most this far away (ModernBERT's local layers).
     pub window: Option<usize>,
+    /// DeBERTa's disentangled attention: how positions index the relative embeddings, and this
+    /// layer's key and query projections of them.
+    pub relative: Option<FusedRelative>,
+}
+
+/// A layer's share of DeBERTa's relative embeddings: their key projection (content→position
+/// terms) and query projection (position→content), `[2 span, hidden]` each, biases included.
+#[derive(Debug, Clone)]
+pub struct FusedRelative {
+    pub params: Relative,
+    pub pos_key: Option<Vec<f32>>,
+    pub pos_query: Option<Vec<f32>>,
 }
 
 /// How the head reads the encoder's output: the first token of each pair, or the mean of its
@@ -579,7 +592,12 @@ impl FusedBert {
             }
             observe(l, 0, x, h);
             layer.qkv.matmul_into(x, qkv, false);
-            packed_attention(qkv, layer.qkv.bias(), &ranges, shape, scores, context);
+            match &layer.relative {
+                Some(rel) => {
+                    relative_attention(qkv, layer.qkv.bias(), &ranges, shape, rel, context)
+                }
+                None => packed_attention(qkv, layer.qkv.bias(), &ranges, shape, scores, context),
+            }
             // x ← LayerNorm(context · Wo + bo + x)
             observe(l, 1, context, h);
             layer.attention_output.matmul_into(context, x, true);
@@ -727,4 +745,111 @@ fn rotate(qkv: &mut [f32], bias: &[f32], positions: &[u32], shape: Heads, inv_fr
                 }
             }
         });
+}
+
+/// `a · b` in eight running sums (vectorizable).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// DeBERTa's disentangled attention over packed sequences, in f32: for each sequence and head,
+/// `softmax((q_i · k_j + q_i · Pk[δ(i, j)] + k_j · Pq[δ(i, j)]) / sqrt(d · (1 + terms))) · v`,
+/// with `qkv` `[tokens, 3 * hidden]` before its `bias`; writes the context `[tokens, hidden]`.
+fn relative_attention(
+    qkv: &[f32],
+    bias: &[f32],
+    ranges: &[(usize, usize)],
+    shape: Heads,
+    rel: &FusedRelative,
+    out: &mut [f32],
+) {
+    let (heads, d) = (shape.heads, shape.head_dim);
+    let h = heads * d;
+    let rows = 2 * rel.params.span;
+    let scale = 1.0 / ((d * rel.params.scale_factor()) as f32).sqrt();
+    let tasks: Vec<((usize, usize), usize)> = ranges
+        .iter()
+        .flat_map(|&range| (0..heads).map(move |head| (range, head)))
+        .collect();
+    let contexts: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&((start, len), head)| {
+            let col = head * d;
+            let part = |offset: usize| -> Vec<f32> {
+                let mut m = Vec::with_capacity(len * d);
+                for t in start..start + len {
+                    let row = &qkv[t * 3 * h + offset + col..][..d];
+                    m.extend(
+                        row.iter()
+                            .zip(&bias[offset + col..][..d])
+                            .map(|(x, b)| x + b),
+                    );
+                }
+                m
+            };
+            let (q, k, v) = (part(0), part(h), part(2 * h));
+            // Each token's dot products with every relative embedding's projection.
+            let table = |x: &[f32], proj: &Option<Vec<f32>>| -> Option<Vec<f32>> {
+                proj.as_ref().map(|p| {
+                    x.chunks_exact(d)
+                        .flat_map(|row| (0..rows).map(move |r| dot(row, &p[r * h + col..][..d])))
+                        .collect()
+                })
+            };
+            let c2p = table(&q, &rel.pos_key);
+            let p2c = table(&k, &rel.pos_query);
+            // δ(i, j) depends on i - j only: by i - j + len - 1.
+            let delta: Vec<usize> = (0..2 * len - 1)
+                .map(|t| rel.params.index(t, len - 1))
+                .collect();
+            let mut context = vec![0f32; len * d];
+            let mut scores = vec![0f32; len];
+            for i in 0..len {
+                let qi = &q[i * d..][..d];
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let r = delta[i + len - 1 - j];
+                    let mut x = dot(qi, &k[j * d..][..d]);
+                    if let Some(a) = &c2p {
+                        x += a[i * rows + r];
+                    }
+                    if let Some(b) = &p2c {
+                        x += b[j * rows + r];
+                    }
+                    *s = x * scale;
+                }
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = math::exp(*s - max);
+                    sum += *s;
+                }
+                let ctx = &mut context[i * d..][..d];
+                for (j, p) in scores.iter().enumerate() {
+                    let w = p / sum;
+                    for (c, x) in ctx.iter_mut().zip(&v[j * d..][..d]) {
+                        *c += w * x;
+                    }
+                }
+            }
+            context
+        })
+        .collect();
+    for (((start, len), head), context) in tasks.iter().zip(contexts) {
+        for (i, row) in context.chunks_exact(d).enumerate().take(*len) {
+            out[(start + i) * h + head * d..][..d].copy_from_slice(row);
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! pass) and [`fused`] (the same model laid out for xbench's kernels).
 
 pub mod calibration;
+pub mod deberta;
 pub mod encoder;
 pub mod family;
 pub mod files;

@@ -619,6 +619,7 @@ impl ModernBert {
                     output_norm: fused_norm(&l.mlp_norm)?,
                     rotary: Some(l.inv_freq.clone()),
                     window: l.window,
+                    relative: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -725,7 +726,7 @@ mod tests {
             ),
             (serde_json::json!({"hidden_activation": "mish"}), "config"),
         ] {
-            let err = read(extra).err().expect("refused");
+            let err = read(extra).expect_err("refused");
             let text = format!(
                 "{err} {}",
                 std::error::Error::source(&err)

@@ -106,7 +106,8 @@ multiversion! {
 #[derive(Debug, Clone, Copy)]
 pub struct EmbeddingTables<'a> {
     pub word: &'a [f32],
-    /// `None` for models whose positions are rotary (ModernBERT): no position table is added.
+    /// `None` for models without absolute positions (ModernBERT's rotary ones, DeBERTa's relative
+    /// ones): no position table is added.
     pub position: Option<&'a [f32]>,
     /// Added to every position id before the lookup (XLM-RoBERTa's positions start past the
     /// padding index).
@@ -135,23 +136,24 @@ pub fn embed(
         .with_min_len(64)
         .for_each(|(row, (&id, (&pos, &ty)))| {
             let w = &tables.word[id as usize * hidden..][..hidden];
-            let Some(position) = tables.position else {
-                row.copy_from_slice(w);
-                return;
-            };
-            let p = &position[(pos as usize + offset) * hidden..][..hidden];
-            match tables.token_type {
-                Some(table) => {
-                    let t = &table[ty as usize * hidden..][..hidden];
+            let p = tables
+                .position
+                .map(|table| &table[(pos as usize + offset) * hidden..][..hidden]);
+            let t = tables
+                .token_type
+                .map(|table| &table[ty as usize * hidden..][..hidden]);
+            match (p, t) {
+                (Some(p), Some(t)) => {
                     for (((o, a), b), c) in row.iter_mut().zip(w).zip(p).zip(t) {
                         *o = a + c + b;
                     }
                 }
-                None => {
-                    for ((o, a), b) in row.iter_mut().zip(w).zip(p) {
+                (Some(e), None) | (None, Some(e)) => {
+                    for ((o, a), b) in row.iter_mut().zip(w).zip(e) {
                         *o = a + b;
                     }
                 }
+                (None, None) => row.copy_from_slice(w),
             }
         });
 }

@@ -88,6 +88,8 @@ fn read_config(path: &Path, text: &str) -> Result<EncoderConfig, ModelError> {
         id2label: c.id2label,
         is_decoder: false,
         embedding_size: None,
+        absolute_positions: true,
+        relative: None,
     };
     config.validate(path)?;
     Ok(config)

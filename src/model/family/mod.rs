@@ -12,6 +12,7 @@
 //! against its checkpoints on both backends).
 
 mod bert;
+mod deberta_v2;
 mod distilbert;
 mod electra;
 mod modernbert;
@@ -30,6 +31,7 @@ pub static REGISTRY: &[&Family] = &[
     &distilbert::DISTILBERT,
     &electra::ELECTRA,
     &modernbert::MODERNBERT,
+    &deberta_v2::DEBERTA_V2,
 ];
 
 /// The family that loads `architecture` (an `architectures` entry of `config.json`).
