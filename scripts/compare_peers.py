@@ -1,21 +1,29 @@
 #!/usr/bin/env python3
 """xbench against its CPU peers, side by side in one run (run by scripts/compare_peers.sh).
 
-On the same pairs (the first --pairs lines of --input, in file order), with the same checkpoint and
-the same number of compute threads, it measures pairs/s "at batch B" for every B in --batches:
+On the same pairs (the first --pairs lines of --input, in file order), with the same checkpoint (any
+family xbench loads) and the same number of compute threads, it measures pairs/s "at batch B" for
+every B in --batches:
 
-* xbench fp32: `xbench bench --stage full`, B pairs per request, max_batch_size B, one client, one
-  model instance with --threads threads (tokenization, batching and the forward pass included);
+* xbench fp32 and int8: `xbench bench --stage full`, B pairs per request, max_batch_size B, one
+  client, one model worker with --threads threads (tokenization, batching and the forward pass
+  included);
 * sentence-transformers CrossEncoder.predict, PyTorch fp32, torch.set_num_threads(--threads);
-* ONNX Runtime fp32: the checkpoint exported to ONNX (opset 17), ORT_ENABLE_ALL graph
-  optimizations, intra_op_num_threads = --threads, the HF fast tokenizer in the timed loop.
+* ONNX Runtime fp32: the checkpoint exported to ONNX (opset 17, the inputs its tokenizer passes),
+  ORT_ENABLE_ALL graph optimizations, intra_op_num_threads = --threads, the HF fast tokenizer in
+  the timed loop; once on batches cut in file order, once on batches of pairs sorted by length
+  (what Infinity does: the strongest CPU peer on padding);
+* ONNX Runtime int8: the same graph through onnxruntime's quantize_dynamic (int8 weights, dynamic
+  activations), on length-sorted batches.
 
-The peers pad each batch to its longest pair (what they do by default); batches are cut in file
-order. Each engine runs --passes passes over the pairs after one warm-up batch; the median pass
-counts. It also measures the machine's fp32 GEMM peak (ONNX Runtime MatMul on large square shapes,
-best of several) and reports each engine's model FLOPs per second, counted on real tokens only, as a
-share of that peak ("model FLOPs utilisation"). Scores of every engine are checked against each
-other on the same pairs before anything is timed.
+The peers pad each batch to its longest pair. The engines are interleaved: each round runs one pass
+of every engine in turn, --passes rounds; the report gives each engine's median pass and the spread
+(min–max). A peer that cannot run the model (an export that fails) is reported as such, with why.
+It also measures the machine's fp32 GEMM peak (ONNX Runtime MatMul on large square shapes, best of
+several) and reports each engine's model FLOPs per second, counted on real tokens only, as a share
+of that peak ("model FLOPs utilisation"; the FLOP count is BERT's layer arithmetic, exact for the
+BERT-style families, approximate for others). Scores of every fp32 engine are checked against
+sentence-transformers on the same pairs before anything is timed.
 
 Writes the report to stdout and, with --json-out, everything measured as JSON.
 """
@@ -74,6 +82,8 @@ def model_flops(config: dict, lengths: list[int]) -> float:
     """Forward-pass FLOPs of a BERT cross-encoder over pairs of these real token counts."""
     h = config["hidden_size"]
     i = config["intermediate_size"]
+    if config.get("model_type") == "modernbert":
+        i = i * 3 // 2  # Wi is [2I, H] and Wo [H, I]: 3·H·I multiply-adds per token, BERT's 2·H·I
     layers = config["num_hidden_layers"]
     labels = config.get("num_labels") or len(config.get("id2label") or {}) or 2
     total = 0.0
@@ -154,41 +164,50 @@ class SentenceTransformersPeer:
         self.model.predict(pairs, batch_size=b, show_progress_bar=False)
 
 
+def export_onnx(model_dir: Path, workdir: Path, tokenizer) -> tuple[Path, list[str]]:
+    """The checkpoint as ONNX (opset 17) with the inputs its tokenizer passes."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = workdir / "model.onnx"
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    enc = tokenizer(["q"], ["a passage"], return_tensors="pt")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
+    axes = {k: {0: "batch", 1: "sequence"} for k in names}
+    axes["logits"] = {0: "batch"}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            tuple(enc[k] for k in names),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    return path, names
+
+
 class OnnxRuntimePeer:
-    name = "ONNX Runtime fp32, ORT_ENABLE_ALL"
-
-    def __init__(self, model_dir: Path, threads: int, workdir: Path):
+    def __init__(self, name: str, path: Path, names: list[str], tokenizer, max_length: int, threads: int,
+                 sort_by_length: bool):
         import onnxruntime as ort
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        path = workdir / "model.onnx"
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
-        enc = self.tokenizer(["q"], ["a passage"], return_tensors="pt")
-        names = ["input_ids", "attention_mask", "token_type_ids"]
-        axes = {k: {0: "batch", 1: "sequence"} for k in names}
-        axes["logits"] = {0: "batch"}
-        with torch.no_grad():
-            torch.onnx.export(
-                model,
-                tuple(enc[k] for k in names),
-                str(path),
-                input_names=names,
-                output_names=["logits"],
-                dynamic_axes=axes,
-                opset_version=17,
-                dynamo=False,
-            )
+        self.name = name
+        self.tokenizer = tokenizer
+        self.names = names
+        self.max_length = max_length
+        self.sort_by_length = sort_by_length
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.max_length = min(
-            model.config.max_position_embeddings, self.tokenizer.model_max_length
-        )
+        # The graph's own inputs: an export drops those the model ignores (DeBERTa-v3's type ids).
+        graph_inputs = {i.name for i in self.session.get_inputs()}
+        self.names = [n for n in names if n in graph_inputs]
 
     def _batch(self, chunk):
         enc = self.tokenizer(
@@ -199,14 +218,29 @@ class OnnxRuntimePeer:
             max_length=self.max_length,
             return_tensors="np",
         )
-        feed = {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        feed = {k: enc[k].astype(np.int64) for k in self.names}
         return self.session.run(None, feed)[0]
 
+    def _ordered(self, pairs):
+        if not self.sort_by_length:
+            return list(range(len(pairs)))
+        # Sorting is part of the work: it tokenizes once to measure, as a server sorting its
+        # queue would.
+        lengths = [len(ids) for ids in self.tokenizer([q for q, _ in pairs], [p for _, p in pairs],
+                                                       truncation=True, max_length=self.max_length)["input_ids"]]
+        return sorted(range(len(pairs)), key=lambda i: lengths[i])
+
     def scores(self, pairs, b):
-        return np.concatenate([self._batch(c)[:, 0] for c in batches(pairs, b)]).astype(np.float64)
+        order = self._ordered(pairs)
+        ordered = [pairs[i] for i in order]
+        out = np.concatenate([self._batch(c)[:, 0] for c in batches(ordered, b)]).astype(np.float64)
+        result = np.empty(len(pairs))
+        result[order] = out
+        return result
 
     def run(self, pairs, b):
-        for c in batches(pairs, b):
+        order = self._ordered(pairs)
+        for c in batches([pairs[i] for i in order], b):
             self._batch(c)
 
 
@@ -233,9 +267,21 @@ def xbench_pass(xbench: Path, model_dir: Path, pairs_file: Path, n: int, b: int,
     return json.loads(out)
 
 
-# xbench's rows: its default (the fused CPU kernels) and, for the before/after in the same run,
-# candle's own ops on the same packed batches.
-XBENCH_ROWS = [("xbench fp32", ["--backend", "fused"]), ("xbench fp32, candle kernels", ["--backend", "candle"])]
+class XbenchEngine:
+    """`xbench bench` over the pairs at batch b, as one pass."""
+
+    def __init__(self, name: str, xbench: Path, model_dir: Path, pairs_file: Path, n: int, threads: int, extra: list[str]):
+        self.name, self.xbench, self.model_dir, self.pairs_file = name, xbench, model_dir, pairs_file
+        self.n, self.threads, self.extra = n, threads, extra
+
+    def pass_pairs_per_s(self, b: int) -> float:
+        return xbench_pass(self.xbench, self.model_dir, self.pairs_file, self.n, b, self.threads, self.extra)["qps"]
+
+
+# xbench's rows: the fused CPU kernels in fp32 and int8; candle's own ops with CANDLE=1.
+XBENCH_ROWS = [("xbench fp32", ["--backend", "fused"]), ("xbench int8", ["--backend", "fused", "--quantization", "int8"])]
+if os.environ.get("CANDLE") == "1":
+    XBENCH_ROWS.append(("xbench fp32, candle kernels", ["--backend", "candle"]))
 
 
 def main() -> None:
@@ -280,10 +326,30 @@ def main() -> None:
         shapes = ", ".join(f"{s['m']}x{s['k']}x{s['n']} {s['gflops']:.0f}" for s in peak["shapes"])
         print(f"fp32 GEMM peak (ONNX Runtime MatMul, {args.threads} threads): {peak['gflops']:.0f} GFLOP/s  [{shapes}]", flush=True)
 
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(args.model))
+        max_length = min(config.get("max_position_embeddings", 512), tokenizer.model_max_length)
         st = SentenceTransformersPeer(args.model, args.threads)
-        ort_peer = OnnxRuntimePeer(args.model, args.threads, tmp)
-        lengths = [len(ids) for ids in ort_peer.tokenizer(
-            [q for q, _ in pairs], [p for _, p in pairs], truncation=True, max_length=ort_peer.max_length
+        peers = [st]
+        unavailable = {}
+        try:
+            onnx_path, names = export_onnx(args.model, tmp, tokenizer)
+            peers.append(OnnxRuntimePeer("ONNX Runtime fp32, ORT_ENABLE_ALL", onnx_path, names, tokenizer,
+                                         max_length, args.threads, sort_by_length=False))
+            peers.append(OnnxRuntimePeer("ONNX Runtime fp32, length-sorted batches", onnx_path, names, tokenizer,
+                                         max_length, args.threads, sort_by_length=True))
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            int8_path = tmp / "model.int8.onnx"
+            quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
+            peers.append(OnnxRuntimePeer("ONNX Runtime int8 (quantize_dynamic), length-sorted batches", int8_path,
+                                         names, tokenizer, max_length, args.threads, sort_by_length=True))
+        except Exception as e:  # an export a family's graph does not survive: reported, not fatal
+            unavailable["ONNX Runtime"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            print(f"ONNX Runtime cannot run this model: {unavailable['ONNX Runtime']}", flush=True)
+        lengths = [len(ids) for ids in tokenizer(
+            [q for q, _ in pairs], [p for _, p in pairs], truncation=True, max_length=max_length
         )["input_ids"]]
         flops = model_flops(config, lengths)
         print(
@@ -297,40 +363,51 @@ def main() -> None:
 
         # Same scores everywhere before timing anything.
         ref = st.scores(pairs, 32)
-        agree = {
-            "onnxruntime": float(np.max(np.abs(ort_peer.scores(pairs, 32) - ref))),
-            "xbench": float(np.max(np.abs(xbench_scores(args.xbench, args.model, pairs_file) - ref))),
-        }
+        agree = {p.name: float(np.max(np.abs(p.scores(pairs, 32) - ref))) for p in peers[1:]}
+        agree["xbench fp32"] = float(np.max(np.abs(xbench_scores(args.xbench, args.model, pairs_file) - ref)))
         print(f"scores vs sentence-transformers, max |diff|: {json.dumps(agree)}", flush=True)
 
+        engines = [XbenchEngine(name, args.xbench, args.model, pairs_file, len(pairs), args.threads, extra)
+                   for name, extra in XBENCH_ROWS]
         rows: dict[str, dict[int, dict]] = {}
         for b in sizes:
             print(f"batch {b} ...", flush=True)
-            for peer in (st, ort_peer):
+            for peer in peers:
                 peer.run(pairs[:b], b)  # warm-up
-                times = timed_passes(lambda: peer.run(pairs, b), args.passes)
-                t = statistics.median(times)
-                rows.setdefault(peer.name, {})[b] = {"pairs_per_s": len(pairs) / t, "passes_s": times}
-            for name, extra in XBENCH_ROWS:
-                runs = [xbench_pass(args.xbench, args.model, pairs_file, len(pairs), b, args.threads, extra) for _ in range(args.passes)]
-                qps = [r["qps"] for r in runs]
-                rows.setdefault(name, {})[b] = {"pairs_per_s": statistics.median(qps), "passes_pairs_per_s": qps}
+            samples: dict[str, list[float]] = {}
+            for _ in range(args.passes):  # rounds: every engine once per round, in turn
+                for peer in peers:
+                    t = timed_passes(lambda: peer.run(pairs, b), 1)[0]
+                    samples.setdefault(peer.name, []).append(len(pairs) / t)
+                for engine in engines:
+                    samples.setdefault(engine.name, []).append(engine.pass_pairs_per_s(b))
+            for name, values in samples.items():
+                rows.setdefault(name, {})[b] = {"pairs_per_s": statistics.median(values), "passes_pairs_per_s": values}
 
     names = list(rows)
     print()
-    print(f"pairs/s, {args.threads} threads, median of {args.passes} passes over {len(pairs)} pairs")
+    print(f"pairs/s, {args.threads} threads, median (min–max) of {args.passes} interleaved rounds over {len(pairs)} pairs")
     print("| engine | " + " | ".join(f"B={b}" for b in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
     for name in names:
-        print(f"| {name} | " + " | ".join(f"{rows[name][b]['pairs_per_s']:.1f}" for b in sizes) + " |")
+        cells = []
+        for b in sizes:
+            r = rows[name][b]
+            cells.append(f"{r['pairs_per_s']:.1f} ({min(r['passes_pairs_per_s']):.1f}–{max(r['passes_pairs_per_s']):.1f})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for name, why in unavailable.items():
+        print(f"| {name} | " + " | ".join("n/a" for _ in sizes) + f" |  ({why})")
     print()
-    print("ratios")
+    print("ratios of medians")
     print("| | " + " | ".join(f"B={b}" for b in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
-    for peer, short in [(ort_peer.name, "ONNX Runtime"), (st.name, "sentence-transformers"),
-                        ("xbench fp32, candle kernels", "xbench candle kernels")]:
-        print(f"| xbench fp32 / {short} | " + " | ".join(
-            f"{rows['xbench fp32'][b]['pairs_per_s'] / rows[peer][b]['pairs_per_s']:.2f}x" for b in sizes) + " |")
+    comparisons = [("xbench fp32", p.name) for p in peers] + [
+        ("xbench int8", n) for n in rows if n.startswith("ONNX Runtime int8")]
+    if "xbench fp32, candle kernels" in rows:
+        comparisons.append(("xbench fp32", "xbench fp32, candle kernels"))
+    for ours, theirs in comparisons:
+        print(f"| {ours} / {theirs} | " + " | ".join(
+            f"{rows[ours][b]['pairs_per_s'] / rows[theirs][b]['pairs_per_s']:.2f}x" for b in sizes) + " |")
     print()
     per_pair = flops / len(pairs)
     print(f"model FLOPs utilisation (real tokens only, vs the {peak['gflops']:.0f} GFLOP/s GEMM peak)")
@@ -349,7 +426,8 @@ def main() -> None:
         args.json_out.write_text(json.dumps({
             "cpu": cpu, "versions": versions, "threads": args.threads, "pairs": len(pairs),
             "input": str(args.input), "gemm_peak": peak, "flops_per_pair": per_pair,
-            "score_agreement": agree, "results": rows,
+            "score_agreement": agree, "results": rows, "unavailable": unavailable,
+            "model": str(args.model), "architecture": (config.get("architectures") or ["?"])[0],
         }, indent=2))
 
 

@@ -13,6 +13,8 @@ SHAPE is one of:
   deberta-v3-base  DeBERTa-v3-base (12 layers, hidden 768, 12 heads, FFN 3072, relative attention
                    both ways, 256 buckets)
   electra-base     ELECTRA-base (12 layers, hidden 768, FFN 3072, embeddings 768)
+  xlm-roberta-base XLM-RoBERTa-base's layers (bge-reranker-base's; 514 positions), BERT's vocabulary
+  distilbert-base  DistilBERT-base (6 layers, hidden 768, FFN 3072)
 
 With --long-pairs FILE it also writes FILE: three JSON-lines pairs of about 2,048, 4,096 and 8,192
 tokens (the last cut to the model's limit) from data/pairs.jsonl's passages, and prints
@@ -33,10 +35,14 @@ from transformers import (
     BertForSequenceClassification,
     DebertaV2Config,
     DebertaV2ForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
     ModernBertConfig,
     ModernBertForSequenceClassification,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +68,13 @@ def shape(name: str, vocab: int):
                                norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type="p2c|c2p",
                                position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
                                **common), DebertaV2ForSequenceClassification, 512
+    if name == "xlm-roberta-base":
+        return XLMRobertaConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                                max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+                                vocab_size=vocab, num_labels=1, pad_token_id=1), XLMRobertaForSequenceClassification, 512
+    if name == "distilbert-base":
+        return DistilBertConfig(dim=768, n_layers=6, n_heads=12, hidden_dim=3072, max_position_embeddings=512,
+                                vocab_size=vocab, num_labels=1, pad_token_id=0), DistilBertForSequenceClassification, 512
     if name == "electra-base":
         return ElectraConfig(hidden_size=768, embedding_size=768, num_hidden_layers=12, num_attention_heads=12,
                              intermediate_size=3072, max_position_embeddings=512,
