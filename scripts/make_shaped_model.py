@@ -104,6 +104,8 @@ def main() -> None:
     tok_config["model_max_length"] = max_length
     if args.shape == "modernbert-base":
         tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if args.shape in ("modernbert-base", "xlm-roberta-base", "distilbert-base"):
+        # Their tokenizers pass no type ids (XLM-R's one type would not take BERT's 1s).
         tok_config["model_input_names"] = ["input_ids", "attention_mask"]
     (args.out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
     params = sum(p.numel() for p in model.parameters())
