@@ -1074,3 +1074,78 @@ fn cohere_sdk_clients_v1_and_v2_rerank() {
     assert_eq!(sdk_pairs(&sdk["v1"]).len(), docs.len());
     server.stop();
 }
+
+/// Every registered family's tiny checkpoint, served side by side in one server: `GET /info`
+/// lists each with its architecture, and `/rerank`, `/v1/rerank` and `/v2/rerank` score each as
+/// transformers does (the checkpoints' reference logits, sigmoid for the APIs' scores).
+#[test]
+fn every_family_serves_over_every_api() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let names: Vec<(String, &str)> = xbench::model::family::REGISTRY
+        .iter()
+        .flat_map(|f| f.tiny_checkpoints.iter().zip(f.architectures))
+        .map(|(dir, arch)| (data.join(dir).to_str().unwrap().to_string(), *arch))
+        .collect();
+    let server = TestServer::start(
+        settings(),
+        EngineConfig {
+            models: names
+                .iter()
+                .map(|(name, _)| ModelSpec {
+                    threads: Some(1),
+                    ..ModelSpec::new(name.as_str())
+                })
+                .collect(),
+            tokenizer_pool: TokenizerPoolConfig::default(),
+            batching: BatchingConfig::default(),
+        },
+        None,
+    );
+    let info: Value = client()
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let models = info["models"].as_array().unwrap();
+    assert_eq!(models.len(), names.len());
+    for ((name, arch), described) in names.iter().zip(models) {
+        assert_eq!(described["name"], name.as_str());
+        assert_eq!(described["architecture"], *arch);
+        let reference: Value = serde_json::from_str(
+            &std::fs::read_to_string(Path::new(name).join("reference.json")).unwrap(),
+        )
+        .unwrap();
+        // The first pairs of the reference, one request each on every API.
+        for p in reference["pairs"].as_array().unwrap().iter().take(4) {
+            let (query, text) = (p["query"].as_str().unwrap(), p["passage"].as_str().unwrap());
+            let logits: Vec<f32> = serde_json::from_value(p["logits"].clone()).unwrap();
+            let want = xbench::model::relevance(&logits);
+            let (s, ranks) = post(
+                &server,
+                "/rerank",
+                &json!({"model": name, "query": query, "texts": [text], "raw_scores": true}),
+            );
+            assert_eq!(s, StatusCode::OK, "{arch}: {ranks}");
+            let d = (ranks[0]["score"].as_f64().unwrap() - want as f64).abs();
+            assert!(d <= 1e-4, "{arch} /rerank: {d}");
+            for (path, body) in [
+                (
+                    "/v1/rerank",
+                    json!({"model": name, "query": query, "documents": [text]}),
+                ),
+                (
+                    "/v2/rerank",
+                    json!({"model": name, "query": query, "documents": [text]}),
+                ),
+            ] {
+                let (s, v) = post(&server, path, &body);
+                assert_eq!(s, StatusCode::OK, "{arch} {path}: {v}");
+                let got = v["results"][0]["relevance_score"].as_f64().unwrap();
+                let d = (got - sigmoid(want) as f64).abs();
+                assert!(d <= 1e-5, "{arch} {path}: {d}");
+            }
+        }
+    }
+    server.stop();
+}
