@@ -295,6 +295,18 @@ def safetensors_listing(path: Path) -> list[tuple[str, str, list[int]]]:
     return rows
 
 
+def build(cls, config, seed: int, out: Path):
+    """`cls` from `config` with weights drawn from `seed` (spread_weights), eager attention, eval
+    mode, saved to `out`."""
+    torch.manual_seed(seed)
+    model = cls._from_config(config, attn_implementation="eager")
+    spread_weights(model)
+    model.eval()
+    assert model.config._attn_implementation == "eager"
+    model.save_pretrained(str(out), safe_serialization=True)
+    return model
+
+
 # ---------------------------------------------------------------- reference
 
 
@@ -475,12 +487,7 @@ def make_xlm_roberta(out: Path, tok: Tokenizer | None) -> None:
         eos_token_id=2,
         architectures=["XLMRobertaForSequenceClassification"],
     )
-    torch.manual_seed(SEED_XLMR)
-    model = XLMRobertaForSequenceClassification._from_config(config, attn_implementation="eager")
-    spread_weights(model)
-    model.eval()
-    assert model.config._attn_implementation == "eager"
-    model.save_pretrained(str(out), safe_serialization=True)
+    model = build(XLMRobertaForSequenceClassification, config, SEED_XLMR, out)
 
     # Positions: pad id 1, so the first real token sits at padding_idx + 1 = 2.
     ids = torch.tensor([[0, 10, 11, 2, 2, 12, 2, 1, 1]])
@@ -528,12 +535,7 @@ def make_distilbert(out: Path, tok: Tokenizer | None) -> None:
         pad_token_id=0,
         architectures=["DistilBertForSequenceClassification"],
     )
-    torch.manual_seed(SEED_DISTILBERT)
-    model = DistilBertForSequenceClassification._from_config(config, attn_implementation="eager")
-    spread_weights(model)
-    model.eval()
-    assert model.config._attn_implementation == "eager"
-    model.save_pretrained(str(out), safe_serialization=True)
+    model = build(DistilBertForSequenceClassification, config, SEED_DISTILBERT, out)
 
     ref = check_and_reference(name, out, model, 3)
     write_reference(out, ref)
@@ -563,12 +565,7 @@ def make_bert(out: Path, tok: Tokenizer | None) -> None:
         pad_token_id=0,
         architectures=["BertForSequenceClassification"],
     )
-    torch.manual_seed(SEED_BERT)
-    model = BertForSequenceClassification._from_config(config, attn_implementation="eager")
-    spread_weights(model)
-    model.eval()
-    assert model.config._attn_implementation == "eager"
-    model.save_pretrained(str(out), safe_serialization=True)
+    model = build(BertForSequenceClassification, config, SEED_BERT, out)
 
     ref = check_and_reference(name, out, model, 2)
     assert any(1 in p["token_type_ids"] for p in ref["pairs"]), "the passage's type ids must be 1"
@@ -602,12 +599,7 @@ def make_roberta_like(out: Path, name: str, tok: Tokenizer, specials_order: list
         eos_token_id=tok.token_to_id("</s>"),
         architectures=[model_class.__name__],
     )
-    torch.manual_seed(seed)
-    model = model_class._from_config(config, attn_implementation="eager")
-    spread_weights(model)
-    model.eval()
-    assert model.config._attn_implementation == "eager"
-    model.save_pretrained(str(out), safe_serialization=True)
+    model = build(model_class, config, seed, out)
     ref = check_and_reference(name, out, model, 1)
     write_reference(out, ref)
     report_dir(name, out)
@@ -652,13 +644,8 @@ def make_electra(out: Path, tok: Tokenizer | None) -> None:
         pad_token_id=0,
         architectures=["ElectraForSequenceClassification"],
     )
-    torch.manual_seed(SEED_ELECTRA)
-    model = ElectraForSequenceClassification._from_config(config, attn_implementation="eager")
-    spread_weights(model)
-    model.eval()
-    assert model.config._attn_implementation == "eager"
+    model = build(ElectraForSequenceClassification, config, SEED_ELECTRA, out)
     assert hasattr(model.electra, "embeddings_project")
-    model.save_pretrained(str(out), safe_serialization=True)
     ref = check_and_reference(name, out, model, 1)
     assert any(1 in p["token_type_ids"] for p in ref["pairs"]), "the passage's type ids must be 1"
     write_reference(out, ref)
@@ -706,12 +693,7 @@ def make_modernbert(out: Path, tok: Tokenizer | None) -> None:
     )
     assert config.layer_types == ["full_attention", "sliding_attention", "full_attention"], config.layer_types
     assert config.sliding_window == 8
-    torch.manual_seed(SEED_MODERNBERT)
-    model = ModernBertForSequenceClassification._from_config(config, attn_implementation="eager")
-    spread_weights(model)
-    model.eval()
-    assert model.config._attn_implementation == "eager"
-    model.save_pretrained(str(out), safe_serialization=True)
+    model = build(ModernBertForSequenceClassification, config, SEED_MODERNBERT, out)
     ref = check_and_reference(name, out, model, 1)
     lengths = [len(p["input_ids"]) for p in ref["pairs"]]
     assert sum(n > 2 * 8 + 1 for n in lengths) >= 10, "most pairs must be longer than the local window"
@@ -779,11 +761,7 @@ def make_deberta_v2(out: Path, tok: Tokenizer | None) -> None:
         num_labels=1,
         architectures=["DebertaV2ForSequenceClassification"],
     )
-    torch.manual_seed(SEED_DEBERTA)
-    model = DebertaV2ForSequenceClassification._from_config(config, attn_implementation="eager")
-    spread_weights(model)
-    model.eval()
-    model.save_pretrained(str(out), safe_serialization=True)
+    model = build(DebertaV2ForSequenceClassification, config, SEED_DEBERTA, out)
     ref = check_and_reference(name, out, model, 1)
     lengths = [len(p["input_ids"]) for p in ref["pairs"]]
     assert sum(n > 8 for n in lengths) >= 10, "most pairs reach the log buckets (|i - j| >= 8)"
@@ -816,11 +794,7 @@ def make_xlm_roberta_8k(out: Path, tok: Tokenizer | None) -> None:
         type_vocab_size=1, num_labels=1, layer_norm_eps=1e-5, bos_token_id=0, pad_token_id=1, eos_token_id=2,
         architectures=["XLMRobertaForSequenceClassification"],
     )
-    torch.manual_seed(SEED_LONG)
-    model = XLMRobertaForSequenceClassification._from_config(config, attn_implementation="eager")
-    spread_weights(model)
-    model.eval()
-    model.save_pretrained(str(out), safe_serialization=True)
+    model = build(XLMRobertaForSequenceClassification, config, SEED_LONG, out)
     hf = AutoTokenizer.from_pretrained(str(out))
     text = " ".join(CORPUS)
     pairs = []

@@ -714,13 +714,7 @@ impl Encoder {
     /// `[pairs, hidden]` first tokens.
     fn head(&self, first: &Tensor) -> Result<Tensor> {
         let pooled = self.pooler.forward(first)?;
-        let pooled = match self.pooler_act {
-            HeadAct::Tanh => pooled.tanh()?,
-            HeadAct::Relu => pooled.relu()?,
-            HeadAct::Gelu => pooled.gelu_erf()?,
-            HeadAct::GeluTanh => pooled.gelu()?,
-            HeadAct::Silu => pooled.silu()?,
-        };
+        let pooled = self.pooler_act.forward(&pooled)?;
         let logits = self.classifier.forward(&pooled)?;
         if logits.dtype() == DType::F32 {
             Ok(logits)

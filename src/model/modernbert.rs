@@ -526,13 +526,7 @@ impl ModernBert {
     /// The head on `[pairs, hidden]` pooled states.
     fn head(&self, pooled: &Tensor) -> Result<Tensor> {
         let x = self.head_dense.forward(pooled)?;
-        let x = match self.head_act {
-            HeadAct::Tanh => x.tanh()?,
-            HeadAct::Relu => x.relu()?,
-            HeadAct::Gelu => x.gelu_erf()?,
-            HeadAct::GeluTanh => x.gelu()?,
-            HeadAct::Silu => x.silu()?,
-        };
+        let x = self.head_act.forward(&x)?;
         let logits = self.classifier.forward(&self.head_norm.forward(&x)?)?;
         logits.to_dtype(DType::F32)
     }

@@ -144,6 +144,17 @@ pub enum HeadAct {
 }
 
 impl HeadAct {
+    /// The activation over a candle tensor.
+    pub fn forward(self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        match self {
+            HeadAct::Tanh => x.tanh(),
+            HeadAct::Relu => x.relu(),
+            HeadAct::Gelu => x.gelu_erf(),
+            HeadAct::GeluTanh => x.gelu(),
+            HeadAct::Silu => x.silu(),
+        }
+    }
+
     pub fn apply(self, x: f32) -> f32 {
         use xbench_kernels::math;
         match self {
