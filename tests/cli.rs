@@ -383,18 +383,34 @@ fn every_simd_level_and_both_backends_score_alike() {
             );
         }
     }
-    // int8, with the VNNI kernel and with the portable loop: the same integer arithmetic, but the
-    // f32 kernels around it differ in the last bits between SIMD levels, which can move a value
-    // across a rounding step; both stay within int8's tolerance of fp32 (tests/parity.rs).
-    for simd in [None, Some("portable")] {
-        let int8 = run_with(simd, "fused", "int8");
-        for (i, (a, b)) in best.iter().zip(&int8).enumerate() {
-            assert!(
-                (a.0 - b.0).abs() <= 0.35,
-                "pair {i}: int8 {simd:?} {} vs fp32 {}",
-                b.0,
-                a.0
-            );
+    // Every other precision at every level, within its tolerance of fp32 (tests/parity.rs) and
+    // of its own scores at the best level. int8's kernels compute the same integers at every
+    // level, but the f32 kernels around them (and the fp32 calibration pass that sets the
+    // smoothing at load) differ in the last bits between levels, which moves values across
+    // rounding steps: its scores move between levels as much as they differ from fp32. The half
+    // types' kernels differ only in the order of their roundings.
+    for (quantization, from_fp32, across_levels) in [
+        ("int8", 0.35, 0.35),
+        ("bf16", 0.1, 0.05),
+        ("fp16", 0.02, 0.01),
+    ] {
+        let at_best = run_with(None, "fused", quantization);
+        for simd in [None, Some("avx2"), Some("portable")] {
+            let scores = run_with(simd, "fused", quantization);
+            for (i, ((fp32, best), got)) in best.iter().zip(&at_best).zip(&scores).enumerate() {
+                assert!(
+                    (fp32.0 - got.0).abs() <= from_fp32,
+                    "pair {i}: {quantization} {simd:?} {} vs fp32 {}",
+                    got.0,
+                    fp32.0
+                );
+                assert!(
+                    (best.0 - got.0).abs() <= across_levels,
+                    "pair {i}: {quantization} {simd:?} {} vs the best level's {}",
+                    got.0,
+                    best.0
+                );
+            }
         }
     }
 }
@@ -502,5 +518,39 @@ fn bench_flags_are_checked_as_their_config_keys() {
             .code(1);
         let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
         assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
+
+/// `xbench kernels` names the level and each precision's kernel; `XBENCH_SIMD=portable` moves every
+/// kernel xbench writes to its portable loops (fp32 stays the gemm crate's, which picks its own).
+#[test]
+fn kernels_names_what_each_precision_runs_at_each_level() {
+    let at = |level: Option<&str>| {
+        let mut cmd = xbench();
+        if let Some(level) = level {
+            cmd.env("XBENCH_SIMD", level);
+        }
+        let out = cmd.args(["kernels", "--json"]).assert().success();
+        serde_json::from_slice::<serde_json::Value>(&out.get_output().stdout).unwrap()
+    };
+    let best = at(None);
+    let products = best["products"].as_object().unwrap();
+    let names: Vec<&str> = products.keys().map(String::as_str).collect();
+    assert_eq!(names.len(), 5, "{best}");
+    for p in ["fp32", "fp16", "bf16", "int8", "int4"] {
+        assert!(products.contains_key(p), "{best}");
+    }
+    assert_eq!(best["simd"], xbench::kernels::simd().name());
+    let portable = at(Some("portable"));
+    assert_eq!(portable["simd"], "portable");
+    for p in ["fp16", "bf16", "int8", "int4"] {
+        assert_eq!(portable["products"][p], "portable", "{portable}");
+    }
+    if best["simd"] != "portable" {
+        let avx2 = at(Some("avx2"));
+        assert_eq!(avx2["products"]["int8"], "avx2-vpmaddwd", "{avx2}");
+        assert_eq!(avx2["products"]["int4"], "avx2-vpmaddwd", "{avx2}");
+        assert_eq!(avx2["products"]["bf16"], "avx2-widen", "{avx2}");
+        assert_eq!(avx2["products"]["fp16"], "avx2-widen", "{avx2}");
     }
 }

@@ -732,6 +732,11 @@ fn multi_label_models_answer_every_logit_and_score_their_last_label() {
     );
     assert_eq!(info["models"][0]["precision"], "fp32");
     assert_eq!(info["models"][0]["backend"], "fused");
+    // The kernel its products run here, as the kernels crate names it.
+    assert_eq!(
+        info["models"][0]["kernel"],
+        xbench::kernels::matmul::kernel_name()
+    );
     server.stop();
 }
 

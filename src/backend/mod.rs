@@ -212,6 +212,18 @@ pub struct LoadedModel {
     pub cache: CacheUse,
 }
 
+/// The code a model's products run: on the fused backend the kernel of `precision` at this CPU's
+/// SIMD level ([`xbench_kernels::kernels`]), `candle` for candle's ops.
+pub fn kernel_name(backend: BackendKind, precision: Precision) -> &'static str {
+    match backend {
+        BackendKind::Candle => "candle",
+        BackendKind::Fused => xbench_kernels::kernels()
+            .into_iter()
+            .find(|(p, _)| *p == precision.name())
+            .map_or("fused", |(_, k)| k),
+    }
+}
+
 /// Loads `spec`'s model on its backend, at its precision, with its tokenizer.
 pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
     let files = ModelFiles::resolve(&spec.name)?;
@@ -252,6 +264,7 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
             BackendKind::Fused => xbench_kernels::simd().name(),
             BackendKind::Candle => "candle's",
         },
+        kernel = kernel_name(info.backend, info.precision),
         "model loaded"
     );
     Ok(LoadedModel {

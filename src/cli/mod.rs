@@ -45,6 +45,15 @@ pub enum Command {
     List(run::ListArgs),
     /// Serve the rerank HTTP API (TEI-compatible /rerank, Cohere-compatible /v1/rerank).
     Serve(serve::ServeArgs),
+    /// Show the CPU, the fused kernels' SIMD level and the kernel each precision's products run.
+    Kernels(KernelsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KernelsArgs {
+    /// Print one JSON object instead of lines of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,7 +73,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Show(args)) => run::config_show(args),
         Command::List(args) => run::list(args),
         Command::Serve(args) => serve::run(args),
+        Command::Kernels(args) => kernels(args),
     }
+}
+
+/// `xbench kernels`: what the fused backend runs on this CPU (`XBENCH_SIMD` may lower the level).
+fn kernels(args: KernelsArgs) -> anyhow::Result<()> {
+    let cpu = crate::report::provenance::cpu_name();
+    let level = crate::kernels::simd().name();
+    let products = crate::kernels::kernels();
+    if args.json {
+        let products: serde_json::Map<String, serde_json::Value> = products
+            .iter()
+            .map(|(p, k)| (p.to_string(), serde_json::Value::from(*k)))
+            .collect();
+        let out = serde_json::json!({"cpu": cpu, "simd": level, "products": products});
+        println!("{out}");
+    } else {
+        println!("cpu: {cpu}");
+        println!("simd level: {level} (XBENCH_SIMD=avx2|portable lowers it)");
+        for (precision, kernel) in products {
+            println!("{precision}: {kernel}");
+        }
+    }
+    Ok(())
 }
 
 /// Logs to stderr at `info` for xbench and `warn` for its dependencies, unless RUST_LOG says otherwise.

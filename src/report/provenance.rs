@@ -62,6 +62,11 @@ pub fn provenance(
         cores: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
+        simd: xbench_kernels::simd().name().to_string(),
+        kernels: xbench_kernels::kernels()
+            .into_iter()
+            .map(|(p, k)| (p.to_string(), k.to_string()))
+            .collect(),
         xbench_version: env!("CARGO_PKG_VERSION").to_string(),
         models,
         seed: first.map_or(0, |c| c.workload.seed),

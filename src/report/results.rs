@@ -27,6 +27,10 @@ pub struct Provenance {
     pub git_dirty: Option<bool>,
     pub cpu: String,
     pub cores: usize,
+    /// The fused kernels' SIMD level (`avx512`, `avx2`, `portable`) and the kernel each product
+    /// precision runs at it, `(precision, kernel)`.
+    pub simd: String,
+    pub kernels: Vec<(String, String)>,
     pub xbench_version: String,
     /// Model id → sha256 of its weights.
     pub models: Vec<(String, String)>,
@@ -145,7 +149,7 @@ impl Results {
         let p = &self.provenance;
         let mut out = format!("# {}\n\n{}\n\n", p.name, p.description);
         out += &format!(
-            "- experiment: `{}`; overrides: `{}`\n- xbench {}, git {}{}\n- CPU: {} ({} cores)\n- models: {}\n- seed {}, {}\n\n",
+            "- experiment: `{}`; overrides: `{}`\n- xbench {}, git {}{}\n- CPU: {} ({} cores); fused kernels at `{}`: {}\n- models: {}\n- seed {}, {}\n\n",
             p.experiment,
             if p.overrides.is_empty() { "none".to_string() } else { p.overrides.join(" ") },
             p.xbench_version,
@@ -153,6 +157,8 @@ impl Results {
             if p.git_dirty == Some(true) { " (dirty)" } else { "" },
             p.cpu,
             p.cores,
+            p.simd,
+            p.kernels.iter().map(|(p, k)| format!("{p} `{k}`")).collect::<Vec<_>>().join(", "),
             p.models.iter().map(|(m, h)| format!("`{m}` (sha256 {})", &h[..h.len().min(12)])).collect::<Vec<_>>().join(", "),
             p.seed,
             p.date,
@@ -564,6 +570,8 @@ mod tests {
                 git_dirty: Some(false),
                 cpu: "Test CPU".into(),
                 cores: 2,
+                simd: "avx2".into(),
+                kernels: vec![("int8".into(), "avx2-vpmaddwd".into())],
                 xbench_version: "0.1.0".into(),
                 models: vec![("models/demo-minilm-l6".into(), "ab".repeat(32))],
                 seed: 42,

@@ -296,6 +296,10 @@ pub struct ModelDescription {
     /// runs it (`fused` or `candle`).
     pub precision: String,
     pub backend: String,
+    /// The code its products run: on the fused backend the kernel of its precision at this CPU's
+    /// level (e.g. `avx512-vnni` or `avx2-vpmaddwd` for int8, `gemm-avx2` for fp32); `candle`
+    /// for candle's ops.
+    pub kernel: String,
     /// Model workers (instance threads) and compute threads of each.
     pub workers: usize,
     pub threads_per_worker: usize,

@@ -628,6 +628,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, 
             device: spec.device.clone(),
             precision: info.precision.name().to_string(),
             backend: info.backend.name().to_string(),
+            kernel: crate::backend::kernel_name(info.backend, info.precision).to_string(),
             workers: engine.workers(m).map_err(e)?,
             threads_per_worker: engine.threads_per_worker(m).map_err(e)?,
         });

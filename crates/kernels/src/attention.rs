@@ -51,7 +51,7 @@ pub fn packed_attention(
     // The AVX-512 BF16 kernel attends to every key; a windowed call takes the plain loops.
     let simd = scores == Scores::Bf16
         && shape.window.is_none()
-        && crate::half::simd_available(crate::half::HalfKind::Bf16);
+        && crate::half::available(crate::Kernel::Avx512, crate::half::HalfKind::Bf16);
     packed_attention_with(qkv, bias, ranges, shape, scores, simd, out);
 }
 
@@ -718,7 +718,7 @@ mod tests {
                 "head_dim {head_dim}: bf16 attention error {}",
                 error(&portable)
             );
-            if crate::half::simd_available(crate::half::HalfKind::Bf16) {
+            if crate::half::available(crate::Kernel::Avx512, crate::half::HalfKind::Bf16) {
                 let simd = run(Scores::Bf16, true);
                 let apart = simd
                     .iter()

@@ -15,6 +15,7 @@ use ::half::{bf16, f16};
 
 use crate::matmul::Weight;
 use crate::tiles::{for_each_tile, store, BLOCKS, LANES, MR, TILE_COLS};
+use crate::Kernel;
 
 /// The 16-bit type of a [`HalfWeight`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,30 +125,38 @@ impl HalfWeight {
     /// `y = x · W` for `x` `[rows, in]` (no bias), with each activation rounded to the weight's
     /// type on the way; `y += x · W` with `accumulate`.
     pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
-        self.matmul_into_with(x, y, accumulate, simd_available(self.kind), true);
+        self.matmul_into_with(x, y, accumulate, kernel(self.kind), true);
     }
 
-    /// With the AVX-512 kernel or the portable loop (tests run both).
+    /// With the given kernel (tests run each), which must be [`available`] here: asked for one
+    /// the CPU lacks, it panics rather than run another.
     pub(crate) fn matmul_into_with(
         &self,
         x: &[f32],
         y: &mut [f32],
         accumulate: bool,
-        simd: bool,
+        kernel: Kernel,
         parallel: bool,
     ) {
+        assert!(
+            available(kernel, self.kind),
+            "the {} {:?} kernel does not run on this CPU",
+            kernel_name(self.kind, kernel),
+            self.kind
+        );
         let (k, n, kp) = (self.inputs, self.outputs, self.kp);
         let rows = x.len() / k;
         assert_eq!(x.len(), rows * k, "x is not [rows, in]");
         assert_eq!(y.len(), rows * n, "y is not [rows, out]");
-        // Each task rounds its rows once: bf16 bits for `vdpbf16ps`, fp16-rounded f32 for the FMAs.
+        // AVX-512 BF16's `vdpbf16ps` reads bf16 bits; every other kernel f32 values already
+        // rounded to the type.
+        let native_bf16 = self.kind == HalfKind::Bf16 && kernel == Kernel::Avx512;
+        // Each task rounds its rows once.
         let prepare = |chunk: std::ops::Range<usize>| {
             let padded = chunk.len().div_ceil(MR) * MR * kp;
             let mut bits = Vec::new();
             let mut wide = Vec::new();
-            // The AVX-512 bf16 kernel reads bf16 bits; every other path f32 values already
-            // rounded to the type.
-            if self.kind == HalfKind::Bf16 && simd {
+            if native_bf16 {
                 bits.resize(padded, 0u16);
             } else {
                 wide.resize(padded, 0f32);
@@ -156,15 +165,16 @@ impl HalfWeight {
                 let row = &x[r * k..(r + 1) * k];
                 match self.kind {
                     #[cfg(target_arch = "x86_64")]
-                    HalfKind::Bf16 if simd => {
-                        // SAFETY: simd_available(Bf16) checked AVX-512 F/BW/VL and BF16.
+                    HalfKind::Bf16 if native_bf16 => {
+                        // SAFETY: available(Avx512, Bf16) checked AVX-512 F/BW/VL and BF16.
                         unsafe { avx512::to_bf16(row, &mut bits[i * kp..i * kp + k]) }
                     }
-                    HalfKind::Bf16 => {
-                        for (o, &v) in wide[i * kp..].iter_mut().zip(row) {
-                            *o = bf16::from_f32(v).to_f32();
-                        }
-                    }
+                    HalfKind::Bf16 => round_bf16(row, &mut wide[i * kp..i * kp + k]),
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: both SIMD levels have F16C (crate::simd checks it).
+                    HalfKind::F16 if kernel != Kernel::Portable => unsafe {
+                        avx2::round_f16(row, &mut wide[i * kp..i * kp + k])
+                    },
                     HalfKind::F16 => {
                         for (o, &v) in wide[i * kp..].iter_mut().zip(row) {
                             *o = f16::from_f32(v).to_f32();
@@ -182,49 +192,113 @@ impl HalfWeight {
             prepare,
             |(bits, wide), tile, group, valid, y_tile| {
                 let rows = group * MR * kp..(group + 1) * MR * kp;
-                #[cfg(target_arch = "x86_64")]
-                if simd {
-                    // SAFETY: simd_available() checked the CPU features; the group holds MR rows of kp
-                    // values and y_tile `valid` rows of the tile's region, which only this call writes.
-                    unsafe {
-                        match self.kind {
-                            HalfKind::Bf16 => avx512::bf16_tile(
-                                self,
-                                tile,
-                                &bits[rows],
-                                valid,
-                                y_tile,
-                                accumulate,
-                            ),
-                            HalfKind::F16 => {
-                                avx512::f16_tile(self, tile, &wide[rows], valid, y_tile, accumulate)
-                            }
-                        }
+                match (kernel, self.kind) {
+                    // SAFETY (all four): available() checked the CPU features; the group holds
+                    // MR rows of kp values and y_tile `valid` rows of the tile's region, which
+                    // only this call writes.
+                    #[cfg(target_arch = "x86_64")]
+                    (Kernel::Avx512, HalfKind::Bf16) => unsafe {
+                        avx512::bf16_tile(self, tile, &bits[rows], valid, y_tile, accumulate)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    (Kernel::Avx512, HalfKind::F16) => unsafe {
+                        avx512::f16_tile(self, tile, &wide[rows], valid, y_tile, accumulate)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    (Kernel::Avx2, HalfKind::Bf16) => unsafe {
+                        avx2::bf16_tile(self, tile, &wide[rows], valid, y_tile, accumulate)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    (Kernel::Avx2, HalfKind::F16) => unsafe {
+                        avx2::f16_tile(self, tile, &wide[rows], valid, y_tile, accumulate)
+                    },
+                    _ => {
+                        let _ = bits;
+                        portable_tile(self, tile, &wide[rows], valid, y_tile, accumulate)
                     }
-                    return;
                 }
-                let _ = (simd, bits);
-                portable_tile(self, tile, &wide[rows], valid, y_tile, accumulate);
             },
             parallel,
         );
     }
 }
 
-/// Whether the AVX-512 kernel of `kind` runs here (never when `XBENCH_SIMD` lowers the level).
-pub fn simd_available(kind: HalfKind) -> bool {
+/// Whether `kernel` runs products of `kind` here (never above the `XBENCH_SIMD` level): AVX-512 is
+/// `vdpbf16ps` for bf16 (on AVX-512 BF16 CPUs; other AVX-512 CPUs run the AVX2 kernel) and
+/// widening with FMAs for fp16; AVX2 widens either type (F16C's `vcvtph2ps` for fp16, a shift
+/// for bf16).
+pub fn available(kernel: Kernel, kind: HalfKind) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::simd() == crate::Simd::Avx512
-            && match kind {
-                HalfKind::Bf16 => std::arch::is_x86_feature_detected!("avx512bf16"),
-                HalfKind::F16 => true,
+        match kernel {
+            Kernel::Avx512 => {
+                crate::simd() == crate::Simd::Avx512
+                    && match kind {
+                        HalfKind::Bf16 => std::arch::is_x86_feature_detected!("avx512bf16"),
+                        HalfKind::F16 => true,
+                    }
             }
+            Kernel::Avx2 => crate::simd() >= crate::Simd::Avx2,
+            Kernel::Portable => true,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = kind;
-        false
+        kernel == Kernel::Portable
+    }
+}
+
+/// The kernel products of `kind` run: the first [`available`] of AVX-512, AVX2, portable.
+pub fn kernel(kind: HalfKind) -> Kernel {
+    Kernel::ALL
+        .into_iter()
+        .find(|&k| available(k, kind))
+        .unwrap_or(Kernel::Portable)
+}
+
+/// What `kernel` is for `kind`, by name.
+pub fn kernel_name(kind: HalfKind, kernel: Kernel) -> &'static str {
+    match (kernel, kind) {
+        (Kernel::Avx512, HalfKind::Bf16) => "avx512-bf16",
+        (Kernel::Avx512, HalfKind::F16) => "avx512-widen",
+        (Kernel::Avx2, _) => "avx2-widen",
+        (Kernel::Portable, _) => "portable",
+    }
+}
+
+/// The f32 of the fp16 value with bits `h`, in integer operations and one multiplication that the
+/// compiler vectorizes (where `half::f16::to_f32` checks the CPU at each call): exact for every
+/// value, subnormals included (their f32 reading times 2^112, a power of two, renormalizes them).
+#[inline(always)]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    // Exponent and mantissa where f32 keeps them: the value times 2^-112 (fp16's exponent bias is
+    // 15, f32's 127).
+    let rest = (h & 0x7FFF) << 13;
+    let scaled = f32::from_bits(rest) * f32::from_bits(0x7780_0000);
+    let special = (h & 0x7C00) == 0x7C00;
+    let bits = if special {
+        rest | 0x7F80_0000
+    } else {
+        scaled.to_bits()
+    };
+    f32::from_bits(bits | sign)
+}
+
+crate::multiversion! {
+    /// `dst[i]` = `src[i]` rounded to bf16 (nearest even, as `half::bf16::from_f32` rounds) and
+    /// back, in integer operations the compiler vectorizes (a NaN stays a NaN, made quiet).
+    pub(crate) fn round_bf16(src: &[f32], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len(), "round_bf16: lengths differ");
+        for (o, &v) in dst.iter_mut().zip(src) {
+            let b = v.to_bits();
+            let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
+            let nan = (b & 0x7FFF_FFFF) > 0x7F80_0000;
+            let quiet = (b | 0x0040_0000) & 0xFFFF_0000;
+            *o = f32::from_bits(if nan { quiet } else { rounded });
+        }
     }
 }
 
@@ -256,7 +330,7 @@ crate::multiversion! {
                     }
                     HalfKind::F16 => {
                         for (o, &b) in wide.iter_mut().zip(block[t..].iter().step_by(step)) {
-                            *o = f16::from_bits(b).to_f32();
+                            *o = f16_to_f32(b);
                         }
                     }
                 }
@@ -416,6 +490,152 @@ pub(crate) mod avx512 {
     }
 }
 
+/// bf16 and fp16 on AVX2 (and F16C): weights widened to f32 in registers — fp16 by `vcvtph2ps`,
+/// bf16 by a shift (its bits are an f32's upper half) — multiplied by activations already rounded
+/// to the type, in f32 FMAs: the weights' memory halved, fp32's arithmetic.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{HalfWeight, MR, TILE_COLS};
+    use crate::tiles::avx2::write;
+
+    /// Outputs per slice of a tile: 2 registers of 8.
+    const SLICE: usize = 16;
+
+    /// `dst[i]` = `src[i]` rounded to fp16 (nearest even) and back, 8 at a time by F16C.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn round_f16(src: &[f32], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len(), "round_f16: lengths differ");
+        let body = src.len() / 8 * 8;
+        for i in (0..body).step_by(8) {
+            let h =
+                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        for (o, &v) in dst[body..].iter_mut().zip(&src[body..]) {
+            *o = ::half::f16::from_f32(v).to_f32();
+        }
+    }
+
+    /// Writes a slice's accumulators for the tile's `valid` rows.
+    #[target_feature(enable = "avx2")]
+    unsafe fn store(
+        acc: &[[__m256; 2]; MR],
+        n: usize,
+        j: usize,
+        valid: usize,
+        y: *mut f32,
+        accumulate: bool,
+    ) {
+        for (r, acc) in acc.iter().enumerate().take(valid) {
+            for (h, &v) in acc.iter().enumerate() {
+                let c = j + 8 * h;
+                if c < n {
+                    write(y.add(r * n + c), n - c, v, accumulate);
+                }
+            }
+        }
+    }
+
+    /// One fp16 tile, `MR` rows × 64 outputs, 16 at a time: per input 2 weight loads widened
+    /// (`vcvtph2ps`), 6 broadcasts and 12 FMAs.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `a` holds `MR` rows of `w.kp` f32; `y` points at the
+    /// tile's first row of a `[rows, outputs]` matrix with `valid` rows from there.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_tile(
+        w: &HalfWeight,
+        tile: usize,
+        a: &[f32],
+        valid: usize,
+        y: *mut f32,
+        accumulate: bool,
+    ) {
+        let (kp, n) = (w.kp, w.outputs);
+        debug_assert!(a.len() >= MR * kp);
+        let base = w.packed.as_ptr().add(tile * kp * TILE_COLS);
+        let ap = a.as_ptr();
+        for slice in 0..TILE_COLS / SLICE {
+            let j = tile * TILE_COLS + slice * SLICE;
+            if j >= n {
+                break;
+            }
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let mut wp = base.add(slice * SLICE);
+            for kk in 0..kp {
+                let b0 = _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i));
+                let b1 = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(8) as *const __m128i));
+                wp = wp.add(TILE_COLS);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_ps(*ap.add(r * kp + kk));
+                    acc[0] = _mm256_fmadd_ps(x, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, b1, acc[1]);
+                }
+            }
+            store(&acc, n, j, valid, y, accumulate);
+        }
+    }
+
+    /// One bf16 tile, `MR` rows × 64 outputs, 16 at a time: per pair of inputs 2 loads of 8
+    /// outputs × 2 inputs, split into the pair's two weight vectors (shift, mask), 12 broadcasts
+    /// and 24 FMAs, inputs in order.
+    ///
+    /// # Safety
+    /// As for [`f16_tile`] (AVX2 and FMA), `a` rounded to bf16.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn bf16_tile(
+        w: &HalfWeight,
+        tile: usize,
+        a: &[f32],
+        valid: usize,
+        y: *mut f32,
+        accumulate: bool,
+    ) {
+        let (kp, n) = (w.kp, w.outputs);
+        debug_assert!(a.len() >= MR * kp);
+        let base = w.packed.as_ptr().add(tile * kp * TILE_COLS);
+        let ap = a.as_ptr();
+        let upper = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        for slice in 0..TILE_COLS / SLICE {
+            let j = tile * TILE_COLS + slice * SLICE;
+            if j >= n {
+                break;
+            }
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let mut wp = base.add(slice * SLICE * 2);
+            for s in 0..kp / 2 {
+                let v0 = _mm256_loadu_si256(wp as *const __m256i);
+                let v1 = _mm256_loadu_si256(wp.add(16) as *const __m256i);
+                wp = wp.add(TILE_COLS * 2);
+                let even = [
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v0)),
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v1)),
+                ];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_ps(*ap.add(r * kp + 2 * s));
+                    acc[0] = _mm256_fmadd_ps(x, even[0], acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, even[1], acc[1]);
+                }
+                let odd = [
+                    _mm256_castsi256_ps(_mm256_and_si256(v0, upper)),
+                    _mm256_castsi256_ps(_mm256_and_si256(v1, upper)),
+                ];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_ps(*ap.add(r * kp + 2 * s + 1));
+                    acc[0] = _mm256_fmadd_ps(x, odd[0], acc[0]);
+                    acc[1] = _mm256_fmadd_ps(x, odd[1], acc[1]);
+                }
+            }
+            store(&acc, n, j, valid, y, accumulate);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,36 +661,111 @@ mod tests {
         out
     }
 
-    /// Sizes off every tile (rows not a multiple of 6, outputs not of 64, an odd input count),
-    /// both kinds, both paths, overwriting and accumulating.
+    /// The kernels this CPU runs for `kind`; each one it lacks is named as skipped.
+    fn kernels_here(kind: HalfKind) -> Vec<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .filter(|&k| {
+                let here = available(k, kind);
+                if !here {
+                    eprintln!(
+                        "skipped: the {} {kind:?} kernel (not on this CPU)",
+                        kernel_name(kind, k)
+                    );
+                }
+                here
+            })
+            .collect()
+    }
+
+    /// Sizes off every slice and tile (rows not a multiple of 6, outputs not of 16 or 64, an odd
+    /// input count), both kinds, every kernel this CPU has, overwriting and accumulating.
     #[test]
-    fn both_kinds_equal_the_rounded_reference_on_both_paths() {
+    fn both_kinds_equal_the_rounded_reference_with_every_kernel() {
         for kind in [HalfKind::Bf16, HalfKind::F16] {
-            for (rows, inputs, outputs) in [(1, 7, 5), (13, 33, 70), (50, 64, 130)] {
+            for (rows, inputs, outputs) in [(1, 7, 5), (13, 33, 70), (50, 64, 130), (7, 96, 200)] {
                 let w = weight(outputs, inputs);
                 let x = data(rows * inputs, 0.123);
                 let h = HalfWeight::new(&w, kind);
                 let want = reference(kind, &w, &x, rows);
-                let mut paths = vec![false];
-                if simd_available(kind) {
-                    paths.push(true);
-                }
-                for simd in paths {
+                for kernel in kernels_here(kind) {
+                    let name = kernel_name(kind, kernel);
                     let mut y = vec![f32::NAN; rows * outputs];
-                    h.matmul_into_with(&x, &mut y, false, simd, true);
+                    h.matmul_into_with(&x, &mut y, false, kernel, true);
                     let mut z = vec![1.0; rows * outputs];
-                    h.matmul_into_with(&x, &mut z, true, simd, true);
+                    h.matmul_into_with(&x, &mut z, true, kernel, false);
                     for i in 0..rows * outputs {
                         let tol = 1e-5 * (1.0 + want[i].abs());
                         assert!(
                             (y[i] as f64 - want[i]).abs() <= tol,
-                            "{kind:?} simd={simd} {rows}x{inputs}x{outputs} [{i}]: {} vs {}",
+                            "{kind:?} {name} {rows}x{inputs}x{outputs} [{i}]: {} vs {}",
                             y[i],
                             want[i]
                         );
                         assert!((z[i] as f64 - 1.0 - want[i]).abs() <= tol + 1e-6);
                     }
                 }
+            }
+        }
+    }
+
+    /// The vectorized roundings equal the half crate's, value for value, over every fp16 value
+    /// (as f32), their neighbours, ties, bf16 ties, subnormals, infinities and NaNs.
+    #[test]
+    fn roundings_equal_the_half_crates() {
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        let mut values: Vec<f32> = (0..=u16::MAX)
+            .flat_map(|h| {
+                let v = f16::from_bits(h).to_f32();
+                [
+                    v,
+                    f32::from_bits(v.to_bits().wrapping_add(1)),
+                    f32::from_bits(v.to_bits().wrapping_sub(1)),
+                ]
+            })
+            .collect();
+        values.extend(
+            (0..=u16::MAX)
+                .flat_map(|b| {
+                    let v = u32::from(b) << 16;
+                    [v | 0x8000, v | 0x8001, v | 0x7FFF, v | 0x1]
+                })
+                .map(f32::from_bits),
+        );
+        for h in 0..=u16::MAX {
+            let (got, want) = (f16_to_f32(h), f16::from_bits(h).to_f32());
+            assert!(same(got, want), "fp16 {h:#x}: {got:e} vs {want:e}");
+        }
+        values.extend([
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1e-40,
+            -1e-40,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ]);
+        let mut out = vec![0f32; values.len()];
+        round_bf16(&values, &mut out);
+        for (&v, &o) in values.iter().zip(&out) {
+            let want = bf16::from_f32(v).to_f32();
+            assert!(
+                same(o, want),
+                "bf16 of {v:e} ({:#x}): {o:e} vs {want:e}",
+                v.to_bits()
+            );
+        }
+        #[cfg(target_arch = "x86_64")]
+        if available(Kernel::Avx2, HalfKind::F16) {
+            // SAFETY: the AVX2 level has F16C.
+            unsafe { avx2::round_f16(&values, &mut out) };
+            for (&v, &o) in values.iter().zip(&out) {
+                let want = f16::from_f32(v).to_f32();
+                assert!(
+                    same(o, want),
+                    "fp16 of {v:e} ({:#x}): {o:e} vs {want:e}",
+                    v.to_bits()
+                );
             }
         }
     }

@@ -14,6 +14,7 @@ use crate::gptq::{self, Hessian};
 use crate::matmul::Weight;
 use crate::quant::{check_len, quantize_rows, smoothed, smoothing, RowScale};
 use crate::tiles::{for_each_tile, store, BLOCKS, LANES, MR, TILE_COLS};
+use crate::Kernel;
 
 /// Inputs per scale group (8 steps of 4 inputs in the kernel).
 pub const GROUP: usize = 32;
@@ -176,43 +177,65 @@ impl Q4Weight {
     /// `y = x · W` for `x` `[rows, in]` (no bias), each row quantized to u8 on the way; with
     /// `accumulate`, `y += x · W`.
     pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
-        self.matmul_into_with(x, y, accumulate, crate::quant::vnni_available(), true);
+        self.matmul_into_with(x, y, accumulate, kernel(), true);
     }
 
-    /// With the VNNI kernel or the portable loop (tests run both).
+    /// With the given kernel (tests run each), which must be [`available`] here: asked for one
+    /// the CPU lacks, it panics rather than run another.
     pub(crate) fn matmul_into_with(
         &self,
         x: &[f32],
         y: &mut [f32],
         accumulate: bool,
-        vnni: bool,
+        kernel: Kernel,
         parallel: bool,
     ) {
+        assert!(
+            available(kernel),
+            "the {} int4 kernel does not run on this CPU",
+            kernel_name(kernel)
+        );
         let (k, n) = (self.inputs, self.outputs);
         let rows = x.len() / k;
         assert_eq!(x.len(), rows * k, "x is not [rows, in]");
         assert_eq!(y.len(), rows * n, "y is not [rows, out]");
         let kp = self.groups * GROUP;
-        // Each task quantizes its rows once, then runs them against its tiles.
-        let prepare = |chunk| quantize_rows(x, k, kp, &self.smooth, chunk);
+        // Each task quantizes its rows once (and widens them to i16 for the AVX2 kernel), then
+        // runs them against its tiles.
+        let prepare = |chunk| {
+            let (xq, sx) = quantize_rows(x, k, kp, &self.smooth, chunk);
+            let wide = if kernel == Kernel::Avx2 {
+                xq.iter().map(|&v| i16::from(v)).collect()
+            } else {
+                Vec::new()
+            };
+            (xq, sx, wide)
+        };
         for_each_tile(
             rows,
             n,
             self.tiles,
             y,
             prepare,
-            |(xq, sx), tile, group, valid, y| {
+            |(xq, sx, wide), tile, group, valid, y| {
                 let a = &xq[group * MR * kp..(group + 1) * MR * kp];
                 let s = &sx[group * MR..(group + 1) * MR];
-                #[cfg(target_arch = "x86_64")]
-                if vnni {
-                    // SAFETY: vnni_available() checked the CPU features; `a` holds MR rows of kp
-                    // bytes and y `valid` rows of the tile's region, which only this call writes.
-                    unsafe { vnni::tile(self, tile, a, s, valid, y, accumulate) };
-                    return;
+                match kernel {
+                    // SAFETY (both): available() checked the CPU features; `a` (and `wide`'s
+                    // group) hold MR rows of kp values and y `valid` rows of the tile's region,
+                    // which only this call writes.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512 => unsafe { vnni::tile(self, tile, a, s, valid, y, accumulate) },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => unsafe {
+                        let a = &wide[group * MR * kp..(group + 1) * MR * kp];
+                        avx2::tile(self, tile, a, s, valid, y, accumulate)
+                    },
+                    _ => {
+                        let _ = wide;
+                        portable_tile(self, tile, a, s, valid, y, accumulate)
+                    }
                 }
-                let _ = vnni;
-                portable_tile(self, tile, a, s, valid, y, accumulate);
             },
             parallel,
         );
@@ -237,6 +260,33 @@ impl Q4Weight {
     fn scale(&self, g: usize, j: usize) -> f32 {
         let (tile, col) = (j / TILE_COLS, j % TILE_COLS);
         f16::from_bits(self.scales[(tile * self.groups + g) * TILE_COLS + col]).to_f32()
+    }
+}
+
+/// Whether `kernel` runs here: AVX-512 is VNNI's `vpdpbusd` on nibbles unpacked to int8, AVX2
+/// unpacks them to i16 for `vpmaddwd`; never above the `XBENCH_SIMD` level.
+pub fn available(kernel: Kernel) -> bool {
+    match kernel {
+        Kernel::Avx512 => crate::quant::vnni_available(),
+        Kernel::Avx2 => cfg!(target_arch = "x86_64") && crate::simd() >= crate::Simd::Avx2,
+        Kernel::Portable => true,
+    }
+}
+
+/// The int4 kernel products run: the first [`available`] of VNNI, AVX2, portable.
+pub fn kernel() -> Kernel {
+    Kernel::ALL
+        .into_iter()
+        .find(|&k| available(k))
+        .unwrap_or(Kernel::Portable)
+}
+
+/// What `kernel` is, by name.
+pub fn kernel_name(kernel: Kernel) -> &'static str {
+    match kernel {
+        Kernel::Avx512 => "avx512-vnni",
+        Kernel::Avx2 => "avx2-vpmaddwd",
+        Kernel::Portable => "portable",
     }
 }
 
@@ -275,7 +325,7 @@ crate::multiversion! {
             }
             let scales = &w.scales[(tile * w.groups + g) * TILE_COLS..][..TILE_COLS];
             for (o, &b) in scale.iter_mut().zip(scales) {
-                *o = f16::from_bits(b).to_f32();
+                *o = crate::half::f16_to_f32(b);
             }
             for (r, acc) in acc.iter_mut().enumerate().take(valid) {
                 let row = &a[r * kp + g * GROUP..r * kp + (g + 1) * GROUP];
@@ -394,6 +444,101 @@ mod vnni {
     }
 }
 
+/// Int4 on AVX2: per step of 4 inputs, 8 outputs' nibbles unpacked to int8 (mask, shift, −8) and
+/// widened to i16 for `vpmaddwd` (as int8's AVX2 kernel, [`crate::quant`]); each group's i32 sums
+/// scaled into f32 accumulators exactly as the portable loops do (multiply, then add).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Q4Weight, RowScale, GROUP, LANES, MR, TILE_COLS};
+    use crate::tiles::avx2::write;
+
+    /// Outputs per slice of a tile.
+    const SLICE: usize = 8;
+
+    /// One tile, `MR` rows × 64 outputs, 8 outputs at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C; `a` holds `MR` rows of `groups * GROUP` activations widened to
+    /// i16; `y` points at the tile's first row of a `[rows, outputs]` matrix with `valid` rows
+    /// from there.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn tile(
+        w: &Q4Weight,
+        tile: usize,
+        a: &[i16],
+        sx: &[RowScale],
+        valid: usize,
+        y: *mut f32,
+        accumulate: bool,
+    ) {
+        let kp = w.groups * GROUP;
+        debug_assert!(a.len() >= MR * kp && sx.len() >= valid);
+        let n = w.outputs;
+        let low = _mm256_set1_epi8(0x0F);
+        let eight = _mm256_set1_epi8(8);
+        let ap = a.as_ptr();
+        for slice in 0..TILE_COLS / SLICE {
+            let j = tile * TILE_COLS + slice * SLICE;
+            if j >= n {
+                break;
+            }
+            // Block `slice / 2` (16 outputs) holds this slice in its half `slice % 2`; blocks
+            // 0 and 1 share vector 0 (low and high nibbles), 2 and 3 vector 1.
+            let block = slice * SLICE / LANES;
+            let high = block % 2 == 1;
+            let mut wp = w
+                .packed
+                .as_ptr()
+                .add(tile * (kp / 4) * 128 + (block / 2) * 64 + (slice % 2) * 32);
+            let mut sp = w
+                .scales
+                .as_ptr()
+                .add(tile * w.groups * TILE_COLS + slice * SLICE);
+            let mut total = [_mm256_setzero_ps(); MR];
+            for g in 0..w.groups {
+                let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+                for step in 0..GROUP / 4 {
+                    let p = _mm256_loadu_si256(wp as *const __m256i);
+                    wp = wp.add(128);
+                    let p = if high { _mm256_srli_epi16::<4>(p) } else { p };
+                    let q = _mm256_sub_epi8(_mm256_and_si256(p, low), eight);
+                    let b0 = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+                    let b1 = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(q));
+                    let at = g * GROUP + step * 4;
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm256_set1_epi64x(
+                            (ap.add(r * kp + at) as *const i64).read_unaligned(),
+                        );
+                        acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, b0));
+                        acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, b1));
+                    }
+                }
+                let scale = _mm256_cvtph_ps(_mm_loadu_si128(sp as *const __m128i));
+                sp = sp.add(TILE_COLS);
+                for (total, acc) in total.iter_mut().zip(&acc) {
+                    // Outputs in order, as in int8's AVX2 kernel.
+                    let sum = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(
+                        acc[0], acc[1],
+                    ));
+                    *total = _mm256_add_ps(*total, _mm256_mul_ps(_mm256_cvtepi32_ps(sum), scale));
+                }
+            }
+            let offsets = _mm256_loadu_ps(w.offsets.as_ptr().add(j));
+            let left = (n - j).min(SLICE);
+            for (r, total) in total.iter().enumerate().take(valid) {
+                let zero = _mm256_set1_ps(sx[r].zero as f32);
+                let v = _mm256_mul_ps(
+                    _mm256_set1_ps(sx[r].scale),
+                    _mm256_sub_ps(*total, _mm256_mul_ps(zero, offsets)),
+                );
+                write(y.add(r * n + j), left, v, accumulate);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,31 +579,53 @@ mod tests {
         out
     }
 
-    /// Sizes off every tile and group, both paths, overwriting and accumulating; and the result
-    /// within the analytic rounding bound of the fp32 product.
+    /// The int4 kernels this CPU runs; each one it lacks is named as skipped.
+    fn kernels_here() -> Vec<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .filter(|&k| {
+                let here = available(k);
+                if !here {
+                    eprintln!(
+                        "skipped: the {} int4 kernel (not on this CPU)",
+                        kernel_name(k)
+                    );
+                }
+                here
+            })
+            .collect()
+    }
+
+    /// Sizes off every slice, tile and group, every kernel this CPU has, overwriting and
+    /// accumulating; and the result within the analytic rounding bound of the fp32 product.
     #[test]
-    fn both_paths_equal_the_reference_and_stay_near_fp32() {
-        for (rows, inputs, outputs) in [(1, 7, 5), (13, 45, 70), (50, 96, 130)] {
+    fn every_kernel_equals_the_reference_and_stays_near_fp32() {
+        for (rows, inputs, outputs) in [(1, 7, 5), (13, 45, 70), (50, 96, 130), (7, 64, 200)] {
             let w = weight(outputs, inputs);
             let x = data(rows * inputs);
             let q = Q4Weight::quantize(&w);
             let want = reference(&q, &x, rows);
             let mut exact = vec![0f32; rows * outputs];
             w.matmul_into(&x, &mut exact, false);
-            let mut paths = vec![false];
-            if crate::quant::vnni_available() {
-                paths.push(true);
-            }
-            for vnni in paths {
+            let mut portable = vec![0f32; rows * outputs];
+            q.matmul_into_with(&x, &mut portable, false, Kernel::Portable, true);
+            for kernel in kernels_here() {
+                let name = kernel_name(kernel);
                 let mut y = vec![f32::NAN; rows * outputs];
-                q.matmul_into_with(&x, &mut y, false, vnni, true);
+                q.matmul_into_with(&x, &mut y, false, kernel, true);
                 let mut z = vec![1.0; rows * outputs];
-                q.matmul_into_with(&x, &mut z, true, vnni, true);
+                q.matmul_into_with(&x, &mut z, true, kernel, true);
+                if kernel == Kernel::Avx2 {
+                    // The portable loops' arithmetic, operation for operation.
+                    for (i, (a, b)) in y.iter().zip(&portable).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "{name} [{i}]: {a} vs {b}");
+                    }
+                }
                 for i in 0..rows * outputs {
                     let tol = 1e-4 * (1.0 + want[i].abs());
                     assert!(
                         (y[i] as f64 - want[i]).abs() <= tol,
-                        "vnni={vnni} {rows}x{inputs}x{outputs} [{i}]: {} vs {}",
+                        "{name} {rows}x{inputs}x{outputs} [{i}]: {} vs {}",
                         y[i],
                         want[i]
                     );

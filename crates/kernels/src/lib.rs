@@ -9,9 +9,10 @@
 //! directly so the residual is accumulated into the product's output instead of added afterwards.
 //!
 //! Every kernel body is written once, as plain Rust that the compiler vectorizes, and compiled
-//! three times: for AVX-512, for AVX2 + FMA and portable; [`simd`] picks one at run time (the
-//! `XBENCH_SIMD` environment variable may force a lower level, which tests and benchmarks use).
-//! Each has a test against a plain scalar reference.
+//! three times: for AVX-512, for AVX2 + FMA + F16C and portable; [`simd`] picks one at run time
+//! (the `XBENCH_SIMD` environment variable may force a lower level, which tests and benchmarks
+//! use). The reduced precisions' products also have intrinsics kernels per level ([`Kernel`]:
+//! AVX-512 VNNI / BF16, AVX2), each tested against the portable loops it must equal.
 
 pub mod attention;
 pub mod gptq;
@@ -30,7 +31,7 @@ use std::sync::OnceLock;
 pub enum Simd {
     /// Whatever the build target allows (SSE2 on a default x86-64 build).
     Portable,
-    /// AVX2 and FMA.
+    /// AVX2, FMA and F16C (every CPU with AVX2 has the other two).
     Avx2,
     /// AVX-512 F/BW/VL/DQ.
     Avx512,
@@ -53,17 +54,54 @@ impl Simd {
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512dq")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
                 return Simd::Avx512;
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
             {
                 return Simd::Avx2;
             }
         }
         Simd::Portable
     }
+}
+
+/// Which code a product of one precision runs: the precision's AVX-512 kernel, its AVX2 kernel or
+/// the plain loops (compiled for the level, so that the compiler vectorizes them). Each module says
+/// what its kernels are ([`quant::kernel`], [`half::kernel`], [`int4::kernel`]); every kernel of a
+/// precision computes the same values as its portable loops (integers bit for bit; floats within
+/// the order of their roundings), which tests check at every level the machine has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    /// Best first.
+    pub const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
+}
+
+/// The kernel each product precision runs here, by name: `(precision, kernel)` for fp32, fp16,
+/// bf16, int8 and int4 (what `GET /info`, the load log line and results' provenance report).
+pub fn kernels() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("fp32", matmul::kernel_name()),
+        (
+            "fp16",
+            half::kernel_name(half::HalfKind::F16, half::kernel(half::HalfKind::F16)),
+        ),
+        (
+            "bf16",
+            half::kernel_name(half::HalfKind::Bf16, half::kernel(half::HalfKind::Bf16)),
+        ),
+        ("int8", quant::kernel_name(quant::kernel())),
+        ("int4", int4::kernel_name(int4::kernel())),
+    ]
 }
 
 /// The level the kernels run at: the best this CPU has, lowered (never raised) by
@@ -92,14 +130,14 @@ macro_rules! multiversion {
             fn body($($arg: $ty),*) $(-> $ret)? $body
 
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
             fn avx512($($arg: $ty),*) $(-> $ret)? {
                 body($($arg),*)
             }
 
             #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
+            #[target_feature(enable = "avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
             fn avx2($($arg: $ty),*) $(-> $ret)? {
                 body($($arg),*)

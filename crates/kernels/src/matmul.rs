@@ -7,11 +7,26 @@ use rayon::prelude::*;
 
 use crate::gptq::Hessian;
 use crate::grow;
-use crate::half::{simd_available, HalfKind, HalfWeight};
+use crate::half::{HalfKind, HalfWeight};
 use crate::int4::Q4Weight;
-use crate::quant::{vnni_available, QWeight};
+use crate::quant::QWeight;
 use crate::rows::{self, Act};
 use crate::tiles::TASK_ROWS;
+
+/// The fp32 products' kernel, by name: the gemm crate's, which picks its own instruction set
+/// (AVX-512 on a CPU with AVX-512 F, whatever `XBENCH_SIMD` says).
+pub fn kernel_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "gemm-avx512";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "gemm-avx2";
+        }
+    }
+    "gemm"
+}
 
 /// A linear layer's weight stored transposed, `[in, out]` row-major, and its bias.
 #[derive(Debug, Clone)]
@@ -194,9 +209,11 @@ impl Linear {
     pub fn matmul_serial_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
         match self {
             Linear::F32(w) => w.gemm_into(x, y, accumulate, Parallelism::None),
-            Linear::Int8(w) => w.matmul_into_with(x, y, accumulate, vnni_available(), false),
-            Linear::Int4(w) => w.matmul_into_with(x, y, accumulate, vnni_available(), false),
-            Linear::Half(w) => w.matmul_into_with(x, y, accumulate, simd_available(w.kind), false),
+            Linear::Int8(w) => w.matmul_into_with(x, y, accumulate, crate::quant::kernel(), false),
+            Linear::Int4(w) => w.matmul_into_with(x, y, accumulate, crate::int4::kernel(), false),
+            Linear::Half(w) => {
+                w.matmul_into_with(x, y, accumulate, crate::half::kernel(w.kind), false)
+            }
         }
     }
 

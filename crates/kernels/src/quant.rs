@@ -1,7 +1,8 @@
 //! Int8 matrix products: weights quantized per output column (symmetric, once, at load),
-//! activations per row (symmetric, at each product), products accumulated in i32 — with AVX-512
+//! activations per row (asymmetric, at each product), products accumulated in i32 — with AVX-512
 //! VNNI's `vpdpbusd` (64 int8 multiply-adds per instruction, 4× an fp32 FMA's) where the CPU has it,
-//! a portable loop elsewhere — then scaled back to f32.
+//! AVX2's `vpmaddwd` on operands widened to i16 on other x86 CPUs, a portable loop elsewhere, the
+//! same integers on all three — then scaled back to f32.
 //!
 //! A row's result depends on that row alone (its own scale), so a pair's score never depends on the
 //! other pairs of its batch. Activations are quantized asymmetrically to u8 (`q = x / s + z`, the
@@ -11,6 +12,7 @@
 use crate::matmul::Weight;
 use crate::multiversion;
 use crate::tiles::{for_each_tile, store, BLOCKS, LANES, MR, TILE_COLS};
+use crate::Kernel;
 
 /// A linear layer's weight quantized to int8, packed for the product, and its bias (f32).
 #[derive(Debug, Clone)]
@@ -135,18 +137,24 @@ impl QWeight {
     /// `y = x · W` for `x` `[rows, in]` (no bias), as [`Weight::matmul_into`] does, with each
     /// row of `x` quantized to int8 on the way. With `accumulate`, `y += x · W`.
     pub fn matmul_into(&self, x: &[f32], y: &mut [f32], accumulate: bool) {
-        self.matmul_into_with(x, y, accumulate, vnni_available(), true);
+        self.matmul_into_with(x, y, accumulate, kernel(), true);
     }
 
-    /// [`QWeight::matmul_into`] with the VNNI kernel or the portable loop (tests run both).
+    /// [`QWeight::matmul_into`] with the given kernel (tests run each), which must be
+    /// [`available`] here: asked for one the CPU lacks, it panics rather than run another.
     pub(crate) fn matmul_into_with(
         &self,
         x: &[f32],
         y: &mut [f32],
         accumulate: bool,
-        vnni: bool,
+        kernel: Kernel,
         parallel: bool,
     ) {
+        assert!(
+            available(kernel),
+            "the {} int8 kernel does not run on this CPU",
+            kernel_name(kernel)
+        );
         let (k, n) = (self.inputs, self.outputs);
         let rows = x.len() / k;
         assert_eq!(x.len(), rows * k, "x is not [rows, in]");
@@ -155,28 +163,44 @@ impl QWeight {
             return;
         }
         let kp = self.groups * 4;
-        // Each task quantizes its rows once, then runs them against its tiles.
-        let prepare = |chunk| quantize_rows(x, k, kp, &self.smooth, chunk);
+        // Each task quantizes its rows once (and widens them to i16 for the AVX2 kernel), then
+        // runs them against its tiles.
+        let prepare = |chunk| {
+            let (xq, sx) = quantize_rows(x, k, kp, &self.smooth, chunk);
+            let wide = if kernel == Kernel::Avx2 {
+                xq.iter().map(|&v| i16::from(v)).collect()
+            } else {
+                Vec::new()
+            };
+            (xq, sx, wide)
+        };
         for_each_tile(
             rows,
             n,
             self.tiles,
             y,
             prepare,
-            |(xq, sx), tile, ti, valid, y_tile| {
+            |(xq, sx, wide), tile, ti, valid, y_tile| {
                 let a = &xq[ti * MR * kp..(ti + 1) * MR * kp];
                 let s = &sx[ti * MR..(ti + 1) * MR];
-                #[cfg(target_arch = "x86_64")]
-                if vnni {
-                    // SAFETY: vnni_available() checked the CPU features; `a` holds MR rows of kp
-                    // bytes and y_tile `valid` rows of the tile's region, which only this call writes.
-                    unsafe {
-                        vnni::tile(self, tile, a, kp, s, valid, y_tile, accumulate);
+                match kernel {
+                    // SAFETY (both): available() checked the CPU features; `a` (and `wide`'s
+                    // group) hold MR rows of kp values and y_tile `valid` rows of the tile's
+                    // region, which only this call writes.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx512 => unsafe {
+                        vnni::tile(self, tile, a, kp, s, valid, y_tile, accumulate)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::Avx2 => unsafe {
+                        let a = &wide[ti * MR * kp..(ti + 1) * MR * kp];
+                        avx2::tile(self, tile, a, kp, s, valid, y_tile, accumulate)
+                    },
+                    _ => {
+                        let _ = wide;
+                        portable_tile(self, tile, a, kp, s, valid, y_tile, accumulate)
                     }
-                    return;
                 }
-                let _ = vnni;
-                portable_tile(self, tile, a, kp, s, valid, y_tile, accumulate);
             },
             parallel,
         );
@@ -256,6 +280,35 @@ pub(crate) fn smoothed(w: &Weight, s: Option<Vec<f32>>) -> (Weight, Vec<f32>) {
         None => vec![1.0; w.inputs],
     };
     (m, smooth)
+}
+
+/// Whether `kernel` runs here: AVX-512 is VNNI's `vpdpbusd` (an AVX-512 CPU without VNNI runs
+/// the AVX2 kernel), AVX2 widens to i16 for `vpmaddwd`; never above the `XBENCH_SIMD` level.
+pub fn available(kernel: Kernel) -> bool {
+    match kernel {
+        Kernel::Avx512 => vnni_available(),
+        Kernel::Avx2 => cfg!(target_arch = "x86_64") && crate::simd() >= crate::Simd::Avx2,
+        Kernel::Portable => true,
+    }
+}
+
+/// The int8 kernel products run: the first [`available`] of VNNI, AVX2, portable. (Measured on
+/// an AVX2-only AMD EPYC, the AVX2 kernel runs the demo model's int8 products N× faster than
+/// the portable loops compiled for AVX2; VNNI does 4× the work per instruction of either.)
+pub fn kernel() -> Kernel {
+    Kernel::ALL
+        .into_iter()
+        .find(|&k| available(k))
+        .unwrap_or(Kernel::Portable)
+}
+
+/// What `kernel` is, by name.
+pub fn kernel_name(kernel: Kernel) -> &'static str {
+    match kernel {
+        Kernel::Avx512 => "avx512-vnni",
+        Kernel::Avx2 => "avx2-vpmaddwd",
+        Kernel::Portable => "portable",
+    }
 }
 
 /// Whether the AVX-512 VNNI kernel runs here (never when `XBENCH_SIMD` lowers the level).
@@ -453,11 +506,103 @@ mod vnni {
     }
 }
 
+/// Int8 on AVX2 without VNNI: `vpmaddubsw` would saturate (two u8 × s8 products of up to
+/// 255 · 127 each pass i16's range), so both operands are widened to i16 and multiplied with
+/// `vpmaddwd`, whose pair sums are exact in i32: the same integers as `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{QWeight, RowScale, MR, TILE_COLS};
+    use crate::tiles::avx2::write;
+
+    /// Outputs per slice of a tile: 2 registers of 4 outputs × 4 inputs (i16).
+    const SLICE: usize = 8;
+
+    /// One tile, `MR` rows × 64 outputs, 8 outputs at a time: per group of 4 inputs, 2 weight
+    /// loads widened to i16, 6 broadcasts (a row's 4 inputs as one 64-bit value) and 12
+    /// `vpmaddwd` + 12 `vpaddd` into 12 accumulators, each holding 4 outputs × 2 partial sums
+    /// (added together at the end).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `a` holds `MR` rows of `kp` activations widened to i16; `y` points at
+    /// the tile's first row of a `[rows, outputs]` matrix with `valid` rows from there.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile(
+        w: &QWeight,
+        tile: usize,
+        a: &[i16],
+        kp: usize,
+        sx: &[RowScale],
+        valid: usize,
+        y: *mut f32,
+        accumulate: bool,
+    ) {
+        debug_assert!(a.len() >= MR * kp && sx.len() >= valid);
+        let n = w.outputs;
+        let base = w.packed.as_ptr().add(tile * w.groups * TILE_COLS * 4);
+        let ap = a.as_ptr();
+        for slice in 0..TILE_COLS / SLICE {
+            let j = tile * TILE_COLS + slice * SLICE;
+            if j >= n {
+                break;
+            }
+            let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+            let mut wp = base.add(slice * SLICE * 4);
+            for g in 0..w.groups {
+                let b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp as *const __m128i));
+                let b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wp.add(16) as *const __m128i));
+                wp = wp.add(TILE_COLS * 4);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x =
+                        _mm256_set1_epi64x((ap.add(r * kp + g * 4) as *const i64).read_unaligned());
+                    acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(x, b0));
+                    acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(x, b1));
+                }
+            }
+            let sums = _mm256_loadu_si256(w.col_sums.as_ptr().add(j) as *const __m256i);
+            let scale = _mm256_loadu_ps(w.scales.as_ptr().add(j));
+            let left = (n - j).min(SLICE);
+            for (r, acc) in acc.iter().enumerate().take(valid) {
+                // Per 128-bit lane, hadd gives outputs (0, 1, 4, 5) and (2, 3, 6, 7): the permute
+                // puts them in order.
+                let dot =
+                    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc[0], acc[1]));
+                let offset = _mm256_mullo_epi32(_mm256_set1_epi32(sx[r].zero), sums);
+                let v = _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(_mm256_sub_epi32(dot, offset)),
+                    _mm256_mul_ps(scale, _mm256_set1_ps(sx[r].scale)),
+                );
+                write(y.add(r * n + j), left, v, accumulate);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     use crate::tiles::test_weight as weight;
+
+    /// The int8 kernels this CPU runs; each one it lacks is named as skipped (so a test that ran
+    /// only the portable loops says so).
+    pub(crate) fn kernels_here() -> Vec<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .filter(|&k| {
+                let here = available(k);
+                if !here {
+                    eprintln!(
+                        "skipped: the {} int8 kernel (not on this CPU)",
+                        kernel_name(k)
+                    );
+                }
+                here
+            })
+            .collect()
+    }
 
     /// What the kernels must compute exactly: the same quantization, in f64.
     fn reference(w: &QWeight, x: &[f32], rows: usize) -> Vec<f64> {
@@ -491,11 +636,11 @@ mod tests {
             let want = reference(&q, &x, rows);
             let mut exact = vec![0f32; rows * outputs];
             fp32.matmul_into(&x, &mut exact, false);
-            for vnni in [false, vnni_available()] {
+            for kernel in kernels_here() {
                 let mut y = vec![f32::NAN; rows * outputs];
-                q.matmul_into_with(&x, &mut y, false, vnni, true);
+                q.matmul_into_with(&x, &mut y, false, kernel, true);
                 let mut z = vec![1.0f32; rows * outputs];
-                q.matmul_into_with(&x, &mut z, true, vnni, true);
+                q.matmul_into_with(&x, &mut z, true, kernel, true);
                 for i in 0..rows * outputs {
                     let tol = 1e-5 * want[i].abs().max(1.0);
                     assert!(
@@ -529,6 +674,49 @@ mod tests {
         }
     }
 
+    /// Every int8 kernel this CPU has computes the portable loops' values bit for bit (the same
+    /// integers, scaled the same way), at sizes off every slice, tile and group boundary.
+    #[test]
+    fn every_int8_kernel_equals_the_portable_loops_bit_for_bit() {
+        for (rows, inputs, outputs) in [(1, 5, 3), (7, 33, 70), (13, 68, 136), (50, 384, 1152)] {
+            let q = QWeight::quantize(&weight(outputs, inputs));
+            // Rows with large positive and negative values: products near i16's range and past.
+            let x: Vec<f32> = (0..rows * inputs)
+                .map(|i| (i as f32 * 0.61).sin() * 40.0 + if i % 5 == 0 { 90.0 } else { 0.0 })
+                .collect();
+            let mut want = vec![0f32; rows * outputs];
+            q.matmul_into_with(&x, &mut want, false, Kernel::Portable, true);
+            for kernel in kernels_here() {
+                for accumulate in [false, true] {
+                    let mut y = vec![0.5f32; rows * outputs];
+                    q.matmul_into_with(&x, &mut y, accumulate, kernel, false);
+                    for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                        let want = if accumulate { 0.5 + want } else { want };
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{} {rows}x{inputs}x{outputs} [{i}]: {got} vs {want}",
+                            kernel_name(kernel)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn a_kernel_the_cpu_lacks_is_refused_not_replaced() {
+        for kernel in Kernel::ALL.into_iter().filter(|&k| !available(k)) {
+            let q = QWeight::quantize(&weight(8, 8));
+            let run = std::panic::catch_unwind(|| {
+                let mut y = vec![0f32; 8];
+                q.matmul_into_with(&[1.0; 8], &mut y, false, kernel, false);
+            });
+            assert!(run.is_err(), "{} ran", kernel_name(kernel));
+        }
+    }
+
     #[test]
     fn smoothed_products_match_their_reference_and_stay_near_fp32() {
         let (rows, inputs, outputs) = (20, 96, 80);
@@ -548,9 +736,9 @@ mod tests {
         let mut unsmoothed = vec![0f32; rows * outputs];
         plain.matmul_into(&x, &mut unsmoothed, false);
         let (mut err, mut plain_err) = (0f64, 0f64);
-        for vnni in [false, vnni_available()] {
+        for kernel in kernels_here() {
             let mut y = vec![0f32; rows * outputs];
-            q.matmul_into_with(&x, &mut y, false, vnni, true);
+            q.matmul_into_with(&x, &mut y, false, kernel, true);
             for i in 0..rows * outputs {
                 assert!((y[i] as f64 - want[i]).abs() < 1e-5 * want[i].abs().max(1.0));
                 err += (y[i] - exact[i]).abs() as f64;

@@ -99,6 +99,36 @@ pub(crate) fn lane_mask(n: usize, j: usize) -> u16 {
     }
 }
 
+/// What AVX2 tile kernels share.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Writes the first `left` lanes of `v` (all 8 when `left` ≥ 8) at `p`, overwriting or (with
+    /// `accumulate`) added to what is there, as [`super::store`] does lane by lane.
+    ///
+    /// # Safety
+    /// The CPU has AVX; `p` points at `left.min(8)` floats the caller may write.
+    #[target_feature(enable = "avx")]
+    #[inline]
+    pub unsafe fn write(p: *mut f32, left: usize, v: __m256, accumulate: bool) {
+        if left >= 8 {
+            let v = if accumulate {
+                _mm256_add_ps(_mm256_loadu_ps(p), v)
+            } else {
+                v
+            };
+            _mm256_storeu_ps(p, v);
+            return;
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+        for (i, &l) in lanes.iter().enumerate().take(left) {
+            super::store(p, 0, 0, i, l, accumulate);
+        }
+    }
+}
+
 /// A deterministic `[outputs, inputs]` weight for the products' tests.
 #[cfg(test)]
 pub(crate) fn test_weight(outputs: usize, inputs: usize) -> crate::matmul::Weight {
