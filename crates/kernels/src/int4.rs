@@ -306,7 +306,8 @@ crate::multiversion! {
         let (n, kp) = (w.outputs, w.groups * GROUP);
         let steps = w.groups * GROUP / 4;
         let mut acc = [[0f32; TILE_COLS]; MR];
-        let mut q = [[0i32; TILE_COLS]; GROUP];
+        // i16 operands: a u8 times a weight of −8..=7 fits in i16, one 16-bit multiply each.
+        let mut q = [[0i16; TILE_COLS]; GROUP];
         let mut scale = [0f32; TILE_COLS];
         for g in 0..w.groups {
             for st in 0..GROUP / 4 {
@@ -317,8 +318,8 @@ crate::multiversion! {
                     for c in 0..LANES {
                         for t in 0..4 {
                             let b = bytes[c * 4 + t];
-                            q[st * 4 + t][2 * v * LANES + c] = i32::from(b & 0x0F) - 8;
-                            q[st * 4 + t][(2 * v + 1) * LANES + c] = i32::from(b >> 4) - 8;
+                            q[st * 4 + t][2 * v * LANES + c] = i16::from(b & 0x0F) - 8;
+                            q[st * 4 + t][(2 * v + 1) * LANES + c] = i16::from(b >> 4) - 8;
                         }
                     }
                 }
@@ -331,9 +332,9 @@ crate::multiversion! {
                 let row = &a[r * kp + g * GROUP..r * kp + (g + 1) * GROUP];
                 let mut sum = [0i32; TILE_COLS];
                 for (&x, q) in row.iter().zip(&q) {
-                    let x = i32::from(x);
+                    let x = i16::from(x);
                     for (sum, &q) in sum.iter_mut().zip(q) {
-                        *sum += x * q;
+                        *sum += i32::from(x.wrapping_mul(q));
                     }
                 }
                 for ((acc, &sum), &scale) in acc.iter_mut().zip(&sum).zip(&scale) {

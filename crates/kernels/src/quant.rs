@@ -402,20 +402,23 @@ crate::multiversion! {
         let n = w.outputs;
         let base = tile * w.groups * TILE_COLS * 4;
         let mut acc = [[0i32; TILE_COLS]; MR];
-        let mut wide = [[0i32; TILE_COLS]; 4];
+        // i16 operands: a u8 times an int8 weight (|w| ≤ 127) fits in i16 (255 · 127 < 2^15),
+        // so each product is one 16-bit multiply (SSE2's `pmullw`, NEON's `mul`), widened to i32
+        // only to be added; no 32-bit multiply, which baseline x86-64 lacks.
+        let mut wide = [[0i16; TILE_COLS]; 4];
         for g in 0..w.groups {
             let block = &w.packed[base + g * TILE_COLS * 4..base + (g + 1) * TILE_COLS * 4];
             for (t, wide) in wide.iter_mut().enumerate() {
                 for (o, &b) in wide.iter_mut().zip(block[t..].iter().step_by(4)) {
-                    *o = i32::from(b);
+                    *o = i16::from(b);
                 }
             }
             for (r, acc) in acc.iter_mut().enumerate().take(valid) {
                 let xs = &a[r * kp + g * 4..r * kp + g * 4 + 4];
                 for (&x, wide) in xs.iter().zip(&wide) {
-                    let x = i32::from(x);
+                    let x = i16::from(x);
                     for (acc, &v) in acc.iter_mut().zip(wide) {
-                        *acc += x * v;
+                        *acc += i32::from(x.wrapping_mul(v));
                     }
                 }
             }
