@@ -127,7 +127,8 @@ pub enum Precision {
     /// f32.
     Fp16,
     /// The encoder layers' products in int8: weights per output column, activations per token,
-    /// i32 accumulation (AVX-512 VNNI where the CPU has it). Embeddings, LayerNorm, attention,
+    /// i32 accumulation (AVX-512 VNNI where the CPU has it, AVX2 elsewhere on x86, the same
+    /// integers either way). Embeddings, LayerNorm, attention,
     /// the pooler and the classifier stay f32. Fused CPU kernels only.
     Int8,
     /// As int8 with 4-bit weights in groups of 32 inputs per output column (an fp16 scale each),

@@ -661,23 +661,6 @@ mod tests {
         out
     }
 
-    /// The kernels this CPU runs for `kind`; each one it lacks is named as skipped.
-    fn kernels_here(kind: HalfKind) -> Vec<Kernel> {
-        Kernel::ALL
-            .into_iter()
-            .filter(|&k| {
-                let here = available(k, kind);
-                if !here {
-                    eprintln!(
-                        "skipped: the {} {kind:?} kernel (not on this CPU)",
-                        kernel_name(kind, k)
-                    );
-                }
-                here
-            })
-            .collect()
-    }
-
     /// Sizes off every slice and tile (rows not a multiple of 6, outputs not of 16 or 64, an odd
     /// input count), both kinds, every kernel this CPU has, overwriting and accumulating.
     #[test]
@@ -688,7 +671,11 @@ mod tests {
                 let x = data(rows * inputs, 0.123);
                 let h = HalfWeight::new(&w, kind);
                 let want = reference(kind, &w, &x, rows);
-                for kernel in kernels_here(kind) {
+                for kernel in crate::kernels_here(
+                    &format!("{kind:?}"),
+                    |k| available(k, kind),
+                    |k| kernel_name(kind, k),
+                ) {
                     let name = kernel_name(kind, kernel);
                     let mut y = vec![f32::NAN; rows * outputs];
                     h.matmul_into_with(&x, &mut y, false, kernel, true);

@@ -202,15 +202,7 @@ impl Q4Weight {
         let kp = self.groups * GROUP;
         // Each task quantizes its rows once (and widens them to i16 for the AVX2 kernel), then
         // runs them against its tiles.
-        let prepare = |chunk| {
-            let (xq, sx) = quantize_rows(x, k, kp, &self.smooth, chunk);
-            let wide = if kernel == Kernel::Avx2 {
-                xq.iter().map(|&v| i16::from(v)).collect()
-            } else {
-                Vec::new()
-            };
-            (xq, sx, wide)
-        };
+        let prepare = |chunk| quantize_rows(x, k, kp, &self.smooth, chunk, kernel == Kernel::Avx2);
         for_each_tile(
             rows,
             n,
@@ -263,32 +255,9 @@ impl Q4Weight {
     }
 }
 
-/// Whether `kernel` runs here: AVX-512 is VNNI's `vpdpbusd` on nibbles unpacked to int8, AVX2
-/// unpacks them to i16 for `vpmaddwd`; never above the `XBENCH_SIMD` level.
-pub fn available(kernel: Kernel) -> bool {
-    match kernel {
-        Kernel::Avx512 => crate::quant::vnni_available(),
-        Kernel::Avx2 => cfg!(target_arch = "x86_64") && crate::simd() >= crate::Simd::Avx2,
-        Kernel::Portable => true,
-    }
-}
-
-/// The int4 kernel products run: the first [`available`] of VNNI, AVX2, portable.
-pub fn kernel() -> Kernel {
-    Kernel::ALL
-        .into_iter()
-        .find(|&k| available(k))
-        .unwrap_or(Kernel::Portable)
-}
-
-/// What `kernel` is, by name.
-pub fn kernel_name(kernel: Kernel) -> &'static str {
-    match kernel {
-        Kernel::Avx512 => "avx512-vnni",
-        Kernel::Avx2 => "avx2-vpmaddwd",
-        Kernel::Portable => "portable",
-    }
-}
+/// int4's kernels are int8's, on unpacked nibbles (AVX-512: VNNI's `vpdpbusd` on nibbles unpacked
+/// to int8; AVX2: unpacked to i16 for `vpmaddwd`): the same availability and names.
+pub use crate::quant::{available, kernel, kernel_name};
 
 crate::multiversion! {
     /// One tile in plain loops, compiled for the CPU's level so that they vectorize: the same
@@ -580,23 +549,6 @@ mod tests {
         out
     }
 
-    /// The int4 kernels this CPU runs; each one it lacks is named as skipped.
-    fn kernels_here() -> Vec<Kernel> {
-        Kernel::ALL
-            .into_iter()
-            .filter(|&k| {
-                let here = available(k);
-                if !here {
-                    eprintln!(
-                        "skipped: the {} int4 kernel (not on this CPU)",
-                        kernel_name(k)
-                    );
-                }
-                here
-            })
-            .collect()
-    }
-
     /// Sizes off every slice, tile and group, every kernel this CPU has, overwriting and
     /// accumulating; and the result within the analytic rounding bound of the fp32 product.
     #[test]
@@ -610,7 +562,7 @@ mod tests {
             w.matmul_into(&x, &mut exact, false);
             let mut portable = vec![0f32; rows * outputs];
             q.matmul_into_with(&x, &mut portable, false, Kernel::Portable, true);
-            for kernel in kernels_here() {
+            for kernel in crate::kernels_here("int4", available, kernel_name) {
                 let name = kernel_name(kernel);
                 let mut y = vec![f32::NAN; rows * outputs];
                 q.matmul_into_with(&x, &mut y, false, kernel, true);

@@ -86,6 +86,29 @@ impl Kernel {
     pub const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
 }
 
+/// The kernels of one precision that this CPU runs, for tests; each one it lacks is named as
+/// skipped on stderr, so that a test which ran only the portable loops says so.
+#[cfg(test)]
+pub(crate) fn kernels_here(
+    precision: &str,
+    available: impl Fn(Kernel) -> bool,
+    name: impl Fn(Kernel) -> &'static str,
+) -> Vec<Kernel> {
+    Kernel::ALL
+        .into_iter()
+        .filter(|&k| {
+            let here = available(k);
+            if !here {
+                eprintln!(
+                    "skipped: the {} {precision} kernel (not on this CPU)",
+                    name(k)
+                );
+            }
+            here
+        })
+        .collect()
+}
+
 /// The kernel each product precision runs here, by name: `(precision, kernel)` for fp32, fp16,
 /// bf16, int8 and int4 (what `GET /info`, the load log line and results' provenance report).
 pub fn kernels() -> Vec<(&'static str, &'static str)> {

@@ -165,15 +165,7 @@ impl QWeight {
         let kp = self.groups * 4;
         // Each task quantizes its rows once (and widens them to i16 for the AVX2 kernel), then
         // runs them against its tiles.
-        let prepare = |chunk| {
-            let (xq, sx) = quantize_rows(x, k, kp, &self.smooth, chunk);
-            let wide = if kernel == Kernel::Avx2 {
-                xq.iter().map(|&v| i16::from(v)).collect()
-            } else {
-                Vec::new()
-            };
-            (xq, sx, wide)
-        };
+        let prepare = |chunk| quantize_rows(x, k, kp, &self.smooth, chunk, kernel == Kernel::Avx2);
         for_each_tile(
             rows,
             n,
@@ -220,21 +212,28 @@ pub(crate) fn check_len(name: &str, found: usize, want: usize) -> Result<(), Str
 
 /// Quantizes rows `chunk` of `x` (`[rows, k]`, multiplied by `smooth`) to u8 rows of `kp` bytes
 /// (the padding holds the zero of 128, against zero weights), in whole groups of `MR` rows, with
-/// each row's scale: what a task of an integer product computes once for all its tiles.
+/// each row's scale: what a task of an integer product computes once for all its tiles. With
+/// `widen`, also those bytes as i16 (what the AVX2 kernels read); otherwise that is empty.
 pub(crate) fn quantize_rows(
     x: &[f32],
     k: usize,
     kp: usize,
     smooth: &[f32],
     chunk: std::ops::Range<usize>,
-) -> (Vec<u8>, Vec<RowScale>) {
+    widen: bool,
+) -> (Vec<u8>, Vec<RowScale>, Vec<i16>) {
     let mut xq = vec![128u8; chunk.len().div_ceil(MR) * MR * kp];
     let mut sx = vec![RowScale::default(); chunk.len().div_ceil(MR) * MR];
     for (i, r) in chunk.enumerate() {
         let row = &x[r * k..(r + 1) * k];
         sx[i] = quantize_row(row, smooth, &mut xq[i * kp..i * kp + k]);
     }
-    (xq, sx)
+    let wide = if widen {
+        xq.iter().map(|&v| i16::from(v)).collect()
+    } else {
+        Vec::new()
+    };
+    (xq, sx, wide)
 }
 
 /// SmoothQuant's per-input multipliers `s = activation^α / max|w row|^(1-α)` (1 where that is not
@@ -589,24 +588,6 @@ mod tests {
 
     use crate::tiles::test_weight as weight;
 
-    /// The int8 kernels this CPU runs; each one it lacks is named as skipped (so a test that ran
-    /// only the portable loops says so).
-    pub(crate) fn kernels_here() -> Vec<Kernel> {
-        Kernel::ALL
-            .into_iter()
-            .filter(|&k| {
-                let here = available(k);
-                if !here {
-                    eprintln!(
-                        "skipped: the {} int8 kernel (not on this CPU)",
-                        kernel_name(k)
-                    );
-                }
-                here
-            })
-            .collect()
-    }
-
     /// What the kernels must compute exactly: the same quantization, in f64.
     fn reference(w: &QWeight, x: &[f32], rows: usize) -> Vec<f64> {
         let (k, n) = (w.inputs, w.outputs);
@@ -639,7 +620,7 @@ mod tests {
             let want = reference(&q, &x, rows);
             let mut exact = vec![0f32; rows * outputs];
             fp32.matmul_into(&x, &mut exact, false);
-            for kernel in kernels_here() {
+            for kernel in crate::kernels_here("int8", available, kernel_name) {
                 let mut y = vec![f32::NAN; rows * outputs];
                 q.matmul_into_with(&x, &mut y, false, kernel, true);
                 let mut z = vec![1.0f32; rows * outputs];
@@ -689,7 +670,7 @@ mod tests {
                 .collect();
             let mut want = vec![0f32; rows * outputs];
             q.matmul_into_with(&x, &mut want, false, Kernel::Portable, true);
-            for kernel in kernels_here() {
+            for kernel in crate::kernels_here("int8", available, kernel_name) {
                 for accumulate in [false, true] {
                     let mut y = vec![0.5f32; rows * outputs];
                     q.matmul_into_with(&x, &mut y, accumulate, kernel, false);
@@ -739,7 +720,7 @@ mod tests {
         let mut unsmoothed = vec![0f32; rows * outputs];
         plain.matmul_into(&x, &mut unsmoothed, false);
         let (mut err, mut plain_err) = (0f64, 0f64);
-        for kernel in kernels_here() {
+        for kernel in crate::kernels_here("int8", available, kernel_name) {
             let mut y = vec![0f32; rows * outputs];
             q.matmul_into_with(&x, &mut y, false, kernel, true);
             for i in 0..rows * outputs {
