@@ -13,6 +13,7 @@ pub mod experiment;
 pub use xbench_kernels as kernels;
 pub mod loadgen;
 pub mod model;
+pub mod prompt;
 pub mod report;
 pub mod score;
 pub mod server;

@@ -17,6 +17,7 @@ use tokenizers::{
 
 use crate::batch::Batch;
 use crate::model::ModelFiles;
+use crate::prompt::PreparedPrompt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
@@ -34,6 +35,8 @@ pub enum TokenizeError {
         tokens: usize,
         max_length: usize,
     },
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// How a request's pairs are cut to `max_length`.
@@ -188,6 +191,10 @@ pub struct PairTokenizer {
     /// The model's settings for passages too long to fit beside their query.
     long_documents: LongDocuments,
     chunk_overlap_tokens: usize,
+    /// A generative reranker's prompt: pairs are built by its template, not the tokenizer's.
+    prompt: Option<std::sync::Arc<PreparedPrompt>>,
+    /// The model instance's instruction for the prompt.
+    instruction: Option<String>,
 }
 
 impl PairTokenizer {
@@ -245,7 +252,11 @@ impl PairTokenizer {
             TruncationDirection::Right => TruncationDirection::Left,
         };
         let type_ids = config.passes_type_ids().unwrap_or_else(|| {
-            crate::model::family_of(files).is_none_or(|f| f.template.type_ids.passed_by_default())
+            crate::model::family_of(files).is_none_or(|f| {
+                f.template
+                    .as_ref()
+                    .is_none_or(|t| t.type_ids.passed_by_default())
+            })
         });
         Ok(Self {
             tokenizer: truncating(direction)?,
@@ -256,7 +267,63 @@ impl PairTokenizer {
             type_ids,
             long_documents: LongDocuments::Truncate,
             chunk_overlap_tokens: 0,
+            prompt: None,
+            instruction: None,
         })
+    }
+
+    /// Pairs are read through a generative reranker's prompt (its budget becomes `max_length`),
+    /// with the model instance's `instruction` where a request gives none.
+    pub fn with_prompt(mut self, prompt: PreparedPrompt, instruction: Option<String>) -> Self {
+        self.max_length = prompt.max_length();
+        self.prompt = Some(std::sync::Arc::new(prompt));
+        self.instruction = instruction;
+        self
+    }
+
+    /// The generative reranker's prompt, if pairs are read through one.
+    pub fn prompt(&self) -> Option<&PreparedPrompt> {
+        self.prompt.as_deref()
+    }
+
+    /// The tokenizer of `tokenizer.json` as it is, truncating nothing.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.untruncated
+    }
+
+    /// Each passage's prompt with `query` (a generative reranker's pairs).
+    fn encode_prompts(
+        &self,
+        prompt: &PreparedPrompt,
+        query: &str,
+        passages: &[String],
+        parallel: bool,
+        truncation: Truncation,
+    ) -> Result<Vec<Encoded>, TokenizeError> {
+        let instruction = self.instruction.as_deref();
+        let one = |(index, p): (usize, &String)| {
+            prompt
+                .encode(&self.untruncated, query, p, instruction, truncation)
+                .map(|ids| Encoded {
+                    type_ids: vec![0; ids.len()],
+                    ids,
+                })
+                .map_err(|e| match e {
+                    TokenizeError::TooLong {
+                        tokens, max_length, ..
+                    } => TokenizeError::TooLong {
+                        index,
+                        tokens,
+                        max_length,
+                    },
+                    e => e,
+                })
+        };
+        if parallel && passages.len() > 1 {
+            passages.par_iter().enumerate().map(one).collect()
+        } else {
+            passages.iter().enumerate().map(one).collect()
+        }
     }
 
     fn for_truncation(&self, truncation: Truncation) -> &Tokenizer {
@@ -295,6 +362,16 @@ impl PairTokenizer {
 
     /// Encodes one pair, truncated to [`Self::max_length`].
     pub fn encode(&self, query: &str, passage: &str) -> Result<Encoded, TokenizeError> {
+        if let Some(prompt) = &self.prompt {
+            let mut one = self.encode_prompts(
+                prompt,
+                query,
+                &[passage.to_string()],
+                false,
+                Truncation::Model,
+            )?;
+            return Ok(one.remove(0));
+        }
         let enc = self
             .tokenizer
             .encode_fast((query, passage), true)
@@ -354,6 +431,9 @@ impl PairTokenizer {
         parallel: bool,
         truncation: Truncation,
     ) -> Result<Vec<Encoded>, TokenizeError> {
+        if let Some(prompt) = &self.prompt {
+            return self.encode_prompts(prompt, query, passages, parallel, truncation);
+        }
         let tokenizer = self.for_truncation(truncation);
         let encodings = if !parallel || passages.len() < 2 {
             passages
@@ -411,6 +491,11 @@ impl PairTokenizer {
             }
             None => passages,
         };
+        if chunk && self.prompt.is_some() {
+            return Err(TokenizeError::Unsupported(
+                "long_documents chunk_max is not available for generative rerankers yet; use truncate (the template cuts the document to fit)".into(),
+            ));
+        }
         if !chunk {
             return Ok(EncodedPassages {
                 pairs: self.encode_many_with(query, passages, parallel, options.truncation)?,

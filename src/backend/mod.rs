@@ -6,6 +6,7 @@
 //! trait alone; each backend decides where its computation runs ([`Backend::executor`]).
 
 mod candle;
+mod decoder;
 mod fused;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::model::{parse_device, ModelError, ModelFiles, ModelInfo, Precision};
 pub use crate::model::{BackendKind, CacheUse};
 use crate::tokenize::{LongDocuments, PairTokenizer, TokenizeError};
 pub use candle::CandleBackend;
+pub use decoder::DecoderBackend;
 pub use fused::FusedBackend;
 
 /// What one model is loaded as: its files, device, backend and precision, and how the engine
@@ -54,6 +56,16 @@ pub struct ModelSpec {
     pub long_documents: LongDocuments,
     #[serde(default = "default_overlap")]
     pub chunk_overlap_tokens: usize,
+    /// A generative reranker's prompt template: `qwen3_reranker`, `mxbai_rerank_v2`,
+    /// `bge_gemma` or a YAML file ([`crate::prompt`]); default the family's.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// A generative reranker's answer tokens (`[no, yes]`, `[yes]`); default the template's.
+    #[serde(default)]
+    pub answer_tokens: Option<Vec<String>>,
+    /// A generative reranker's instruction when a request gives none; default the template's.
+    #[serde(default)]
+    pub instruction: Option<String>,
 }
 
 /// Tokens consecutive windows of a split passage share unless configured.
@@ -84,6 +96,9 @@ impl ModelSpec {
             quantization_cache: false,
             long_documents: LongDocuments::default(),
             chunk_overlap_tokens: DEFAULT_CHUNK_OVERLAP_TOKENS,
+            template: None,
+            answer_tokens: None,
+            instruction: None,
         }
     }
 }
@@ -234,6 +249,35 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
         }
         .into());
     }
+    let (architecture, family) = crate::model::architecture(&files)?;
+    if let family::EncoderKind::Decoder(layout) = &family.encoder {
+        let (backend, tokenizer) =
+            DecoderBackend::load(&files, spec, family, layout, &architecture)?;
+        let info = backend.info().clone();
+        log_loaded(spec, &info);
+        return Ok(LoadedModel {
+            backend: Arc::new(backend),
+            info,
+            tokenizer,
+            cache: CacheUse::None,
+        });
+    }
+    for (key, set) in [
+        ("template", spec.template.is_some()),
+        ("answer_tokens", spec.answer_tokens.is_some()),
+        ("instruction", spec.instruction.is_some()),
+    ] {
+        if set {
+            return Err(ModelError::Unsupported {
+                name: spec.name.clone(),
+                why: format!(
+                    "{key} is a generative reranker's setting, and {architecture} is a cross-encoder ({} family)",
+                    family.name
+                ),
+            }
+            .into());
+        }
+    }
     let device = parse_device(&spec.device)?;
     let (backend, info, cache): (Arc<dyn Backend>, ModelInfo, CacheUse) = match spec.backend {
         BackendKind::Fused => {
@@ -250,11 +294,20 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
     };
     let tokenizer = PairTokenizer::load(&files, info.max_positions, spec.max_length)?
         .with_long_documents(spec.long_documents, spec.chunk_overlap_tokens);
-    if let Some(family) = family::find(&info.architecture) {
-        family
-            .template
-            .check(family, &tokenizer, &files.tokenizer)?;
+    if let Some(template) = &family.template {
+        template.check(family, &tokenizer, &files.tokenizer)?;
     }
+    log_loaded(spec, &info);
+    Ok(LoadedModel {
+        backend,
+        info,
+        tokenizer,
+        cache,
+    })
+}
+
+/// The "model loaded" log line.
+fn log_loaded(spec: &ModelSpec, info: &ModelInfo) {
     tracing::info!(
         model = %spec.name,
         backend = info.backend.name(),
@@ -265,12 +318,7 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
             BackendKind::Candle => "candle's",
         },
         kernel = kernel_name(info.backend, info.precision),
+        template = info.template.as_deref().unwrap_or("-"),
         "model loaded"
     );
-    Ok(LoadedModel {
-        backend,
-        info,
-        tokenizer,
-        cache,
-    })
 }

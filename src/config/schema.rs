@@ -70,6 +70,16 @@ pub struct InstanceConfig {
     /// Tokens consecutive windows share with `chunk_max` (at most half a window).
     #[serde(default = "default_overlap")]
     pub chunk_overlap_tokens: usize,
+    /// A generative reranker's prompt template: `qwen3_reranker`, `mxbai_rerank_v2`, `bge_gemma`
+    /// or a YAML file; default the model family's.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// A generative reranker's answer tokens, `[no, yes]` or `[yes]`; default the template's.
+    #[serde(default)]
+    pub answer_tokens: Option<Vec<String>>,
+    /// A generative reranker's instruction where a request gives none; default the template's.
+    #[serde(default)]
+    pub instruction: Option<String>,
     /// Model workers (instances) of this entry.
     #[serde(default = "one")]
     pub workers: usize,
@@ -297,7 +307,7 @@ impl XbenchConfig {
                     return Err(bad(
                         "model_pool.instances",
                         format!(
-                            "model '{}' is listed twice with different settings; give each entry the same backend, device, quantization, max_length, long_documents, chunk_overlap_tokens and threads",
+                            "model '{}' is listed twice with different settings; give each entry the same backend, device, quantization, max_length, long_documents, chunk_overlap_tokens, template, answer_tokens, instruction and threads",
                             m.name
                         ),
                     ));

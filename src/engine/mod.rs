@@ -104,6 +104,9 @@ impl EngineConfig {
                     quantization_cache: m.quantization_cache,
                     long_documents: m.long_documents,
                     chunk_overlap_tokens: m.chunk_overlap_tokens,
+                    template: m.template.clone(),
+                    answer_tokens: m.answer_tokens.clone(),
+                    instruction: m.instruction.clone(),
                 }),
             }
         }

@@ -98,6 +98,7 @@ fn start(mock: Mock, batching: BatchingConfig, instances: usize) -> Fixture {
             max_positions: 64,
             precision: crate::model::Precision::Fp32,
             backend: crate::model::BackendKind::Candle,
+            template: None,
         };
         let tokenizer = PairTokenizer::load(&files, info.max_positions, spec.max_length)?;
         Ok(LoadedModel {

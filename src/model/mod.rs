@@ -7,6 +7,7 @@
 
 pub mod calibration;
 pub mod deberta;
+pub mod decoder;
 pub mod encoder;
 pub mod family;
 pub mod files;
@@ -260,6 +261,10 @@ pub struct ModelInfo {
     /// What computes it: the precision and the backend.
     pub precision: Precision,
     pub backend: BackendKind,
+    /// A generative reranker's prompt template (its name, or the YAML file it came from); none
+    /// for a cross-encoder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// A cross-encoder loaded with candle: what the candle backend runs and the fused backend lays
@@ -339,6 +344,7 @@ pub fn load_encoder(
                 max_positions: layout.max_positions(&config),
                 precision,
                 backend,
+                template: None,
             };
             (Box::new(model), info)
         }
@@ -355,8 +361,17 @@ pub fn load_encoder(
                 max_positions: config.max_position_embeddings,
                 precision,
                 backend,
+                template: None,
             };
             (Box::new(model), info)
+        }
+        family::EncoderKind::Decoder(_) => {
+            return Err(ModelError::Unsupported {
+                name: files.name.clone(),
+                why: format!(
+                    "{architecture} is a generative reranker, loaded by backend::load, not as a cross-encoder"
+                ),
+            })
         }
     };
     Ok((model, info))
@@ -385,6 +400,13 @@ pub fn family_of(files: &ModelFiles) -> Option<&'static family::Family> {
     architecture_of(&files.config, &head)
         .ok()
         .map(|(_, family)| family)
+}
+
+/// The architecture the `config.json` of `files` names and the family that loads it.
+pub fn architecture(files: &ModelFiles) -> Result<(String, &'static family::Family), ModelError> {
+    let text = read_text(&files.config)?;
+    let head: ConfigHead = parse_json(&files.config, &text)?;
+    architecture_of(&files.config, &head)
 }
 
 /// The architecture `config.json` names and the family that loads it.

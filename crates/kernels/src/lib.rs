@@ -15,6 +15,7 @@
 //! AVX-512 VNNI / BF16, AVX2), each tested against the portable loops it must equal.
 
 pub mod attention;
+pub mod decoder;
 pub mod gptq;
 pub mod half;
 pub mod int4;

@@ -39,9 +39,9 @@ pub static BERT: Family = Family {
             classifier: "classifier",
         },
     }),
-    template: PairTemplate {
+    template: Some(PairTemplate {
         text: "[CLS] A [SEP] B [SEP]",
         type_ids: TypeIds::Segments,
-    },
+    }),
     tiny_checkpoints: &["tiny-bert"],
 };

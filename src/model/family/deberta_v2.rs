@@ -33,9 +33,9 @@ pub static DEBERTA_V2: Family = Family {
             classifier: "classifier",
         },
     }),
-    template: PairTemplate {
+    template: Some(PairTemplate {
         text: "[CLS] A [SEP] B [SEP]",
         type_ids: TypeIds::Segments,
-    },
+    }),
     tiny_checkpoints: &["tiny-deberta-v2"],
 };

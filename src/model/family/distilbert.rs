@@ -39,10 +39,10 @@ pub static DISTILBERT: Family = Family {
             classifier: "classifier",
         },
     }),
-    template: PairTemplate {
+    template: Some(PairTemplate {
         text: "[CLS] A [SEP] B [SEP]",
         type_ids: TypeIds::Ignored,
-    },
+    }),
     tiny_checkpoints: &["tiny-distilbert"],
 };
 

@@ -33,10 +33,10 @@ pub static ELECTRA: Family = Family {
             classifier: "classifier.out_proj",
         },
     }),
-    template: PairTemplate {
+    template: Some(PairTemplate {
         text: "[CLS] A [SEP] B [SEP]",
         type_ids: TypeIds::Segments,
-    },
+    }),
     tiny_checkpoints: &["tiny-electra"],
 };
 

@@ -15,7 +15,9 @@ mod bert;
 mod deberta_v2;
 mod distilbert;
 mod electra;
+mod gemma;
 mod modernbert;
+mod qwen;
 mod roberta;
 
 use std::path::Path;
@@ -32,6 +34,9 @@ pub static REGISTRY: &[&Family] = &[
     &electra::ELECTRA,
     &modernbert::MODERNBERT,
     &deberta_v2::DEBERTA_V2,
+    &qwen::QWEN3,
+    &qwen::QWEN2,
+    &gemma::GEMMA,
 ];
 
 /// The family that loads `architecture` (an `architectures` entry of `config.json`).
@@ -60,8 +65,9 @@ pub struct Family {
     pub architectures: &'static [&'static str],
     /// Which encoder computes it, and how.
     pub encoder: EncoderKind,
-    /// What the tokenizer must make of a pair.
-    pub template: PairTemplate,
+    /// What the tokenizer must make of a pair (cross-encoders; a generative reranker reads a
+    /// prompt instead: [`DecoderLayout::template`]).
+    pub template: Option<PairTemplate>,
     /// The directories under `tests/data/` of this family's tiny checkpoints, one per entry of
     /// `architectures` in the same order, each with transformers' logits (`reference.json`).
     pub tiny_checkpoints: &'static [&'static str],
@@ -78,6 +84,23 @@ pub enum EncoderKind {
     /// ModernBERT's pre-norm layers: rotary positions, global and sliding-window attention, gated
     /// MLP ([`super::modernbert`]).
     ModernBert,
+    /// A decoder LLM scored from its last token ([`super::decoder`]): a generative reranker.
+    Decoder(DecoderLayout),
+}
+
+/// What a family of generative rerankers declares.
+#[derive(Debug)]
+pub struct DecoderLayout {
+    pub arch: super::decoder::DecoderArch,
+    /// The prompt template its checkpoints read by default ([`crate::prompt::PromptTemplate`]).
+    pub template: &'static str,
+}
+
+impl Family {
+    /// Whether the family is a generative reranker (a decoder read through a prompt).
+    pub fn is_generative(&self) -> bool {
+        matches!(self.encoder, EncoderKind::Decoder(_))
+    }
 }
 
 /// Everything a family of the shared BERT-style encoder declares.

@@ -10,9 +10,9 @@ pub static MODERNBERT: Family = Family {
     name: "modernbert",
     architectures: &["ModernBertForSequenceClassification"],
     encoder: EncoderKind::ModernBert,
-    template: PairTemplate {
+    template: Some(PairTemplate {
         text: "[CLS] A [SEP] B [SEP]",
         type_ids: TypeIds::Ignored,
-    },
+    }),
     tiny_checkpoints: &["tiny-modernbert"],
 };

@@ -29,10 +29,10 @@ pub static ROBERTA: Family = Family {
             classifier: "classifier.out_proj",
         },
     }),
-    template: PairTemplate {
+    template: Some(PairTemplate {
         text: "<s> A </s></s> B </s>",
         type_ids: TypeIds::Zero,
-    },
+    }),
     tiny_checkpoints: &["tiny-xlm-roberta", "tiny-roberta", "tiny-camembert"],
 };
 

@@ -1,0 +1,260 @@
+//! Generative rerankers (the qwen3, qwen2 and gemma families) against transformers: tiny
+//! random-weight checkpoints (`tests/data/tiny-*-reranker*`, written by
+//! `scripts/make_tiny_rerankers.py`) with the prompts each template builds and transformers' fp32
+//! logits of the answer tokens at the prompt's last token, for a default case, a truncated one, one
+//! with an instruction, and (Qwen3) one prompt of 8,002 tokens.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use xbench::backend::{self, LoadedModel, ModelSpec};
+use xbench::model::Precision;
+
+#[derive(Deserialize)]
+struct Reference {
+    architecture: String,
+    template: String,
+    answer_tokens: Vec<String>,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    max_length: usize,
+    instruction: Option<String>,
+    pairs: Vec<RefPair>,
+}
+
+#[derive(Deserialize)]
+struct RefPair {
+    query: String,
+    passage: String,
+    input_ids: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+const FIXTURES: [&str; 4] = [
+    "tiny-qwen3-reranker",
+    "tiny-qwen3-reranker-seq-cls",
+    "tiny-qwen2-reranker",
+    "tiny-gemma-reranker",
+];
+
+fn dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn reference(name: &str) -> Reference {
+    let text = std::fs::read_to_string(dir(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn load(name: &str, precision: Precision, case: &Case) -> LoadedModel {
+    backend::load(&ModelSpec {
+        quantization: precision,
+        max_length: Some(case.max_length),
+        instruction: case.instruction.clone(),
+        ..ModelSpec::new(dir(name).to_str().unwrap())
+    })
+    .unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+/// Each pair's logits, `batch` pairs per forward pass (the pairs in order).
+fn logits(model: &LoadedModel, pairs: &[(String, String)], batch: usize) -> Vec<Vec<f32>> {
+    let labels = model.info.num_labels;
+    let mut out = Vec::new();
+    for chunk in pairs.chunks(batch) {
+        let encoded = model
+            .tokenizer
+            .encode_batch(chunk.iter().map(|(q, p)| (q.as_str(), p.as_str())))
+            .unwrap();
+        let flat = model.backend.predict(&encoded).unwrap();
+        out.extend(flat.chunks_exact(labels).map(<[f32]>::to_vec));
+    }
+    out
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Prompts token for token, and fp32 logits within 1e-4 of transformers, one pair per pass and
+/// all of a case's pairs in one (consecutive pairs then share the template's opening tokens).
+#[test]
+fn every_family_matches_transformers_prompt_and_logits() {
+    for name in FIXTURES {
+        let r = reference(name);
+        for case in r.cases.iter().filter(|c| c.name != "long") {
+            let model = load(name, Precision::Fp32, case);
+            assert_eq!(model.info.architecture, r.architecture);
+            assert_eq!(model.info.template.as_deref(), Some(r.template.as_str()));
+            if !r.architecture.ends_with("ForSequenceClassification") {
+                assert_eq!(model.info.labels, r.answer_tokens);
+            }
+            for (i, p) in case.pairs.iter().enumerate() {
+                let e = model.tokenizer.encode(&p.query, &p.passage).unwrap();
+                assert_eq!(
+                    e.ids, p.input_ids,
+                    "{name} {} pair {i}: prompt ids",
+                    case.name
+                );
+            }
+            let pairs: Vec<(String, String)> = case
+                .pairs
+                .iter()
+                .map(|p| (p.query.clone(), p.passage.clone()))
+                .collect();
+            let want: Vec<Vec<f32>> = case.pairs.iter().map(|p| p.logits.clone()).collect();
+            for batch in [1, pairs.len()] {
+                let got = logits(&model, &pairs, batch);
+                let d = max_diff(&got, &want);
+                assert!(
+                    d < 1e-4,
+                    "{name} {} batch {batch}: max |Δlogit| {d}",
+                    case.name
+                );
+            }
+        }
+    }
+}
+
+/// One request's documents (one query, so every prompt opens with the same system prompt,
+/// instruction and query, computed once per batch) score the same at batch 1, 7 and 32 within
+/// 1e-5: the shared prefix equals the unshared computation.
+#[test]
+fn a_shared_prefix_scores_as_the_pairs_alone() {
+    for name in FIXTURES {
+        let r = reference(name);
+        let case = &r.cases[0];
+        let model = load(name, Precision::Fp32, case);
+        let query = &case.pairs[3].query;
+        let pairs: Vec<(String, String)> = (0..32)
+            .map(|i| {
+                (
+                    query.clone(),
+                    case.pairs[i % case.pairs.len()].passage.clone(),
+                )
+            })
+            .collect();
+        let alone = logits(&model, &pairs, 1);
+        for batch in [7, 32] {
+            let d = max_diff(&logits(&model, &pairs, batch), &alone);
+            assert!(d < 1e-5, "{name} batch {batch}: max |Δlogit| {d}");
+        }
+    }
+}
+
+/// The 8,002-token prompt (the default max_length is 8,192) matches transformers.
+#[test]
+fn a_prompt_of_eight_thousand_tokens_matches_transformers() {
+    let name = "tiny-qwen3-reranker";
+    let r = reference(name);
+    let case = r.cases.iter().find(|c| c.name == "long").unwrap();
+    let model = load(name, Precision::Fp32, case);
+    let p = &case.pairs[0];
+    let e = model.tokenizer.encode(&p.query, &p.passage).unwrap();
+    assert_eq!(e.ids.len(), p.input_ids.len());
+    assert_eq!(e.ids, p.input_ids);
+    let got = logits(&model, &[(p.query.clone(), p.passage.clone())], 1);
+    let d = max_diff(&got, std::slice::from_ref(&p.logits));
+    assert!(d < 1e-4, "max |Δlogit| {d}");
+}
+
+/// Each reduced precision's distance from transformers' fp32 logits, over every family's default
+/// case (measured, then pinned here with headroom).
+#[test]
+fn reduced_precisions_stay_within_their_measured_tolerance() {
+    for (precision, tolerance) in [
+        // Measured (max over the four fixtures): bf16 0.023, fp16 0.0022, int8 0.070, int4 0.88
+        // (random weights of std 0.2 quantize worse than trained ones).
+        (Precision::Bf16, 0.035),
+        (Precision::Fp16, 0.0035),
+        (Precision::Int8, 0.1),
+        (Precision::Int4, 1.3),
+    ] {
+        let mut worst = 0f32;
+        for name in FIXTURES {
+            let r = reference(name);
+            let case = &r.cases[0];
+            let model = load(name, precision, case);
+            let pairs: Vec<(String, String)> = case
+                .pairs
+                .iter()
+                .map(|p| (p.query.clone(), p.passage.clone()))
+                .collect();
+            let want: Vec<Vec<f32>> = case.pairs.iter().map(|p| p.logits.clone()).collect();
+            let got = logits(&model, &pairs, pairs.len());
+            let d = max_diff(&got, &want);
+            eprintln!("{} {name}: max |Δlogit| {d}", precision.name());
+            worst = worst.max(d);
+        }
+        assert!(worst < tolerance, "{}: {worst}", precision.name());
+    }
+}
+
+/// Answer tokens the tokenizer lacks, and an instruction for a template without one, are
+/// refused at load, naming the reason.
+#[test]
+fn what_a_template_cannot_do_is_refused_at_load() {
+    let model = dir("tiny-qwen3-reranker").to_str().unwrap().to_string();
+    let err = backend::load(&ModelSpec {
+        answer_tokens: Some(vec!["no".into(), "definitely-not-a-token-☃☃".into()]),
+        ..ModelSpec::new(&model)
+    })
+    .err()
+    .expect("refused");
+    let text = format!("{err:#}");
+    assert!(text.contains("answer token"), "{text}");
+    let yaml = tempfile::tempdir().unwrap();
+    let path = yaml.path().join("plain.yaml");
+    std::fs::write(
+        &path,
+        "query: \"Q: {query}\\n\"\ndocument: \"D: {document}\"\nanswer_tokens: [no, yes]\n",
+    )
+    .unwrap();
+    let err = backend::load(&ModelSpec {
+        template: Some(path.to_str().unwrap().into()),
+        instruction: Some("be brief".into()),
+        ..ModelSpec::new(&model)
+    })
+    .err()
+    .expect("refused");
+    let text = format!("{err:#}");
+    assert!(text.contains("no {instruction} placeholder"), "{text}");
+    let err = backend::load(&ModelSpec {
+        template: Some("qwen4_reranker".into()),
+        ..ModelSpec::new(&model)
+    })
+    .err()
+    .expect("refused");
+    assert!(format!("{err:#}").contains("qwen3_reranker, mxbai_rerank_v2, bge_gemma"));
+    // A cross-encoder takes no template.
+    let err = backend::load(&ModelSpec {
+        template: Some("qwen3_reranker".into()),
+        ..ModelSpec::new(dir("tiny-bert").to_str().unwrap())
+    })
+    .err()
+    .expect("refused");
+    assert!(format!("{err:#}").contains("cross-encoder"));
+    // A YAML template loads and builds its prompt part by part.
+    let loaded = backend::load(&ModelSpec {
+        template: Some(path.to_str().unwrap().into()),
+        ..ModelSpec::new(&model)
+    })
+    .unwrap();
+    let tok = loaded.tokenizer.inner();
+    let part = |t: &str| tok.encode(t, false).unwrap().get_ids().to_vec();
+    let mut want = part("Q: what\n");
+    want.extend(part("D: this"));
+    assert_eq!(loaded.tokenizer.encode("what", "this").unwrap().ids, want);
+}
