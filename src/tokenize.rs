@@ -76,10 +76,12 @@ impl LongDocuments {
 }
 
 /// How a request's passages become pairs. `None` fields take the model's settings
-/// ([`PairTokenizer::with_long_documents`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// ([`PairTokenizer::with_long_documents`], [`PairTokenizer::with_prompt`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PassageOptions {
     pub truncation: Truncation,
+    /// A generative reranker's instruction for this request's prompts.
+    pub instruction: Option<String>,
     /// Each passage is cut to its first N tokens before pairing (Cohere v2's
     /// `max_tokens_per_doc`).
     pub max_passage_tokens: Option<usize>,
@@ -299,8 +301,9 @@ impl PairTokenizer {
         passages: &[String],
         parallel: bool,
         truncation: Truncation,
+        instruction: Option<&str>,
     ) -> Result<Vec<Encoded>, TokenizeError> {
-        let instruction = self.instruction.as_deref();
+        let instruction = instruction.or(self.instruction.as_deref());
         let one = |(index, p): (usize, &String)| {
             prompt
                 .encode(&self.untruncated, query, p, instruction, truncation)
@@ -369,6 +372,7 @@ impl PairTokenizer {
                 &[passage.to_string()],
                 false,
                 Truncation::Model,
+                None,
             )?;
             return Ok(one.remove(0));
         }
@@ -432,7 +436,7 @@ impl PairTokenizer {
         truncation: Truncation,
     ) -> Result<Vec<Encoded>, TokenizeError> {
         if let Some(prompt) = &self.prompt {
-            return self.encode_prompts(prompt, query, passages, parallel, truncation);
+            return self.encode_prompts(prompt, query, passages, parallel, truncation, None);
         }
         let tokenizer = self.for_truncation(truncation);
         let encodings = if !parallel || passages.len() < 2 {
@@ -491,6 +495,19 @@ impl PairTokenizer {
             }
             None => passages,
         };
+        if let (false, Some(prompt)) = (chunk, &self.prompt) {
+            return Ok(EncodedPassages {
+                pairs: self.encode_prompts(
+                    prompt,
+                    query,
+                    passages,
+                    parallel,
+                    options.truncation,
+                    options.instruction.as_deref(),
+                )?,
+                windows: None,
+            });
+        }
         if chunk && self.prompt.is_some() {
             return Err(TokenizeError::Unsupported(
                 "long_documents chunk_max is not available for generative rerankers yet; use truncate (the template cuts the document to fit)".into(),

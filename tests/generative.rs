@@ -258,3 +258,139 @@ fn what_a_template_cannot_do_is_refused_at_load() {
     want.extend(part("D: this"));
     assert_eq!(loaded.tokenizer.encode("what", "this").unwrap().ids, want);
 }
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::{client, post, settings, TestServer};
+use xbench::engine::{BatchingConfig, EngineConfig, TokenizerPoolConfig};
+
+/// The generative rerankers served: `GET /info` names the template and instruction, `/score`
+/// answers as vLLM's does (one-to-many and zipped; `score` the relevance) with the reference's
+/// scores, a request's `instruction` changes the prompt as the model instance's would, and an
+/// instruction sent to a cross-encoder is refused with 422.
+#[test]
+fn generative_rerankers_are_served_with_instructions_and_vllm_score() {
+    let qwen3 = dir("tiny-qwen3-reranker").to_str().unwrap().to_string();
+    let bert = dir("tiny-bert").to_str().unwrap().to_string();
+    let server = TestServer::start(
+        settings(),
+        EngineConfig {
+            models: [&qwen3, &bert]
+                .iter()
+                .map(|name| ModelSpec {
+                    threads: Some(1),
+                    ..ModelSpec::new(name.as_str())
+                })
+                .collect(),
+            tokenizer_pool: TokenizerPoolConfig::default(),
+            batching: BatchingConfig::default(),
+        },
+        None,
+    );
+    let info: Value = client()
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let described = &info["models"][0];
+    assert_eq!(described["template"], "qwen3_reranker");
+    assert_eq!(
+        described["instruction"],
+        "Given a web search query, retrieve relevant passages that answer the query"
+    );
+    assert_eq!(described["labels"], json!(["no", "yes"]));
+    assert!(info["models"][1].get("template").is_none());
+
+    let r = reference("tiny-qwen3-reranker");
+    let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+    let want = |p: &RefPair| sigmoid(p.logits[1] - p.logits[0]);
+    let default = &r.cases[0];
+    // One query against many documents: the reference pairs 0..3 share no query, so pair 0's
+    // query with its own passage and two others, checked against pair 0 only; then zipped.
+    let (s, v) = post(
+        &server,
+        "/score",
+        &json!({"model": qwen3, "text_1": default.pairs[0].query,
+                "text_2": [default.pairs[0].passage, default.pairs[1].passage, default.pairs[2].passage]}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "list");
+    assert!(v["id"].as_str().unwrap().starts_with("score-"));
+    assert_eq!(v["model"], qwen3.as_str());
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["index"], i);
+        assert_eq!(d["object"], "score");
+    }
+    let got = data[0]["score"].as_f64().unwrap() as f32;
+    assert!((got - want(&default.pairs[0])).abs() < 1e-5, "{got}");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let zipped: Vec<&RefPair> = default.pairs.iter().take(5).collect();
+    let (s, v) = post(
+        &server,
+        "/score",
+        &json!({"model": qwen3,
+                "text_1": zipped.iter().map(|p| p.query.clone()).collect::<Vec<_>>(),
+                "text_2": zipped.iter().map(|p| p.passage.clone()).collect::<Vec<_>>()}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for (d, p) in v["data"].as_array().unwrap().iter().zip(&zipped) {
+        let got = d["score"].as_f64().unwrap() as f32;
+        assert!((got - want(p)).abs() < 1e-5, "{got} vs {}", want(p));
+    }
+    let tokens: usize = zipped.iter().map(|p| p.input_ids.len()).sum();
+    assert_eq!(v["usage"]["total_tokens"], tokens);
+    let (s, v) = post(
+        &server,
+        "/score",
+        &json!({"model": qwen3, "text_1": ["a", "b"], "text_2": ["x", "y", "z"]}),
+    );
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("text_1 has 2 texts"));
+
+    // A request's instruction: the reference's instruction case, over /rerank and /v2/rerank.
+    let case = r.cases.iter().find(|c| c.name == "instruction").unwrap();
+    let p = &case.pairs[1];
+    let (s, v) = post(
+        &server,
+        "/rerank",
+        &json!({"model": qwen3, "query": p.query, "texts": [p.passage], "raw_scores": true,
+                "instruction": case.instruction}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let got = v[0]["score"].as_f64().unwrap() as f32;
+    assert!((got - (p.logits[1] - p.logits[0])).abs() < 1e-4, "{got}");
+    let (s, v) = post(
+        &server,
+        "/v2/rerank",
+        &json!({"model": qwen3, "query": p.query, "documents": [p.passage],
+                "instruction": case.instruction}),
+    );
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let got = v["results"][0]["relevance_score"].as_f64().unwrap() as f32;
+    assert!(
+        (got - sigmoid(p.logits[1] - p.logits[0])).abs() < 1e-5,
+        "{got}"
+    );
+    let (s, v) = post(
+        &server,
+        "/v1/rerank",
+        &json!({"model": bert, "query": "q", "documents": ["d"], "instruction": "be brief"}),
+    );
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("cross-encoder"),
+        "{v}"
+    );
+    let (s, v) = post(
+        &server,
+        "/v1/rerank",
+        &json!({"model": qwen3, "query": "q", "documents": ["d"], "long_documents": "chunk_max"}),
+    );
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    server.stop();
+}

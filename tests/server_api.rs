@@ -347,11 +347,11 @@ fn the_api_key_guards_every_route_but_health_and_metrics() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     assert!(assert_envelope(&r.json().unwrap(), "unauthorized").contains("Authorization: Bearer"));
-    for path in ["/v1/rerank", "/v2/rerank"] {
+    for path in ["/v1/rerank", "/v2/rerank", "/score"] {
         let r = client()
             .post(server.url(path))
             .bearer_auth("wrong")
-            .json(&json!({"query": "q", "documents": ["a"], "model": demo()}))
+            .json(&json!({"query": "q", "documents": ["a"], "model": demo(), "text_1": "q", "text_2": ["a"]}))
             .send()
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
@@ -395,6 +395,7 @@ fn the_openapi_document_describes_the_real_responses() {
         ("/rerank", "post"),
         ("/v1/rerank", "post"),
         ("/v2/rerank", "post"),
+        ("/score", "post"),
         ("/health", "get"),
         ("/info", "get"),
         ("/metrics", "get"),
@@ -427,6 +428,11 @@ fn the_openapi_document_describes_the_real_responses() {
             "/v2/rerank",
             json!({"model": demo(), "query": "q", "documents": ["a", "b"], "top_n": 1,
                    "max_tokens_per_doc": 16, "chunk_overlap_tokens": 4, "return_chunks": true}),
+        ),
+        ("/score", json!({"text_1": "q", "text_2": ["a", "b"]})),
+        (
+            "/score",
+            json!({"text_1": ["q", "r"], "text_2": ["a", "b"]}),
         ),
     ];
     for (path, body) in &cases {

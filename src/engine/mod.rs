@@ -51,6 +51,9 @@ pub enum EngineError {
         tokens: usize,
         max_length: usize,
     },
+    /// What the request asks of the model, which it does not do (a 422).
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("the engine is shutting down")]

@@ -136,6 +136,7 @@ fn work(jobs: crossbeam_channel::Receiver<Job>, tokenizers: Vec<PairTokenizer>, 
                     tokens,
                     max_length,
                 },
+                TokenizeError::Unsupported(what) => EngineError::Unsupported(what),
                 e => EngineError::Tokenize(e.to_string()),
             });
         let _ = job.reply.send(result);

@@ -126,6 +126,7 @@ impl HttpTarget {
             timeout_ms: None,
             long_documents: None,
             chunk_overlap_tokens: None,
+            instruction: input.options.instruction.clone(),
             return_chunks: false,
         };
         let mut v = serde_json::to_value(&req).unwrap_or_default();

@@ -182,6 +182,7 @@ pub fn error_kind(e: &EngineError) -> &'static str {
         EngineError::Empty => "empty",
         EngineError::Tokenize(_) => "tokenize",
         EngineError::TooLong { .. } => "too_long",
+        EngineError::Unsupported(_) => "unsupported",
         EngineError::Backend(_) => "backend",
         EngineError::Shutdown => "shutdown",
     }

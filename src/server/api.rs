@@ -57,6 +57,11 @@ pub struct RerankRequest {
     /// `chunk_overlap_tokens`.
     #[serde(default)]
     pub chunk_overlap_tokens: Option<usize>,
+    /// A generative reranker's instruction for this request (an xbench extension; the
+    /// `{instruction}` of its prompt template); default: the model instance's `instruction`. A
+    /// model whose template takes none answers 422.
+    #[serde(default)]
+    pub instruction: Option<String>,
     /// Name in each result the window that gave its score (`chunk_index`, from 0; 0 for a
     /// document that was not split).
     #[serde(default)]
@@ -135,6 +140,11 @@ pub struct CohereRerankRequest {
     /// `chunk_overlap_tokens`.
     #[serde(default)]
     pub chunk_overlap_tokens: Option<usize>,
+    /// A generative reranker's instruction for this request (an xbench extension; the
+    /// `{instruction}` of its prompt template); default: the model instance's `instruction`. A
+    /// model whose template takes none answers 422.
+    #[serde(default)]
+    pub instruction: Option<String>,
     /// Name in each result the window that gave its score (`chunk_index`, from 0; 0 for a
     /// document that was not split).
     #[serde(default)]
@@ -169,6 +179,11 @@ pub struct CohereV2RerankRequest {
     /// `chunk_overlap_tokens`.
     #[serde(default)]
     pub chunk_overlap_tokens: Option<usize>,
+    /// A generative reranker's instruction for this request (an xbench extension; the
+    /// `{instruction}` of its prompt template); default: the model instance's `instruction`. A
+    /// model whose template takes none answers 422.
+    #[serde(default)]
+    pub instruction: Option<String>,
     /// Name in each result the window that gave its score (`chunk_index`, from 0; 0 for a
     /// document that was not split).
     #[serde(default)]
@@ -303,6 +318,81 @@ pub struct ModelDescription {
     /// Model workers (instance threads) and compute threads of each.
     pub workers: usize,
     pub threads_per_worker: usize,
+    /// A generative reranker's prompt template (`qwen3_reranker`, ... or its YAML file), its
+    /// answer tokens (`labels` too) and instruction; absent for a cross-encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
+}
+
+/// One text or a list of them (`text_1`, `text_2` of `POST /score`).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Texts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Texts {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Texts::One(t) => vec![t],
+            Texts::Many(t) => t,
+        }
+    }
+}
+
+/// `POST /score` (vLLM's score API): `text_1` against each of `text_2` (one-to-many), or each
+/// `text_1[i]` against `text_2[i]` when both are lists of one length.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ScoreRequest {
+    /// Which loaded model scores; default: the first.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The query (or queries, zipped with `text_2`).
+    #[schema(example = "what is rust")]
+    pub text_1: Texts,
+    /// The documents.
+    #[schema(example = json!(["Rust is a systems programming language.", "Paris is in France."]))]
+    pub text_2: Texts,
+    /// A generative reranker's instruction (an xbench extension); see `/rerank`.
+    #[serde(default)]
+    pub instruction: Option<String>,
+    /// Deadline in ms from the request's arrival (an xbench extension).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// One pair's score in `POST /score`'s answer.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct ScoreData {
+    /// The pair's position (the position in `text_2`).
+    pub index: usize,
+    /// Always `score`.
+    pub object: String,
+    /// The relevance: the sigmoid of the model's score, as `/rerank` answers it.
+    pub score: f32,
+}
+
+/// Tokens of a `POST /score` request.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct ScoreUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// `POST /score`'s answer, as vLLM shapes it; `data` in request order.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct ScoreResponse {
+    pub id: String,
+    /// Always `list`.
+    pub object: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    pub model: String,
+    pub data: Vec<ScoreData>,
+    pub usage: ScoreUsage,
 }
 
 /// The limits a client must respect, in `GET /info`.

@@ -74,7 +74,9 @@ impl ApiError {
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
             },
             EngineError::Empty => Self::bad_request(e.to_string()),
-            EngineError::TooLong { .. } => Self::validation(e.to_string()),
+            EngineError::TooLong { .. } | EngineError::Unsupported(_) => {
+                Self::validation(e.to_string())
+            }
             EngineError::Tokenize(_) | EngineError::Backend(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -29,6 +29,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/rerank", post(rerank))
         .route("/v1/rerank", post(cohere_rerank))
         .route("/v2/rerank", post(cohere_v2_rerank))
+        .route("/score", post(score_pairs))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(prometheus))
@@ -47,9 +48,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 #[openapi(
     info(
         title = "xbench",
-        description = "Cross-encoder reranking: TEI-compatible /rerank, Cohere/Jina-compatible /v1/rerank, Cohere v2 /v2/rerank."
+        description = "Reranking with cross-encoders and generative rerankers: TEI-compatible /rerank, Cohere/Jina-compatible /v1/rerank, Cohere v2 /v2/rerank, vLLM's /score."
     ),
-    paths(rerank, cohere_rerank, cohere_v2_rerank, health, info, prometheus, openapi),
+    paths(rerank, cohere_rerank, cohere_v2_rerank, score_pairs, health, info, prometheus, openapi),
     components(schemas(
         RerankRequest,
         Rank,
@@ -72,7 +73,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         HealthResponse,
         InfoResponse,
         ModelDescription,
-        Limits
+        Limits,
+        Texts,
+        ScoreRequest,
+        ScoreData,
+        ScoreUsage,
+        ScoreResponse
     )),
     modifiers(&BearerAuth)
 )]
@@ -136,9 +142,11 @@ fn passage_options(
     max_passage_tokens: Option<usize>,
     long_documents: Option<LongDocuments>,
     chunk_overlap_tokens: Option<usize>,
+    instruction: Option<String>,
 ) -> PassageOptions {
     PassageOptions {
         truncation,
+        instruction,
         max_passage_tokens,
         long_documents,
         chunk_overlap_tokens,
@@ -176,6 +184,25 @@ async fn score(state: &AppState, job: Job) -> Result<(String, Scored), ApiError>
     engine
         .model_info(job.model.as_deref())
         .map_err(|e| ApiError::from_engine(e, retry))?;
+    if job.options.instruction.is_some() {
+        let tokenizer = engine
+            .tokenizer(job.model.as_deref())
+            .map_err(|e| ApiError::from_engine(e, retry))?;
+        match tokenizer.prompt() {
+            None => {
+                return Err(ApiError::validation(
+                    "instruction is for generative rerankers; this model is a cross-encoder: leave it out",
+                ))
+            }
+            Some(p) if !p.template.takes_instruction() => {
+                return Err(ApiError::validation(format!(
+                    "instruction: the model's template {} has no {{instruction}}: leave it out",
+                    p.template.name
+                )))
+            }
+            Some(_) => {}
+        }
+    }
     let model = match job.model {
         Some(m) => m,
         None => engine.model_names().swap_remove(0),
@@ -355,6 +382,7 @@ async fn rerank(
                     None,
                     req.long_documents,
                     req.chunk_overlap_tokens,
+                    req.instruction,
                 ),
                 field: "texts",
                 started,
@@ -433,6 +461,7 @@ async fn cohere_rerank(
                     None,
                     req.long_documents,
                     req.chunk_overlap_tokens,
+                    req.instruction,
                 ),
                 field: "documents",
                 started,
@@ -526,6 +555,7 @@ async fn cohere_v2_rerank(
                     req.max_tokens_per_doc,
                     req.long_documents,
                     req.chunk_overlap_tokens,
+                    req.instruction,
                 ),
                 field: "documents",
                 started,
@@ -562,6 +592,135 @@ async fn cohere_v2_rerank(
             },
         };
         Ok((timing_headers(started.elapsed(), &scored), Json(body)).into_response())
+    }
+    .await;
+    accepted.answer(result.unwrap_or_else(IntoResponse::into_response))
+}
+
+/// Score pairs (vLLM's score API).
+///
+/// `text_1` (one text, or a one-element list) against each of `text_2`, or `text_1[i]` against
+/// `text_2[i]` when both are lists of one length. `score` is the relevance, the sigmoid of the
+/// model's score as `/rerank` answers it; `data` comes in request order.
+#[utoipa::path(
+    post,
+    path = "/score",
+    request_body = ScoreRequest,
+    responses(
+        (status = 200, description = "Every pair's score, in request order", body = ScoreResponse),
+        (status = 400, description = "Malformed JSON or no texts", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
+        (status = 404, description = "Unknown model", body = ErrorResponse),
+        (status = 413, description = "Too many pairs or body too large", body = ErrorResponse),
+        (status = 415, description = "Body not sent as JSON", body = ErrorResponse),
+        (status = 422, description = "Wrong types, missing fields, or text_1 and text_2 of different lengths", body = ErrorResponse),
+        (status = 429, description = "Overloaded; retry after Retry-After seconds", body = ErrorResponse),
+        (status = 500, description = "Inference failed", body = ErrorResponse),
+        (status = 503, description = "Loading, shutting down, or the deadline (timeout_ms) passed; retry after Retry-After seconds", body = ErrorResponse),
+    ),
+    security((), ("api_key" = [])),
+)]
+async fn score_pairs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let accepted = Accepted::new(&state);
+    let result = async {
+        let req: ScoreRequest = read_body(&state, &headers, body)?;
+        let (queries, documents) = (req.text_1.into_vec(), req.text_2.into_vec());
+        if queries.is_empty() {
+            return Err(ApiError::bad_request("'text_1' is empty: send at least one"));
+        }
+        if queries.len() != 1 && queries.len() != documents.len() {
+            return Err(ApiError::validation(format!(
+                "text_1 has {} texts and text_2 {}: send one text_1 (scored against every text_2) or as many as text_2 (scored pair by pair)",
+                queries.len(),
+                documents.len()
+            )));
+        }
+        let max = state.settings.max_client_batch_size;
+        if documents.len() > max {
+            return Err(ApiError::too_large(format!(
+                "{} pairs is more than max_client_batch_size {max}; split the request",
+                documents.len()
+            )));
+        }
+        // The pairs of each distinct query, in order of first appearance: one scoring job each,
+        // run together so the batcher may batch them.
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for i in 0..documents.len() {
+            let q = &queries[if queries.len() == 1 { 0 } else { i }];
+            match groups.iter_mut().find(|(g, _)| g == q) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((q.clone(), vec![i])),
+            }
+        }
+        if groups.is_empty() {
+            groups.push((queries[0].clone(), Vec::new()));
+        }
+        let jobs: Vec<_> = groups
+            .iter()
+            .map(|(query, members)| {
+                let state = state.clone();
+                let job = Job {
+                    model: req.model.clone(),
+                    query: query.clone(),
+                    passages: members.iter().map(|&i| documents[i].clone()).collect(),
+                    options: passage_options(
+                        Truncation::Model,
+                        None,
+                        None,
+                        None,
+                        req.instruction.clone(),
+                    ),
+                    field: "text_2",
+                    started,
+                    timeout_ms: req.timeout_ms,
+                };
+                tokio::spawn(async move { score(&state, job).await })
+            })
+            .collect();
+        let mut data = vec![None; documents.len()];
+        let (mut model, mut tokens, mut first) = (String::new(), 0, None);
+        for ((_, members), job) in groups.iter().zip(jobs) {
+            let (name, scored) = job
+                .await
+                .map_err(|e| ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("a scoring task failed: {e}"),
+                ))??;
+            for (&i, logits) in members.iter().zip(scored.rows()) {
+                data[i] = Some(ScoreData {
+                    index: i,
+                    object: "score".to_string(),
+                    score: sigmoid(relevance(logits)),
+                });
+            }
+            tokens += scored.tokens;
+            model = name;
+            first.get_or_insert(scored);
+        }
+        let body = ScoreResponse {
+            id: format!("score-{:032x}", rand::rng().random::<u128>()),
+            object: "list".to_string(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            model,
+            data: data.into_iter().flatten().collect(),
+            usage: ScoreUsage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
+        };
+        let response = match &first {
+            Some(scored) => (timing_headers(started.elapsed(), scored), Json(body)).into_response(),
+            None => Json(body).into_response(),
+        };
+        Ok(response)
     }
     .await;
     accepted.answer(result.unwrap_or_else(IntoResponse::into_response))
@@ -631,6 +790,12 @@ async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, 
             kernel: crate::backend::kernel_name(info.backend, info.precision).to_string(),
             workers: engine.workers(m).map_err(e)?,
             threads_per_worker: engine.threads_per_worker(m).map_err(e)?,
+            template: info.template.clone(),
+            instruction: engine.tokenizer(m).map_err(e)?.prompt().and_then(|p| {
+                spec.instruction
+                    .clone()
+                    .or_else(|| p.template.default_instruction.clone())
+            }),
         });
     }
     let b = &config.batching;
