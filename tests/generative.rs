@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use xbench::backend::{self, LoadedModel, ModelSpec};
+use xbench::backend::{self, BackendKind, LoadedModel, ModelSpec};
 use xbench::model::Precision;
 
 #[derive(Deserialize)]
@@ -53,7 +53,12 @@ fn reference(name: &str) -> Reference {
 }
 
 fn load(name: &str, precision: Precision, case: &Case) -> LoadedModel {
+    load_on(BackendKind::Fused, name, precision, case)
+}
+
+fn load_on(backend: BackendKind, name: &str, precision: Precision, case: &Case) -> LoadedModel {
     backend::load(&ModelSpec {
+        backend,
         quantization: precision,
         max_length: Some(case.max_length),
         instruction: case.instruction.clone(),
@@ -88,14 +93,18 @@ fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Prompts token for token, and fp32 logits within 1e-4 of transformers, one pair per pass and
-/// all of a case's pairs in one (consecutive pairs then share the template's opening tokens).
+/// Prompts token for token, and fp32 logits within 1e-4 of transformers on both backends, one
+/// pair per pass and all of a case's pairs in one (consecutive pairs then share the template's
+/// opening tokens on the fused backend).
 #[test]
 fn every_family_matches_transformers_prompt_and_logits() {
-    for name in FIXTURES {
+    for (name, backend) in FIXTURES
+        .iter()
+        .flat_map(|n| [(*n, BackendKind::Fused), (*n, BackendKind::Candle)])
+    {
         let r = reference(name);
         for case in r.cases.iter().filter(|c| c.name != "long") {
-            let model = load(name, Precision::Fp32, case);
+            let model = load_on(backend, name, Precision::Fp32, case);
             assert_eq!(model.info.architecture, r.architecture);
             assert_eq!(model.info.template.as_deref(), Some(r.template.as_str()));
             if !r.architecture.ends_with("ForSequenceClassification") {
@@ -120,7 +129,7 @@ fn every_family_matches_transformers_prompt_and_logits() {
                 let d = max_diff(&got, &want);
                 assert!(
                     d < 1e-4,
-                    "{name} {} batch {batch}: max |Δlogit| {d}",
+                    "{name} {} {backend:?} batch {batch}: max |Δlogit| {d}",
                     case.name
                 );
             }
@@ -154,20 +163,48 @@ fn a_shared_prefix_scores_as_the_pairs_alone() {
     }
 }
 
-/// The 8,002-token prompt (the default max_length is 8,192) matches transformers.
+/// The 8,002-token prompt (the default max_length is 8,192) matches transformers on both
+/// backends.
 #[test]
 fn a_prompt_of_eight_thousand_tokens_matches_transformers() {
     let name = "tiny-qwen3-reranker";
     let r = reference(name);
     let case = r.cases.iter().find(|c| c.name == "long").unwrap();
-    let model = load(name, Precision::Fp32, case);
-    let p = &case.pairs[0];
-    let e = model.tokenizer.encode(&p.query, &p.passage).unwrap();
-    assert_eq!(e.ids.len(), p.input_ids.len());
-    assert_eq!(e.ids, p.input_ids);
-    let got = logits(&model, &[(p.query.clone(), p.passage.clone())], 1);
-    let d = max_diff(&got, std::slice::from_ref(&p.logits));
-    assert!(d < 1e-4, "max |Δlogit| {d}");
+    for backend in [BackendKind::Fused, BackendKind::Candle] {
+        let model = load_on(backend, name, Precision::Fp32, case);
+        let p = &case.pairs[0];
+        let e = model.tokenizer.encode(&p.query, &p.passage).unwrap();
+        assert_eq!(e.ids.len(), p.input_ids.len());
+        assert_eq!(e.ids, p.input_ids);
+        let got = logits(&model, &[(p.query.clone(), p.passage.clone())], 1);
+        let d = max_diff(&got, std::slice::from_ref(&p.logits));
+        assert!(d < 1e-4, "{backend:?}: max |Δlogit| {d}");
+    }
+}
+
+/// candle's bf16 and fp16 (the whole model in that dtype) stay near transformers' fp32 logits.
+#[test]
+fn candle_half_precisions_stay_near_transformers() {
+    // Measured (max over the four fixtures): bf16 0.25, fp16 0.0073 (the whole model in the
+    // dtype, every activation rounded; random weights).
+    for (precision, tolerance) in [(Precision::Bf16, 0.35), (Precision::Fp16, 0.011)] {
+        let mut worst = 0f32;
+        for name in FIXTURES {
+            let r = reference(name);
+            let case = &r.cases[0];
+            let model = load_on(BackendKind::Candle, name, precision, case);
+            let pairs: Vec<(String, String)> = case
+                .pairs
+                .iter()
+                .map(|p| (p.query.clone(), p.passage.clone()))
+                .collect();
+            let want: Vec<Vec<f32>> = case.pairs.iter().map(|p| p.logits.clone()).collect();
+            let d = max_diff(&logits(&model, &pairs, pairs.len()), &want);
+            eprintln!("candle {} {name}: max |Δlogit| {d}", precision.name());
+            worst = worst.max(d);
+        }
+        assert!(worst < tolerance, "candle {}: {worst}", precision.name());
+    }
 }
 
 /// Each reduced precision's distance from transformers' fp32 logits, over every family's default

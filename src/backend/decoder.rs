@@ -1,30 +1,43 @@
-//! Generative rerankers on the fused CPU kernels: a decoder LLM ([`FusedDecoder`]) read through a
-//! prompt template ([`crate::prompt`]) and scored by its answer tokens' logits at the prompt's last
-//! token. Loading resolves the template (the model instance's `template`, else the family's), the
-//! answer tokens' ids in the checkpoint's tokenizer (refused when missing), and converts each
-//! layer to the serving precision as it is read.
+//! Generative rerankers: a decoder LLM read through a prompt template ([`crate::prompt`]) and scored
+//! by its answer tokens' logits at the prompt's last token, on the fused CPU kernels
+//! ([`FusedDecoder`], every precision, each layer converted as it is read) or candle's ops
+//! ([`CandleDecoder`], any device; fp32, fp16, bf16). Loading resolves the template (the model
+//! instance's `template`, else the family's) and the answer tokens' ids in the checkpoint's
+//! tokenizer (refused when missing).
+
+use candle_core::Device;
+use candle_nn::VarBuilder;
 
 use super::{Backend, BackendError, BackendKind, Executor, ModelSpec};
 use crate::batch::Batch;
 use crate::model::decoder::{DecoderConfig, DecoderHead, FusedDecoder};
-use crate::model::family::{DecoderLayout, Family};
+use crate::model::decoder_candle::CandleDecoder;
+use crate::model::family::DecoderLayout;
+use crate::model::parse_device;
 use crate::model::{read_text, ModelError, ModelFiles, ModelInfo};
 use crate::prompt::PromptTemplate;
 use crate::tokenize::PairTokenizer;
 
-/// A generative reranker on xbench's fused CPU kernels.
+/// A generative reranker on xbench's fused CPU kernels or candle's ops.
 pub struct DecoderBackend {
-    model: FusedDecoder,
+    model: Model,
     info: ModelInfo,
 }
 
+enum Model {
+    Fused(FusedDecoder),
+    Candle {
+        model: CandleDecoder,
+        device: Device,
+    },
+}
+
 impl DecoderBackend {
-    /// Loads `files` (a checkpoint of `family`, architecture `architecture`) as `spec` says, with
-    /// the tokenizer that builds its prompts.
+    /// Loads `files` (a checkpoint of a family laid out as `layout`, architecture
+    /// `architecture`) as `spec` says, with the tokenizer that builds its prompts.
     pub fn load(
         files: &ModelFiles,
         spec: &ModelSpec,
-        family: &Family,
         layout: &DecoderLayout,
         architecture: &str,
     ) -> Result<(Self, PairTokenizer), super::LoadError> {
@@ -32,13 +45,6 @@ impl DecoderBackend {
             name: spec.name.clone(),
             why,
         };
-        if spec.backend != BackendKind::Fused {
-            return Err(refuse(format!(
-                "generative rerankers ({} family) run on backend fused (device cpu) for now",
-                family.name
-            ))
-            .into());
-        }
         let text = read_text(&files.config)?;
         let config = DecoderConfig::read(&files.config, &text, layout.arch)?;
         let head = if architecture.ends_with("ForSequenceClassification") {
@@ -69,17 +75,43 @@ impl DecoderBackend {
             DecoderHead::AnswerTokens => template.answer_ids(base.inner()).map_err(refuse)?,
             DecoderHead::Classifier => Vec::new(),
         };
-        let model = FusedDecoder::load(
-            &files.weights,
-            &config,
-            head,
-            &answer_ids,
-            spec.quantization,
-        )
-        .map_err(|source| ModelError::Weights {
+        let weights = |source| ModelError::Weights {
             name: files.name.clone(),
             source,
-        })?;
+        };
+        let model = match spec.backend {
+            BackendKind::Fused => {
+                let mut model = FusedDecoder::load(
+                    &files.weights,
+                    &config,
+                    head,
+                    &answer_ids,
+                    spec.quantization,
+                )
+                .map_err(weights)?;
+                // `XBENCH_SHARE_PREFIX=off` computes every pair's prefix again: for measuring
+                // what sharing saves (scripts/compare_generative.py), as XBENCH_SIMD lowers the
+                // kernels' level.
+                model.share_prefix =
+                    std::env::var("XBENCH_SHARE_PREFIX").map_or(true, |v| v != "off");
+                Model::Fused(model)
+            }
+            BackendKind::Candle => {
+                let device = parse_device(&spec.device)?;
+                let dtype = spec.quantization.candle_dtype().ok_or_else(|| {
+                    refuse(format!(
+                        "{} runs on backend fused",
+                        spec.quantization.name()
+                    ))
+                })?;
+                // SAFETY: as in load_encoder: memory-mapped read-only weight files.
+                let vb =
+                    unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, &device) }
+                        .map_err(weights)?;
+                let model = CandleDecoder::load(vb, &config, head, &answer_ids).map_err(weights)?;
+                Model::Candle { model, device }
+            }
+        };
         let labels = match head {
             DecoderHead::AnswerTokens => template.answer_tokens.clone(),
             DecoderHead::Classifier => config.labels.clone(),
@@ -87,13 +119,16 @@ impl DecoderBackend {
         let info = ModelInfo {
             name: files.name.clone(),
             architecture: architecture.to_string(),
-            num_labels: model.num_labels(),
+            num_labels: match head {
+                DecoderHead::AnswerTokens => answer_ids.len(),
+                DecoderHead::Classifier => config.num_labels,
+            },
             labels,
             hidden_size: config.hidden_size,
             num_layers: config.num_hidden_layers,
             max_positions: config.max_position_embeddings,
             precision: spec.quantization,
-            backend: BackendKind::Fused,
+            backend: spec.backend,
             template: Some(template.name.clone()),
         };
         let tokenizer = base.with_prompt(prompt, spec.instruction.clone());
@@ -102,12 +137,6 @@ impl DecoderBackend {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
-    }
-
-    /// Whether consecutive pairs sharing a prefix compute it once (on by default; off for
-    /// measuring what it saves).
-    pub fn set_share_prefix(&mut self, share: bool) {
-        self.model.share_prefix = share;
     }
 }
 
@@ -121,16 +150,28 @@ impl Backend for DecoderBackend {
     }
 
     fn predict(&self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
-        self.model
-            .forward(batch)
-            .map_err(|e| ModelError::from(e).into())
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.model {
+            Model::Fused(m) => m.forward(batch).map_err(|e| ModelError::from(e).into()),
+            Model::Candle { model, device } => model
+                .forward(batch, device)
+                .and_then(|l| l.flatten_all())
+                .and_then(|l| l.to_vec1::<f32>())
+                .map_err(|e| ModelError::from(e).into()),
+        }
     }
 
+    /// A rayon pool per instance: the kernels, and candle's CPU ops, split their work over it.
     fn executor(&self, model: &str, index: usize, threads: usize) -> Executor {
         Executor::threads(model, index, threads)
     }
 
     fn layer_weight_bytes(&self) -> Option<usize> {
-        Some(self.model.layer_weight_bytes())
+        match &self.model {
+            Model::Fused(m) => Some(m.layer_weight_bytes()),
+            Model::Candle { .. } => None,
+        }
     }
 }

@@ -251,8 +251,7 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
     }
     let (architecture, family) = crate::model::architecture(&files)?;
     if let family::EncoderKind::Decoder(layout) = &family.encoder {
-        let (backend, tokenizer) =
-            DecoderBackend::load(&files, spec, family, layout, &architecture)?;
+        let (backend, tokenizer) = DecoderBackend::load(&files, spec, layout, &architecture)?;
         let info = backend.info().clone();
         log_loaded(spec, &info);
         return Ok(LoadedModel {

@@ -257,7 +257,7 @@ impl DecoderConfig {
     }
 
     /// The rotary inverse frequencies, as transformers computes them in f32: `1 / theta^(2i/d)`.
-    fn inv_freq(&self) -> Vec<f32> {
+    pub(crate) fn inv_freq(&self) -> Vec<f32> {
         let d = self.shape.head_dim;
         let theta = self.rope_theta as f32;
         (0..d / 2)

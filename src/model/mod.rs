@@ -8,6 +8,7 @@
 pub mod calibration;
 pub mod deberta;
 pub mod decoder;
+pub mod decoder_candle;
 pub mod encoder;
 pub mod family;
 pub mod files;

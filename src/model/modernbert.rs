@@ -327,12 +327,48 @@ pub struct ModernBert {
 }
 
 /// The most negative value of `dtype`, what transformers adds to masked scores.
-fn masked(dtype: DType) -> f32 {
+pub(crate) fn masked(dtype: DType) -> f32 {
     match dtype {
         DType::F16 => -65504.0,
         DType::BF16 => -3.38e38,
         _ => f32::MIN,
     }
+}
+
+/// `cos` and `sin` of positions `0..len` times `inv_freq`, each `[len, d]` (the frequencies twice
+/// over, as transformers concatenates them), in `dtype`.
+pub(crate) fn rotary_tables(
+    inv_freq: &[f32],
+    d: usize,
+    len: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let (mut cos, mut sin) = (Vec::with_capacity(len * d), Vec::with_capacity(len * d));
+    for p in 0..len {
+        let turns: Vec<(f32, f32)> = inv_freq.iter().map(|f| (p as f32 * f).sin_cos()).collect();
+        for _ in 0..2 {
+            sin.extend(turns.iter().map(|t| t.0));
+            cos.extend(turns.iter().map(|t| t.1));
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (len, d), device)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, (len, d), device)?.to_dtype(dtype)?,
+    ))
+}
+
+/// `x * cos + rotate_half(x) * sin` over `[.., len, d]` (computed in f32, as transformers does,
+/// then back to `x`'s dtype).
+pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let d = x.dim(candle_core::D::Minus1)?;
+    let x1 = x.narrow(candle_core::D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(candle_core::D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], candle_core::D::Minus1)?;
+    let (cos, sin) = (cos.to_dtype(DType::F32)?, sin.to_dtype(DType::F32)?);
+    (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?.to_dtype(dtype)
 }
 
 impl ModernBert {
@@ -401,44 +437,6 @@ impl ModernBert {
         Ok(())
     }
 
-    /// `cos` and `sin` of positions `0..len` times `inv_freq`, each `[len, head_dim]` (the
-    /// frequencies twice over, as transformers concatenates them), in `dtype`.
-    fn rotary_tables(
-        &self,
-        inv_freq: &[f32],
-        len: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
-        let d = self.head_dim;
-        let (mut cos, mut sin) = (Vec::with_capacity(len * d), Vec::with_capacity(len * d));
-        for p in 0..len {
-            let turns: Vec<(f32, f32)> =
-                inv_freq.iter().map(|f| (p as f32 * f).sin_cos()).collect();
-            for _ in 0..2 {
-                sin.extend(turns.iter().map(|t| t.0));
-                cos.extend(turns.iter().map(|t| t.1));
-            }
-        }
-        Ok((
-            Tensor::from_vec(cos, (len, d), device)?.to_dtype(dtype)?,
-            Tensor::from_vec(sin, (len, d), device)?.to_dtype(dtype)?,
-        ))
-    }
-
-    /// `x * cos + rotate_half(x) * sin` over `[.., len, d]` (computed in f32, as transformers
-    /// does, then back to `x`'s dtype).
-    fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let d = x.dim(candle_core::D::Minus1)?;
-        let x1 = x.narrow(candle_core::D::Minus1, 0, d / 2)?;
-        let x2 = x.narrow(candle_core::D::Minus1, d / 2, d / 2)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], candle_core::D::Minus1)?;
-        let (cos, sin) = (cos.to_dtype(DType::F32)?, sin.to_dtype(DType::F32)?);
-        (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?.to_dtype(dtype)
-    }
-
     /// The window's additive mask for queries `first..first + n` over `keys` keys: `[n, keys]`,
     /// 0 where `|i - j| <= w`, the dtype's most negative value elsewhere.
     fn window_bias(
@@ -492,9 +490,9 @@ impl ModernBert {
                         .transpose(0, 1)?
                         .contiguous()
                 };
-                let (cos, sin) = self.rotary_tables(&layer.inv_freq, len, dtype, device)?;
-                let q = Self::rotate(&part(0)?, &cos, &sin)?;
-                let k = Self::rotate(&part(1)?, &cos, &sin)?;
+                let (cos, sin) = rotary_tables(&layer.inv_freq, self.head_dim, len, dtype, device)?;
+                let q = rotate(&part(0)?, &cos, &sin)?;
+                let k = rotate(&part(1)?, &cos, &sin)?;
                 let v = part(2)?;
                 let scale = 1.0 / (d as f64).sqrt();
                 let bias = |first: usize, n: usize| -> Result<Option<Tensor>> {
@@ -563,9 +561,9 @@ impl ModernBert {
                     .transpose(1, 2)?
                     .contiguous()
             };
-            let (cos, sin) = self.rotary_tables(&layer.inv_freq, length, dtype, device)?;
-            let q = Self::rotate(&part(0)?, &cos, &sin)?;
-            let k = Self::rotate(&part(1)?, &cos, &sin)?;
+            let (cos, sin) = rotary_tables(&layer.inv_freq, self.head_dim, length, dtype, device)?;
+            let q = rotate(&part(0)?, &cos, &sin)?;
+            let k = rotate(&part(1)?, &cos, &sin)?;
             let v = part(2)?;
             let bias = |first: usize, n: usize| -> Result<Option<Tensor>> {
                 Ok(Some(match layer.window {
