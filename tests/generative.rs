@@ -212,11 +212,12 @@ fn candle_half_precisions_stay_near_transformers() {
 #[test]
 fn reduced_precisions_stay_within_their_measured_tolerance() {
     for (precision, tolerance) in [
-        // Measured (max over the four fixtures): bf16 0.023, fp16 0.0022, int8 0.070, int4 0.88
-        // (random weights of std 0.2 quantize worse than trained ones).
+        // Measured (max over the four fixtures): bf16 0.023, fp16 0.0022, int8 0.091, int4 0.89
+        // (calibrated on the built-in pairs; random weights of std 0.2 quantize worse than
+        // trained ones).
         (Precision::Bf16, 0.035),
         (Precision::Fp16, 0.0035),
-        (Precision::Int8, 0.1),
+        (Precision::Int8, 0.14),
         (Precision::Int4, 1.3),
     ] {
         let mut worst = 0f32;

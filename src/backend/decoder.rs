@@ -14,7 +14,7 @@ use crate::model::decoder::{DecoderConfig, DecoderHead, FusedDecoder};
 use crate::model::decoder_candle::CandleDecoder;
 use crate::model::family::DecoderLayout;
 use crate::model::parse_device;
-use crate::model::{read_text, ModelError, ModelFiles, ModelInfo};
+use crate::model::{calibration, read_text, ModelError, ModelFiles, ModelInfo, Precision};
 use crate::prompt::PromptTemplate;
 use crate::tokenize::PairTokenizer;
 
@@ -81,12 +81,21 @@ impl DecoderBackend {
         };
         let model = match spec.backend {
             BackendKind::Fused => {
+                // int8 and int4 measure their products' input ranges on the built-in
+                // calibration pairs, read through the model's prompt.
+                let calibration = matches!(spec.quantization, Precision::Int8 | Precision::Int4)
+                    .then(|| {
+                        let tokenizer = base.clone().with_prompt(prompt.clone(), None);
+                        tokenizer.encode_batch(calibration::PAIRS.iter().copied())
+                    })
+                    .transpose()?;
                 let mut model = FusedDecoder::load(
                     &files.weights,
                     &config,
                     head,
                     &answer_ids,
                     spec.quantization,
+                    calibration.as_ref(),
                 )
                 .map_err(weights)?;
                 // `XBENCH_SHARE_PREFIX=off` computes every pair's prefix again: for measuring

@@ -254,11 +254,18 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
         let (backend, tokenizer) = DecoderBackend::load(&files, spec, layout, &architecture)?;
         let info = backend.info().clone();
         log_loaded(spec, &info);
+        let cache = if spec.quantization_cache && spec.quantization != Precision::Fp32 {
+            let why = "the cache of quantized layers holds cross-encoders' layers only; a generative reranker is converted at every load".to_string();
+            tracing::warn!(model = %spec.name, %why, "quantization_cache ignored");
+            CacheUse::Failed(why)
+        } else {
+            CacheUse::None
+        };
         return Ok(LoadedModel {
             backend: Arc::new(backend),
             info,
             tokenizer,
-            cache: CacheUse::None,
+            cache,
         });
     }
     for (key, set) in [

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::encoder::Activation;
-use super::fused::{FusedError, IntWidth};
+use super::fused::{FusedError, IntWidth, CALIBRATED_ALPHA};
 use super::ModelError;
 use crate::batch::Batch;
 use xbench_kernels::decoder::{
@@ -329,13 +329,16 @@ fn values(vb: &VarBuilder, shape: &[usize], name: &str) -> candle_core::Result<V
 impl FusedDecoder {
     /// Loads the weights of `config`'s decoder from `files` in f32, converting each layer's
     /// products to `precision` as it is read (so an fp32 copy of the whole model never exists);
-    /// the scoring rows are `answer_ids`' rows of the output embedding, or the `score` head.
+    /// the scoring rows are `answer_ids`' rows of the output embedding, or the `score` head. For
+    /// int8 and int4, `calibration` pairs run through each layer in fp32 as it is read, measuring
+    /// its products' input ranges before it is quantized.
     pub fn load(
         weights: &[std::path::PathBuf],
         config: &DecoderConfig,
         head: DecoderHead,
         answer_ids: &[u32],
         precision: super::Precision,
+        calibration: Option<&Batch>,
     ) -> candle_core::Result<Self> {
         // SAFETY: as in load_encoder: memory-mapped read-only weight files.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, &Device::Cpu) }?;
@@ -347,6 +350,20 @@ impl FusedDecoder {
         let linear = |w: Vec<f32>, bias: Vec<f32>, outputs: usize, inputs: usize| {
             Linear::F32(Weight::from_out_in(&w, bias, outputs, inputs))
         };
+        let inv_freq = config.inv_freq();
+        let context = LayerContext {
+            shape,
+            act: config.act,
+            inv_freq: &inv_freq,
+        };
+        let embed_scale = match config.arch {
+            DecoderArch::Gemma => (h as f64).sqrt() as f32,
+            _ => 1.0,
+        };
+        let integer = matches!(precision, super::Precision::Int8 | super::Precision::Int4);
+        let mut calibrating = calibration
+            .filter(|b| integer && !b.is_empty())
+            .map(|b| Pass::new(&embed, embed_scale, h, Layout::of(b, true)));
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let vb = model.pp("layers").pp(l);
@@ -397,7 +414,22 @@ impl FusedDecoder {
                 gate_up,
                 down,
             };
-            layer.convert(precision);
+            let ranges = calibrating.as_mut().map(|pass| {
+                let mut ranges: [Vec<f32>; 4] = Default::default();
+                pass.layer(&context, &layer, &mut |product, x, columns| {
+                    let seen = &mut ranges[product];
+                    if seen.is_empty() {
+                        *seen = vec![0f32; columns];
+                    }
+                    for row in x.chunks_exact(columns) {
+                        for (m, v) in seen.iter_mut().zip(row) {
+                            *m = m.max(v.abs());
+                        }
+                    }
+                });
+                ranges
+            });
+            layer.convert(precision, ranges.as_ref());
             layers.push(layer);
         }
         let final_norm = config.norm(values(&model, &[h], "norm.weight")?);
@@ -444,17 +476,14 @@ impl FusedDecoder {
         };
         Ok(Self {
             embed,
-            embed_scale: match config.arch {
-                DecoderArch::Gemma => (h as f64).sqrt() as f32,
-                _ => 1.0,
-            },
+            embed_scale,
             layers,
             final_norm,
             head,
             shape,
             hidden: h,
             act: config.act,
-            inv_freq: config.inv_freq(),
+            inv_freq,
             max_positions: config.max_position_embeddings,
             share_prefix: true,
         })
@@ -496,47 +525,15 @@ impl FusedDecoder {
             return Ok(Vec::new());
         }
         let layout = Layout::of(batch, self.share_prefix);
-        let (h, shape) = (self.hidden, self.shape);
-        let tokens = layout.ids.len();
-        let mut x = vec![0f32; tokens * h];
-        x.par_chunks_mut(h)
-            .zip(layout.ids.par_iter())
-            .with_min_len(16)
-            .for_each(|(row, &id)| {
-                let e = &self.embed[id as usize * h..][..h];
-                for (o, v) in row.iter_mut().zip(e) {
-                    *o = v * self.embed_scale;
-                }
-            });
-        let mut normed = vec![0f32; tokens * h];
-        let mut qkv = vec![0f32; tokens * shape.width()];
-        let mut context = vec![0f32; tokens * shape.q_width()];
-        let inner = self.layers.first().map_or(0, |l| l.gate_up.outputs() / 2);
-        let mut up = vec![0f32; tokens * 2 * inner];
-        let mut act = vec![0f32; tokens * inner];
+        let h = self.hidden;
+        let mut pass = Pass::new(&self.embed, self.embed_scale, h, layout);
+        let context = self.context();
         for layer in &self.layers {
-            rms_norm_into(&x, &layer.input_norm, &mut normed);
-            layer.qkv.matmul_into(&normed, &mut qkv, false);
-            prepare_qkv(
-                &mut qkv,
-                shape,
-                &layer.qkv_bias,
-                layer.head_norms.as_ref(),
-                &layout.positions,
-                &self.inv_freq,
-            );
-            causal_attention(&qkv, shape, &layout.segments, &mut context);
-            layer.o.matmul_into(&context, &mut x, true);
-            add_bias(&mut x, layer.o.bias());
-            rms_norm_into(&x, &layer.post_norm, &mut normed);
-            layer.gate_up.matmul_into(&normed, &mut up, false);
-            gated(&up, inner, self.act, &mut act);
-            layer.down.matmul_into(&act, &mut x, true);
-            add_bias(&mut x, layer.down.bias());
+            pass.layer(&context, layer, &mut |_, _, _| {});
         }
         let mut last = Vec::with_capacity(pairs * h);
-        for &t in &layout.last {
-            last.extend_from_slice(&x[t * h..][..h]);
+        for &t in &pass.layout.last {
+            last.extend_from_slice(&pass.x[t * h..][..h]);
         }
         let mut normed = vec![0f32; pairs * h];
         rms_norm_into(&last, &self.final_norm, &mut normed);
@@ -546,12 +543,107 @@ impl FusedDecoder {
         add_bias(&mut logits, &self.head.bias);
         Ok(logits)
     }
+
+    fn context(&self) -> LayerContext<'_> {
+        LayerContext {
+            shape: self.shape,
+            act: self.act,
+            inv_freq: &self.inv_freq,
+        }
+    }
+}
+
+/// What every layer's pass reads besides its weights.
+struct LayerContext<'a> {
+    shape: Gqa,
+    act: Act,
+    inv_freq: &'a [f32],
+}
+
+/// Sees the input of each of a layer's products: `(product, rows, columns)`, products numbered 0
+/// Q/K/V, 1 attention output, 2 gate/up, 3 down.
+type Observer<'a> = dyn FnMut(usize, &[f32], usize) + 'a;
+
+/// One forward pass's tokens and activation buffers.
+struct Pass {
+    layout: Layout,
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+impl Pass {
+    /// The embeddings of `layout`'s tokens (times `scale`).
+    fn new(embed: &[f32], scale: f32, h: usize, layout: Layout) -> Self {
+        let tokens = layout.ids.len();
+        let mut x = vec![0f32; tokens * h];
+        x.par_chunks_mut(h)
+            .zip(layout.ids.par_iter())
+            .with_min_len(16)
+            .for_each(|(row, &id)| {
+                let e = &embed[id as usize * h..][..h];
+                for (o, v) in row.iter_mut().zip(e) {
+                    *o = v * scale;
+                }
+            });
+        Self {
+            layout,
+            x,
+            normed: Vec::new(),
+            qkv: Vec::new(),
+            context: Vec::new(),
+            up: Vec::new(),
+            act: Vec::new(),
+        }
+    }
+
+    /// Runs `layer` over the pass's tokens, showing `observe` each product's input.
+    fn layer(&mut self, c: &LayerContext<'_>, layer: &DecoderLayer, observe: &mut Observer<'_>) {
+        let shape = c.shape;
+        let h = layer.post_norm.weight.len();
+        let tokens = self.layout.ids.len();
+        let inner = layer.gate_up.outputs() / 2;
+        let sized = |v: &mut Vec<f32>, n: usize| v.resize(n, 0.0);
+        sized(&mut self.normed, tokens * h);
+        sized(&mut self.qkv, tokens * shape.width());
+        sized(&mut self.context, tokens * shape.q_width());
+        sized(&mut self.up, tokens * 2 * inner);
+        sized(&mut self.act, tokens * inner);
+        rms_norm_into(&self.x, &layer.input_norm, &mut self.normed);
+        observe(0, &self.normed, h);
+        layer.qkv.matmul_into(&self.normed, &mut self.qkv, false);
+        prepare_qkv(
+            &mut self.qkv,
+            shape,
+            &layer.qkv_bias,
+            layer.head_norms.as_ref(),
+            &self.layout.positions,
+            c.inv_freq,
+        );
+        causal_attention(&self.qkv, shape, &self.layout.segments, &mut self.context);
+        observe(1, &self.context, shape.q_width());
+        layer.o.matmul_into(&self.context, &mut self.x, true);
+        add_bias(&mut self.x, layer.o.bias());
+        rms_norm_into(&self.x, &layer.post_norm, &mut self.normed);
+        observe(2, &self.normed, h);
+        layer.gate_up.matmul_into(&self.normed, &mut self.up, false);
+        gated(&self.up, inner, c.act, &mut self.act);
+        observe(3, &self.act, inner);
+        layer.down.matmul_into(&self.act, &mut self.x, true);
+        add_bias(&mut self.x, layer.down.bias());
+    }
 }
 
 impl DecoderLayer {
-    /// The four products in `precision`: bf16 / fp16 weights, or int8 / int4 weights smoothed
-    /// (SmoothQuant, α 0.5) by the gains of the RMSNorm each of Q/K/V and gate/up reads.
-    fn convert(&mut self, precision: super::Precision) {
+    /// The four products in `precision`: bf16 / fp16 weights, or int8 / int4 weights. With the
+    /// per-channel ranges of the products' inputs measured on calibration pairs (`ranges`, in
+    /// product order), each product is smoothed by them (SmoothQuant, α
+    /// [`CALIBRATED_ALPHA`]); without, Q/K/V and gate/up are smoothed (α 0.5) by the gains of
+    /// the RMSNorm they read, the other two rounded plainly.
+    fn convert(&mut self, precision: super::Precision, ranges: Option<&[Vec<f32>; 4]>) {
         use super::Precision;
         let width = match precision {
             Precision::Fp32 => return,
@@ -574,6 +666,22 @@ impl DecoderLayer {
             Precision::Int8 => IntWidth::Int8,
             Precision::Int4 => IntWidth::Int4,
         };
+        if let Some(ranges) = ranges {
+            let a = CALIBRATED_ALPHA;
+            let products = [
+                &mut self.qkv,
+                &mut self.o,
+                &mut self.gate_up,
+                &mut self.down,
+            ];
+            for (p, range) in products.into_iter().zip(ranges) {
+                *p = match width {
+                    IntWidth::Int8 => p.to_int8_smoothed(range, a),
+                    IntWidth::Int4 => p.to_int4_smoothed(range, a),
+                };
+            }
+            return;
+        }
         let gains = |n: &RmsNorm| -> Vec<f32> { n.gains().iter().map(|g| g.abs()).collect() };
         let smoothed = |l: &Linear, activation: &[f32]| match width {
             IntWidth::Int8 => l.to_int8_smoothed(activation, 0.5),

@@ -161,7 +161,7 @@ pub enum IntWidth {
 /// transformers (110 reference pairs, max / mean |Δlogit|, asymmetric activations): int8 α 0.5:
 /// 0.262 / 0.067, 0.6: 0.259 / 0.061, 0.7: 0.326 / 0.107; int4 (groups of 32) α 0.4: 1.82 / 0.41,
 /// 0.6: 1.30 / 0.35.
-const CALIBRATED_ALPHA: f32 = 0.6;
+pub(crate) const CALIBRATED_ALPHA: f32 = 0.6;
 
 /// The largest |activation| per input channel of each encoder product, over a calibration batch:
 /// `layers[l][p]` for layer `l` and product `p` (0 Q/K/V, 1 attention output, 2 intermediate,
