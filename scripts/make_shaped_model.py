@@ -2,6 +2,9 @@
 """Writes a random-weight cross-encoder of a real reranker's shape, for speed and memory
 measurements (speed does not depend on the values): transformers' own classes with their default
 init (fixed seed), the demo model's WordPiece tokenizer (run ./scripts/fetch_demo_model.sh first).
+The generative shapes (qwen3-reranker-*) are Qwen3ForCausalLM checkpoints instead, with the tiny
+Qwen3 reranker's byte-level BPE tokenizer (tests/data/tiny-qwen3-reranker; its ids are all below
+773, well inside the vocabulary) and no demo model needed.
 
     .venv-peers/bin/python scripts/make_shaped_model.py SHAPE OUT_DIR [--long-pairs FILE]
 
@@ -15,10 +18,18 @@ SHAPE is one of:
   electra-base     ELECTRA-base (12 layers, hidden 768, FFN 3072, embeddings 768)
   xlm-roberta-base XLM-RoBERTa-base's layers (bge-reranker-base's; 514 positions), BERT's vocabulary
   distilbert-base  DistilBERT-base (6 layers, hidden 768, FFN 3072)
+  qwen3-reranker-0.6b  Qwen3-Reranker-0.6B's Qwen3ForCausalLM (28 layers, hidden 1024, 16 query heads,
+                   8 key-value heads, head_dim 128, SwiGLU 3072, vocabulary 151,669, tied embeddings,
+                   RoPE theta 1e6, 40,960 positions), saved in bfloat16 as the real one ships (1.2 GB)
+  qwen3-reranker-4b    Qwen3-Reranker-4B's (36 layers, hidden 2560, 32 query heads, 8 key-value heads,
+                   head_dim 128, SwiGLU 9728, same vocabulary, tied), bfloat16: 8 GB on disk, and
+                   about as much memory while it is written
 
 With --long-pairs FILE it also writes FILE: three JSON-lines pairs of about 2,048, 4,096 and 8,192
 tokens (the last cut to the model's limit) from data/pairs.jsonl's passages, and prints
-transformers' fp32 logit for each (eager attention), to compare with `xbench score`.
+transformers' fp32 logit for each (eager attention), to compare with `xbench score` (cross-encoder
+shapes only). The generative shapes draw every linear and embedding weight from N(0, 0.02)
+(transformers' init at initializer_range 0.02) with the RMSNorm weights at 1, directly in bfloat16.
 """
 
 from __future__ import annotations
@@ -41,12 +52,16 @@ from transformers import (
     ElectraForSequenceClassification,
     ModernBertConfig,
     ModernBertForSequenceClassification,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     XLMRobertaConfig,
     XLMRobertaForSequenceClassification,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo-minilm-l6"
+TINY_QWEN3 = ROOT / "tests" / "data" / "tiny-qwen3-reranker"
+QWEN3_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def shape(name: str, vocab: int):
@@ -82,12 +97,61 @@ def shape(name: str, vocab: int):
     raise SystemExit(f"unknown shape {name}")
 
 
+def generative_shape(name: str):
+    """Qwen3-Reranker's config.json (Qwen/Qwen3-Reranker-0.6B, -4B); the special tokens' ids are the
+    tiny tokenizer's, whose files go with the checkpoint."""
+    tiny = json.loads((TINY_QWEN3 / "config.json").read_text())
+    common = dict(vocab_size=151669, head_dim=128, num_key_value_heads=8, hidden_act="silu",
+                  rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                  max_position_embeddings=40960,
+                  tie_word_embeddings=True, attention_bias=False, initializer_range=0.02,
+                  use_sliding_window=False, sliding_window=None, use_cache=True,
+                  bos_token_id=tiny["bos_token_id"], eos_token_id=tiny["eos_token_id"])
+    if name == "qwen3-reranker-0.6b":
+        return Qwen3Config(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, intermediate_size=3072,
+                           max_window_layers=28, **common)
+    if name == "qwen3-reranker-4b":
+        return Qwen3Config(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, intermediate_size=9728,
+                           max_window_layers=36, **common)
+    return None
+
+
+@torch.no_grad()
+def write_generative(name: str, config, out: Path) -> None:
+    """Builds the model in bfloat16 (never a float32 copy: the 4B one would take 16 GB), draws its
+    weights and saves it with the tiny Qwen3 reranker's tokenizer."""
+    config.architectures = ["Qwen3ForCausalLM"]
+    torch.manual_seed(20261201)
+    model = Qwen3ForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
+    for mname, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            module.weight.normal_(0.0, config.initializer_range)
+            assert getattr(module, "bias", None) is None, mname
+        elif type(module).__name__.endswith("RMSNorm"):
+            module.weight.fill_(1.0)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), "embeddings not tied"
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    for f in QWEN3_TOKENIZER_FILES:
+        shutil.copy(TINY_QWEN3 / f, out / f)
+    params = sum(p.numel() for p in model.parameters())
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    print(f"{name}: {params / 1e6:.1f} M parameters (bfloat16, {size / 1e9:.2f} GB) in {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("shape")
     ap.add_argument("out", type=Path)
     ap.add_argument("--long-pairs", type=Path)
     args = ap.parse_args()
+    generative = generative_shape(args.shape)
+    if generative is not None:
+        if args.long_pairs:
+            raise SystemExit("--long-pairs is for the cross-encoder shapes")
+        write_generative(args.shape, generative, args.out)
+        return
     if not (DEMO / "tokenizer.json").is_file():
         raise SystemExit("the demo model is missing: run ./scripts/fetch_demo_model.sh")
     tok_config = json.loads((DEMO / "tokenizer_config.json").read_text())
