@@ -2,9 +2,10 @@
 """Writes a random-weight cross-encoder of a real reranker's shape, for speed and memory
 measurements (speed does not depend on the values): transformers' own classes with their default
 init (fixed seed), the demo model's WordPiece tokenizer (run ./scripts/fetch_demo_model.sh first).
-The generative shapes (qwen3-reranker-*) are Qwen3ForCausalLM checkpoints instead, with the tiny
-Qwen3 reranker's byte-level BPE tokenizer (tests/data/tiny-qwen3-reranker; its ids are all below
-773, well inside the vocabulary) and no demo model needed.
+The generative shapes (qwen3-reranker-*, mxbai-rerank-base-v2, bge-reranker-v2-gemma) are causal-LM
+checkpoints instead, with the byte-level BPE tokenizer of the tiny reranker of their family
+(tests/data/tiny-*-reranker; its ids are all below 1,000, well inside the vocabulary) and no demo
+model needed.
 
     .venv-peers/bin/python scripts/make_shaped_model.py SHAPE OUT_DIR [--long-pairs FILE]
 
@@ -24,12 +25,19 @@ SHAPE is one of:
   qwen3-reranker-4b    Qwen3-Reranker-4B's (36 layers, hidden 2560, 32 query heads, 8 key-value heads,
                    head_dim 128, SwiGLU 9728, same vocabulary, tied), bfloat16: 8 GB on disk, and
                    about as much memory while it is written
+  mxbai-rerank-base-v2 mxbai-rerank-base-v2's Qwen2ForCausalLM (Qwen2.5-0.5B: 24 layers, hidden 896,
+                   14 query heads, 2 key-value heads, Q/K/V biases, SwiGLU 4864, vocabulary 151,936,
+                   tied), bfloat16 (1 GB), with the tiny Qwen2 reranker's tokenizer
+  bge-reranker-v2-gemma  bge-reranker-v2-gemma's GemmaForCausalLM (Gemma-2B: 18 layers, hidden 2048,
+                   8 query heads, 1 key-value head, head_dim 256, GeGLU 16384, vocabulary 256,000,
+                   tied), bfloat16 (5 GB), with the tiny Gemma reranker's tokenizer
 
 With --long-pairs FILE it also writes FILE: three JSON-lines pairs of about 2,048, 4,096 and 8,192
 tokens (the last cut to the model's limit) from data/pairs.jsonl's passages, and prints
 transformers' fp32 logit for each (eager attention), to compare with `xbench score` (cross-encoder
 shapes only). The generative shapes draw every linear and embedding weight from N(0, 0.02)
-(transformers' init at initializer_range 0.02) with the RMSNorm weights at 1, directly in bfloat16.
+(transformers' init at initializer_range 0.02; biases too) with the RMSNorms at identity, directly in
+bfloat16.
 """
 
 from __future__ import annotations
@@ -52,6 +60,10 @@ from transformers import (
     ElectraForSequenceClassification,
     ModernBertConfig,
     ModernBertForSequenceClassification,
+    GemmaConfig,
+    GemmaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
     XLMRobertaConfig,
@@ -60,8 +72,9 @@ from transformers import (
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo-minilm-l6"
-TINY_QWEN3 = ROOT / "tests" / "data" / "tiny-qwen3-reranker"
-QWEN3_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TINY = ROOT / "tests" / "data"
+TINY_QWEN3 = TINY / "tiny-qwen3-reranker"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def shape(name: str, vocab: int):
@@ -98,43 +111,62 @@ def shape(name: str, vocab: int):
 
 
 def generative_shape(name: str):
-    """Qwen3-Reranker's config.json (Qwen/Qwen3-Reranker-0.6B, -4B); the special tokens' ids are the
-    tiny tokenizer's, whose files go with the checkpoint."""
-    tiny = json.loads((TINY_QWEN3 / "config.json").read_text())
-    common = dict(vocab_size=151669, head_dim=128, num_key_value_heads=8, hidden_act="silu",
-                  rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-                  max_position_embeddings=40960,
-                  tie_word_embeddings=True, attention_bias=False, initializer_range=0.02,
-                  use_sliding_window=False, sliding_window=None, use_cache=True,
-                  bos_token_id=tiny["bos_token_id"], eos_token_id=tiny["eos_token_id"])
-    if name == "qwen3-reranker-0.6b":
-        return Qwen3Config(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, intermediate_size=3072,
-                           max_window_layers=28, **common)
-    if name == "qwen3-reranker-4b":
-        return Qwen3Config(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, intermediate_size=9728,
-                           max_window_layers=36, **common)
+    """The config of a generative reranker's shape (Qwen/Qwen3-Reranker-0.6B's and -4B's,
+    mixedbread-ai/mxbai-rerank-base-v2's, BAAI/bge-reranker-v2-gemma's config.json), its model
+    class and the tiny checkpoint whose tokenizer goes with it (the special tokens' ids are that
+    tokenizer's)."""
+    def special(tiny: Path) -> dict:
+        c = json.loads((tiny / "config.json").read_text())
+        return dict(bos_token_id=c["bos_token_id"], eos_token_id=c["eos_token_id"], pad_token_id=c.get("pad_token_id"))
+    qwen = dict(hidden_act="silu", rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                tie_word_embeddings=True, initializer_range=0.02, use_sliding_window=False, sliding_window=None,
+                use_cache=True)
+    if name.startswith("qwen3-reranker"):
+        common = dict(vocab_size=151669, head_dim=128, num_key_value_heads=8, max_position_embeddings=40960,
+                      attention_bias=False, **qwen, **special(TINY_QWEN3))
+        if name == "qwen3-reranker-0.6b":
+            return Qwen3Config(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+                               intermediate_size=3072, max_window_layers=28, **common), Qwen3ForCausalLM, TINY_QWEN3
+        if name == "qwen3-reranker-4b":
+            return Qwen3Config(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32,
+                               intermediate_size=9728, max_window_layers=36, **common), Qwen3ForCausalLM, TINY_QWEN3
+    if name == "mxbai-rerank-base-v2":
+        tiny = TINY / "tiny-qwen2-reranker"
+        return Qwen2Config(vocab_size=151936, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                           num_key_value_heads=2, intermediate_size=4864, max_position_embeddings=32768,
+                           max_window_layers=24, **qwen, **special(tiny)), Qwen2ForCausalLM, tiny
+    if name == "bge-reranker-v2-gemma":
+        tiny = TINY / "tiny-gemma-reranker"
+        return GemmaConfig(vocab_size=256000, hidden_size=2048, num_hidden_layers=18, num_attention_heads=8,
+                           num_key_value_heads=1, head_dim=256, intermediate_size=16384,
+                           hidden_act="gelu_pytorch_tanh", max_position_embeddings=8192, rms_norm_eps=1e-6,
+                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                           tie_word_embeddings=True, initializer_range=0.02, attention_bias=False,
+                           **special(tiny)), GemmaForCausalLM, tiny
     return None
 
 
 @torch.no_grad()
-def write_generative(name: str, config, out: Path) -> None:
+def write_generative(name: str, config, cls, tiny: Path, out: Path) -> None:
     """Builds the model in bfloat16 (never a float32 copy: the 4B one would take 16 GB), draws its
-    weights and saves it with the tiny Qwen3 reranker's tokenizer."""
-    config.architectures = ["Qwen3ForCausalLM"]
+    weights and saves it with the tiny reranker's tokenizer."""
+    config.architectures = [cls.__name__]
     torch.manual_seed(20261201)
-    model = Qwen3ForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
+    model = cls._from_config(config, dtype=torch.bfloat16).eval()
     for mname, module in model.named_modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
             module.weight.normal_(0.0, config.initializer_range)
-            assert getattr(module, "bias", None) is None, mname
+            if getattr(module, "bias", None) is not None:
+                module.bias.normal_(0.0, config.initializer_range)
         elif type(module).__name__.endswith("RMSNorm"):
-            module.weight.fill_(1.0)
+            # Gemma's norms scale by (1 + weight): 0 is its identity, 1 the others'.
+            module.weight.fill_(0.0 if isinstance(model, GemmaForCausalLM) else 1.0)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), "embeddings not tied"
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
-    for f in QWEN3_TOKENIZER_FILES:
-        shutil.copy(TINY_QWEN3 / f, out / f)
+    for f in TOKENIZER_FILES:
+        shutil.copy(tiny / f, out / f)
     params = sum(p.numel() for p in model.parameters())
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     print(f"{name}: {params / 1e6:.1f} M parameters (bfloat16, {size / 1e9:.2f} GB) in {out}")
@@ -150,7 +182,7 @@ def main() -> None:
     if generative is not None:
         if args.long_pairs:
             raise SystemExit("--long-pairs is for the cross-encoder shapes")
-        write_generative(args.shape, generative, args.out)
+        write_generative(args.shape, *generative, args.out)
         return
     if not (DEMO / "tokenizer.json").is_file():
         raise SystemExit("the demo model is missing: run ./scripts/fetch_demo_model.sh")

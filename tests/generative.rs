@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use xbench::backend::{self, BackendKind, LoadedModel, ModelSpec};
+use xbench::backend::{self, BackendKind, CacheUse, LoadedModel, ModelSpec};
 use xbench::model::Precision;
 
 #[derive(Deserialize)]
@@ -238,6 +238,64 @@ fn reduced_precisions_stay_within_their_measured_tolerance() {
         }
         assert!(worst < tolerance, "{}: {worst}", precision.name());
     }
+}
+
+/// The cache of quantized layers holds a generative reranker's decoder layers too: written on
+/// the first load, read on the next with the same logits (and no calibration), stale when the
+/// calibration tokens change (another max_length cuts the calibration prompts otherwise), written
+/// over when damaged.
+#[test]
+fn a_decoders_quantized_layers_are_cached_beside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = dir("tiny-qwen3-reranker");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    let r = reference("tiny-qwen3-reranker");
+    let pairs: Vec<(String, String)> = r.cases[0]
+        .pairs
+        .iter()
+        .map(|p| (p.query.clone(), p.passage.clone()))
+        .collect();
+    let load = |precision, max_length, cache| {
+        backend::load(&ModelSpec {
+            quantization: precision,
+            quantization_cache: cache,
+            max_length,
+            ..ModelSpec::new(tmp.path().to_str().unwrap())
+        })
+        .unwrap()
+    };
+    for precision in [Precision::Int8, Precision::Int4, Precision::Bf16] {
+        let plain = load(precision, None, false);
+        assert_eq!(plain.cache, CacheUse::None);
+        let want = logits(&plain, &pairs, pairs.len());
+        let first = load(precision, None, true);
+        let path = match &first.cache {
+            CacheUse::Written(path) => path.clone(),
+            other => panic!("{precision:?}: {other:?}"),
+        };
+        assert_eq!(logits(&first, &pairs, pairs.len()), want, "{precision:?}");
+        let second = load(precision, None, true);
+        assert_eq!(second.cache, CacheUse::Read(path.clone()), "{precision:?}");
+        assert_eq!(logits(&second, &pairs, pairs.len()), want, "{precision:?}");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let third = load(precision, None, true);
+        assert!(
+            matches!(third.cache, CacheUse::Replaced { .. }),
+            "{precision:?}: {:?}",
+            third.cache
+        );
+        assert_eq!(logits(&third, &pairs, pairs.len()), want, "{precision:?}");
+    }
+    // Calibration prompts cut to 96 tokens (about 125 uncut): other calibration tokens, so a stale cache.
+    let cut = load(Precision::Int8, Some(96), true).cache;
+    assert!(matches!(cut, CacheUse::Written(_)), "{cut:?}");
+    // bf16 calibrates nothing: max_length does not touch its cache.
+    let bf16 = load(Precision::Bf16, Some(96), true).cache;
+    assert!(matches!(bf16, CacheUse::Read(_)), "{bf16:?}");
 }
 
 /// Answer tokens the tokenizer lacks, and an instruction for a template without one, are

@@ -8,12 +8,13 @@
 use candle_core::Device;
 use candle_nn::VarBuilder;
 
-use super::{Backend, BackendError, BackendKind, Executor, ModelSpec};
+use super::{Backend, BackendError, BackendKind, CacheUse, Executor, ModelSpec};
 use crate::batch::Batch;
 use crate::model::decoder::{DecoderConfig, DecoderHead, FusedDecoder};
 use crate::model::decoder_candle::CandleDecoder;
 use crate::model::family::DecoderLayout;
 use crate::model::parse_device;
+use crate::model::quant_cache::{self, Key};
 use crate::model::{calibration, read_text, ModelError, ModelFiles, ModelInfo, Precision};
 use crate::prompt::PromptTemplate;
 use crate::tokenize::PairTokenizer;
@@ -40,7 +41,7 @@ impl DecoderBackend {
         spec: &ModelSpec,
         layout: &DecoderLayout,
         architecture: &str,
-    ) -> Result<(Self, PairTokenizer), super::LoadError> {
+    ) -> Result<(Self, PairTokenizer, CacheUse), super::LoadError> {
         let refuse = |why: String| ModelError::Unsupported {
             name: spec.name.clone(),
             why,
@@ -79,6 +80,7 @@ impl DecoderBackend {
             name: files.name.clone(),
             source,
         };
+        let mut cache = CacheUse::None;
         let model = match spec.backend {
             BackendKind::Fused => {
                 // int8 and int4 measure their products' input ranges on the built-in
@@ -89,15 +91,15 @@ impl DecoderBackend {
                         tokenizer.encode_batch(calibration::PAIRS.iter().copied())
                     })
                     .transpose()?;
-                let mut model = FusedDecoder::load(
-                    &files.weights,
+                let (mut model, used) = load_fused(
+                    files,
+                    spec,
                     &config,
                     head,
                     &answer_ids,
-                    spec.quantization,
                     calibration.as_ref(),
-                )
-                .map_err(weights)?;
+                )?;
+                cache = used;
                 // `XBENCH_SHARE_PREFIX=off` computes every pair's prefix again: for measuring
                 // what sharing saves (scripts/compare_generative.py), as XBENCH_SIMD lowers the
                 // kernels' level.
@@ -141,12 +143,89 @@ impl DecoderBackend {
             template: Some(template.name.clone()),
         };
         let tokenizer = base.with_prompt(prompt, spec.instruction.clone());
-        Ok((Self { model, info }, tokenizer))
+        Ok((Self { model, info }, tokenizer, cache))
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
+}
+
+/// The fused decoder of `files`, in `spec`'s precision; with `spec.quantization_cache`, through
+/// the cache of quantized layers beside the checkpoint, as the cross-encoders' (read when it was
+/// made from these weights, by this xbench, from these calibration tokens; else computed and
+/// written; a cache that cannot be read or written is logged and computed around, never an
+/// error).
+fn load_fused(
+    files: &ModelFiles,
+    spec: &ModelSpec,
+    config: &DecoderConfig,
+    head: DecoderHead,
+    answer_ids: &[u32],
+    calibration: Option<&Batch>,
+) -> Result<(FusedDecoder, CacheUse), ModelError> {
+    let load = |cached| {
+        FusedDecoder::load(
+            &files.weights,
+            config,
+            head,
+            answer_ids,
+            spec.quantization,
+            calibration,
+            cached,
+        )
+        .map_err(|source| ModelError::Weights {
+            name: files.name.clone(),
+            source,
+        })
+    };
+    if !spec.quantization_cache || spec.quantization == Precision::Fp32 {
+        return Ok((load(None)?, CacheUse::None));
+    }
+    let key = Key {
+        files,
+        precision: spec.quantization,
+        layers: &quant_cache::DECODER,
+        calibration: calibration.map(|b| {
+            let mut ids = b.input_ids.clone();
+            ids.extend(&b.cu_seq_lengths);
+            quant_cache::fingerprint(&ids)
+        }),
+    };
+    let mut damaged = None;
+    match quant_cache::read_layers(&key, config.num_hidden_layers) {
+        Ok(Some((path, layers))) => match load(Some((path.clone(), layers))) {
+            Ok(model) => {
+                tracing::info!(model = %files.name, path = %path.display(), "read the quantized layers");
+                return Ok((model, CacheUse::Read(path)));
+            }
+            Err(why) => damaged = Some(why.to_string()),
+        },
+        Ok(None) => {}
+        Err(why) => damaged = Some(why),
+    }
+    if let Some(why) = &damaged {
+        tracing::warn!(model = %files.name, %why, "ignoring a damaged cache of quantized layers");
+    }
+    let model = load(None)?;
+    let layers = model
+        .layers
+        .iter()
+        .map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down]);
+    let used = match quant_cache::save_layers(&key, layers) {
+        Ok(path) => {
+            tracing::info!(model = %files.name, path = %path.display(), "wrote the quantized layers");
+            match damaged {
+                Some(why) => CacheUse::Replaced { path, why },
+                None => CacheUse::Written(path),
+            }
+        }
+        Err(why) => {
+            tracing::warn!(model = %files.name, %why, "cannot cache the quantized layers");
+            CacheUse::Failed(why)
+        }
+    };
+    Ok((model, used))
 }
 
 impl Backend for DecoderBackend {

@@ -251,16 +251,10 @@ pub fn load(spec: &ModelSpec) -> Result<LoadedModel, LoadError> {
     }
     let (architecture, family) = crate::model::architecture(&files)?;
     if let family::EncoderKind::Decoder(layout) = &family.encoder {
-        let (backend, tokenizer) = DecoderBackend::load(&files, spec, layout, &architecture)?;
+        let (backend, tokenizer, cache) =
+            DecoderBackend::load(&files, spec, layout, &architecture)?;
         let info = backend.info().clone();
         log_loaded(spec, &info);
-        let cache = if spec.quantization_cache && spec.quantization != Precision::Fp32 {
-            let why = "the cache of quantized layers holds cross-encoders' layers only; a generative reranker is converted at every load".to_string();
-            tracing::warn!(model = %spec.name, %why, "quantization_cache ignored");
-            CacheUse::Failed(why)
-        } else {
-            CacheUse::None
-        };
         return Ok(LoadedModel {
             backend: Arc::new(backend),
             info,

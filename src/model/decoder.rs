@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use super::encoder::Activation;
 use super::fused::{FusedError, IntWidth, CALIBRATED_ALPHA};
-use super::ModelError;
+use super::{quant_cache, ModelError};
 use crate::batch::Batch;
 use xbench_kernels::decoder::{
     causal_attention, gated, prepare_qkv, rms_norm_into, Gqa, HeadNorms, RmsNorm, Segment,
@@ -331,7 +331,9 @@ impl FusedDecoder {
     /// products to `precision` as it is read (so an fp32 copy of the whole model never exists);
     /// the scoring rows are `answer_ids`' rows of the output embedding, or the `score` head. For
     /// int8 and int4, `calibration` pairs run through each layer in fp32 as it is read, measuring
-    /// its products' input ranges before it is quantized.
+    /// its products' input ranges before it is quantized. With `cached` (the stored arrays of every
+    /// layer, from the cache of quantized layers, and the file they came from), each layer's
+    /// products are made from them instead, and nothing is calibrated.
     pub fn load(
         weights: &[std::path::PathBuf],
         config: &DecoderConfig,
@@ -339,6 +341,7 @@ impl FusedDecoder {
         answer_ids: &[u32],
         precision: super::Precision,
         calibration: Option<&Batch>,
+        cached: Option<quant_cache::Cached>,
     ) -> candle_core::Result<Self> {
         // SAFETY: as in load_encoder: memory-mapped read-only weight files.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, DType::F32, &Device::Cpu) }?;
@@ -361,8 +364,9 @@ impl FusedDecoder {
             _ => 1.0,
         };
         let integer = matches!(precision, super::Precision::Int8 | super::Precision::Int4);
+        let mut cached = cached.map(|(path, layers)| (path, layers.into_iter()));
         let mut calibrating = calibration
-            .filter(|b| integer && !b.is_empty())
+            .filter(|b| integer && !b.is_empty() && cached.is_none())
             .map(|b| Pass::new(&embed, embed_scale, h, Layout::of(b, true)));
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
@@ -414,6 +418,18 @@ impl FusedDecoder {
                 gate_up,
                 down,
             };
+            if let Some((path, stored)) = cached.as_mut() {
+                let four = stored.next().ok_or_else(|| {
+                    candle_core::Error::Msg(format!("{} holds too few layers", path.display()))
+                })?;
+                let products = [&layer.qkv, &layer.o, &layer.gate_up, &layer.down];
+                let [qkv, o, gate_up, down] =
+                    quant_cache::convert(path, l, &quant_cache::DECODER, products, four)
+                        .map_err(candle_core::Error::Msg)?;
+                (layer.qkv, layer.o, layer.gate_up, layer.down) = (qkv, o, gate_up, down);
+                layers.push(layer);
+                continue;
+            }
             let ranges = calibrating.as_mut().map(|pass| {
                 let mut ranges: [Vec<f32>; 4] = Default::default();
                 pass.layer(&context, &layer, &mut |product, x, columns| {

@@ -1,14 +1,16 @@
-//! The cache of quantized layers: after xbench converts a model's encoder products to a precision
-//! (int8 and int4 calibrate, and int4 runs GPTQ: seconds for a large model), it can write the
-//! packed arrays to a GGUF file beside the checkpoint, `xbench-<precision>.gguf`, and the next load
-//! reads them instead of computing them. The file records what it was made from (the weight files'
-//! names, sizes and modification times, the precision, xbench's quantization version); a file that
-//! does not match is ignored and rewritten, never trusted.
+//! The cache of quantized layers: after xbench converts a model's layer products to a precision
+//! (int8 and int4 calibrate, and int4 runs GPTQ: seconds for a large model, minutes for a
+//! generative reranker of billions of weights), it can write the packed arrays to a GGUF file
+//! beside the checkpoint, `xbench-<precision>.gguf`, and the next load reads them instead of
+//! computing them. The file records what it was made from (the weight files' names, sizes and
+//! modification times, the precision, xbench's quantization version, the kind of model and, for a
+//! generative reranker, a fingerprint of the calibration tokens its prompt made); a file that does
+//! not match is ignored and rewritten, never trusted.
 
 use std::path::PathBuf;
 
 use xbench_kernels::half::HalfKind;
-use xbench_kernels::matmul::Stored;
+use xbench_kernels::matmul::{Linear, Stored};
 
 use super::fused::FusedBert;
 use super::gguf::{Gguf, Tensor};
@@ -16,7 +18,69 @@ use super::{ModelFiles, Precision};
 
 /// Bumped whenever a precision's arrays or how they are computed change: older files are stale.
 const FORMAT: &str = "xbench quantized layers 2";
-const PRODUCTS: [&str; 4] = ["qkv", "attention_output", "intermediate", "output"];
+
+/// The kind of model a cache holds: its tag in the file and its layers' four products, in the
+/// order they are saved and read.
+pub struct Layers {
+    pub architecture: &'static str,
+    pub products: [&'static str; 4],
+}
+
+/// A cross-encoder's layers ([`FusedBert`]).
+pub const CROSS_ENCODER: Layers = Layers {
+    architecture: "xbench-cross-encoder",
+    products: ["qkv", "attention_output", "intermediate", "output"],
+};
+
+/// A generative reranker's decoder layers ([`super::decoder::FusedDecoder`]).
+pub const DECODER: Layers = Layers {
+    architecture: "xbench-generative-reranker",
+    products: ["qkv", "o", "gate_up", "down"],
+};
+
+/// Which cache: of which checkpoint, precision and kind of model, and (where the calibration
+/// pairs' tokens depend on more than the weights, as a prompt template's do) their fingerprint.
+pub struct Key<'a> {
+    pub files: &'a ModelFiles,
+    pub precision: Precision,
+    pub layers: &'a Layers,
+    pub calibration: Option<String>,
+}
+
+impl Key<'_> {
+    /// Where the cache lives: beside `config.json`.
+    pub fn path(&self) -> Option<PathBuf> {
+        path(self.files, self.precision)
+    }
+
+    fn metadata(&self) -> Result<Vec<(String, String)>, String> {
+        let mut m = vec![
+            (
+                "general.architecture".into(),
+                self.layers.architecture.into(),
+            ),
+            ("xbench.format".into(), FORMAT.into()),
+            ("xbench.precision".into(), self.precision.name().into()),
+            ("xbench.source".into(), source(self.files)?),
+        ];
+        if let Some(c) = &self.calibration {
+            m.push(("xbench.calibration".into(), c.clone()));
+        }
+        Ok(m)
+    }
+}
+
+/// A fingerprint of token ids (FNV-1a, 64 bits, in hex): stable across builds and platforms.
+pub fn fingerprint(ids: &[u32]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for id in ids {
+        for b in id.to_le_bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
 
 /// Where the cache of `precision` for `files` lives: beside `config.json`.
 pub fn path(files: &ModelFiles, precision: Precision) -> Option<PathBuf> {
@@ -43,32 +107,17 @@ fn source(files: &ModelFiles) -> Result<String, String> {
     Ok(parts.join(","))
 }
 
-fn metadata(files: &ModelFiles, precision: Precision) -> Result<Vec<(String, String)>, String> {
-    Ok(vec![
-        ("general.architecture".into(), "xbench-cross-encoder".into()),
-        ("xbench.format".into(), FORMAT.into()),
-        ("xbench.precision".into(), precision.name().into()),
-        ("xbench.source".into(), source(files)?),
-    ])
-}
-
-/// Writes `model`'s converted products to the cache of `precision`.
-pub fn save(
-    files: &ModelFiles,
-    precision: Precision,
-    model: &FusedBert,
+/// Writes the converted products of `layers` (four per layer, in `key.layers`' order) to the
+/// cache `key` names.
+pub fn save_layers<'a>(
+    key: &Key,
+    layers: impl IntoIterator<Item = [&'a Linear; 4]>,
 ) -> Result<PathBuf, String> {
-    let path = path(files, precision).ok_or("the model has no directory")?;
+    let path = key.path().ok_or("the model has no directory")?;
     let mut g = Gguf::default();
-    g.metadata.extend(metadata(files, precision)?);
-    for (l, layer) in model.layers.iter().enumerate() {
-        let products = [
-            &layer.qkv,
-            &layer.attention_output,
-            &layer.intermediate,
-            &layer.output,
-        ];
-        for (name, product) in PRODUCTS.iter().zip(products) {
+    g.metadata.extend(key.metadata()?);
+    for (l, products) in layers.into_iter().enumerate() {
+        for (name, product) in key.layers.products.iter().zip(products) {
             let key = |field: &str| format!("blk.{l}.{name}.{field}");
             let stored = product
                 .stored()
@@ -112,6 +161,88 @@ pub fn save(
     Ok(path)
 }
 
+/// The stored arrays of every layer (its four products each), and the file they came from.
+pub type Cached = (PathBuf, Vec<[Stored; 4]>);
+
+/// The stored arrays of `count` layers from the cache `key` names: `Ok(None)` when there is no
+/// cache or it was made from something else (stale), an error when it is damaged. Each layer's
+/// arrays become a product again through [`Linear::from_stored`] on its fp32 layer.
+pub fn read_layers(key: &Key, count: usize) -> Result<Option<Cached>, String> {
+    let Some(path) = key.path() else {
+        return Ok(None);
+    };
+    if !path.is_file() || key.precision == Precision::Fp32 {
+        return Ok(None);
+    }
+    let g = Gguf::read(&path)?;
+    for (k, want) in key.metadata()? {
+        if g.metadata.get(&k) != Some(&want) {
+            return Ok(None);
+        }
+    }
+    let mut t = Tensors { g, path: &path };
+    let mut layers = Vec::with_capacity(count);
+    for l in 0..count {
+        let mut four = Vec::with_capacity(4);
+        for name in key.layers.products {
+            let name = |field: &str| format!("blk.{l}.{name}.{field}");
+            four.push(match key.precision {
+                Precision::Int8 => Stored::Int8 {
+                    packed: t.i8(name("packed"))?,
+                    scales: t.f32(name("scales"))?,
+                    col_sums: t.i32(name("col_sums"))?,
+                    smooth: t.f32(name("smooth"))?,
+                },
+                Precision::Int4 => Stored::Int4 {
+                    packed: t
+                        .i8(name("nibbles"))?
+                        .into_iter()
+                        .map(|b| b as u8)
+                        .collect(),
+                    scales: t.f16(name("scales"))?,
+                    offsets: t.f32(name("offsets"))?,
+                    smooth: t.f32(name("smooth"))?,
+                },
+                Precision::Bf16 => Stored::Half {
+                    kind: HalfKind::Bf16,
+                    packed: t.bf16(name("packed"))?,
+                },
+                Precision::Fp16 => Stored::Half {
+                    kind: HalfKind::F16,
+                    packed: t.f16(name("packed"))?,
+                },
+                Precision::Fp32 => return Ok(None),
+            });
+        }
+        let four: [Stored; 4] = four
+            .try_into()
+            .map_err(|_| "four products per layer".to_string())?;
+        layers.push(four);
+    }
+    Ok(Some((path.clone(), layers)))
+}
+
+/// Writes `model`'s converted products to the cache of `precision`.
+pub fn save(
+    files: &ModelFiles,
+    precision: Precision,
+    model: &FusedBert,
+) -> Result<PathBuf, String> {
+    let key = Key {
+        files,
+        precision,
+        layers: &CROSS_ENCODER,
+        calibration: None,
+    };
+    save_layers(
+        &key,
+        model
+            .layers
+            .iter()
+            .map(|l| [&l.qkv, &l.attention_output, &l.intermediate, &l.output]),
+    )
+}
+
 /// Converts `model`'s fp32 products from the cache of `precision`: `Ok(None)` when there is no
 /// cache or it was made from something else (stale), an error when it is damaged.
 pub fn load(
@@ -119,70 +250,55 @@ pub fn load(
     precision: Precision,
     model: &mut FusedBert,
 ) -> Result<Option<PathBuf>, String> {
-    let Some(path) = path(files, precision) else {
+    let key = Key {
+        files,
+        precision,
+        layers: &CROSS_ENCODER,
+        calibration: None,
+    };
+    let Some((path, stored)) = read_layers(&key, model.layers.len())? else {
         return Ok(None);
     };
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let g = Gguf::read(&path)?;
-    for (key, want) in metadata(files, precision)? {
-        if g.metadata.get(&key) != Some(&want) {
-            return Ok(None);
-        }
-    }
-    let mut t = Tensors { g, path: &path };
-    let mut converted = Vec::with_capacity(model.layers.len());
-    for (l, layer) in model.layers.iter().enumerate() {
+    let mut converted = Vec::with_capacity(stored.len());
+    for (l, (layer, four)) in model.layers.iter().zip(stored).enumerate() {
         let products = [
             &layer.qkv,
             &layer.attention_output,
             &layer.intermediate,
             &layer.output,
         ];
-        let mut four = Vec::with_capacity(4);
-        for (name, product) in PRODUCTS.iter().zip(products) {
-            let key = |field: &str| format!("blk.{l}.{name}.{field}");
-            let stored = match precision {
-                Precision::Int8 => Stored::Int8 {
-                    packed: t.i8(key("packed"))?,
-                    scales: t.f32(key("scales"))?,
-                    col_sums: t.i32(key("col_sums"))?,
-                    smooth: t.f32(key("smooth"))?,
-                },
-                Precision::Int4 => Stored::Int4 {
-                    packed: t.i8(key("nibbles"))?.into_iter().map(|b| b as u8).collect(),
-                    scales: t.f16(key("scales"))?,
-                    offsets: t.f32(key("offsets"))?,
-                    smooth: t.f32(key("smooth"))?,
-                },
-                Precision::Bf16 => Stored::Half {
-                    kind: HalfKind::Bf16,
-                    packed: t.bf16(key("packed"))?,
-                },
-                Precision::Fp16 => Stored::Half {
-                    kind: HalfKind::F16,
-                    packed: t.f16(key("packed"))?,
-                },
-                Precision::Fp32 => return Ok(None),
-            };
-            let layer = product
-                .from_stored(stored)
-                .map_err(|e| format!("{}: {}: {e}", path.display(), key("")))?;
-            four.push(layer);
-        }
-        converted.push(four);
+        converted.push(convert(&path, l, &CROSS_ENCODER, products, four)?);
     }
-    for (layer, four) in model.layers.iter_mut().zip(converted) {
-        let [qkv, attention_output, intermediate, output]: [_; 4] = four
-            .try_into()
-            .map_err(|_| "four products per layer".to_string())?;
+    for (layer, [qkv, attention_output, intermediate, output]) in
+        model.layers.iter_mut().zip(converted)
+    {
         layer.qkv = qkv;
         layer.attention_output = attention_output;
         layer.intermediate = intermediate;
         layer.output = output;
     }
     Ok(Some(path))
+}
+
+/// Layer `l`'s four products from their stored arrays (read from `path`), each on the shape
+/// and bias of its fp32 product.
+pub fn convert(
+    path: &std::path::Path,
+    l: usize,
+    layers: &Layers,
+    fp32: [&Linear; 4],
+    stored: [Stored; 4],
+) -> Result<[Linear; 4], String> {
+    let mut out = Vec::with_capacity(4);
+    for ((name, product), s) in layers.products.iter().zip(fp32).zip(stored) {
+        out.push(
+            product
+                .from_stored(s)
+                .map_err(|e| format!("{}: blk.{l}.{name}: {e}", path.display()))?,
+        );
+    }
+    out.try_into()
+        .map_err(|_| "four products per layer".to_string())
 }
 
 /// A cache file's tensors, taken out by name and type.
