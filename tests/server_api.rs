@@ -133,21 +133,31 @@ fn every_row_of_the_status_table() {
         (status, r.json::<Value>().unwrap(), headers)
     };
     let json_ct = Some("application/json");
+    // TEI's route answers in TEI's vocabulary (`ApiError::tei`), Cohere's in xbench's.
+    let kind = |path: &str, xbench: &'static str| {
+        if path == "/rerank" {
+            "Validation"
+        } else {
+            xbench
+        }
+    };
     for path in ["/rerank", "/v1/rerank"] {
         // 400: malformed JSON.
         let (s, v, _) = raw(path, json_ct, "{\"query\": \"q\", ");
         assert_eq!(s, StatusCode::BAD_REQUEST);
-        assert!(assert_envelope(&v, "bad_request").contains("not valid JSON"));
+        assert!(assert_envelope(&v, kind(path, "bad_request")).contains("not valid JSON"));
         // 415: not sent as JSON.
         let (s, v, _) = raw(path, None, "{}");
         assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-        assert!(assert_envelope(&v, "unsupported_media_type").contains("application/json"));
+        assert!(
+            assert_envelope(&v, kind(path, "unsupported_media_type")).contains("application/json")
+        );
         // 413: body over the payload limit.
         let big =
             json!({"query": "q", "texts": ["x".repeat(5000)], "documents": ["x".repeat(5000)]});
         let (s, v, _) = raw(path, json_ct, &big.to_string());
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(assert_envelope(&v, "payload_too_large").contains("4096"));
+        assert!(assert_envelope(&v, kind(path, "payload_too_large")).contains("4096"));
     }
     // 422: wrong types and missing fields name the field.
     expect_error(
@@ -155,7 +165,7 @@ fn every_row_of_the_status_table() {
         "/rerank",
         &json!({"query": "q", "texts": "one"}),
         StatusCode::UNPROCESSABLE_ENTITY,
-        "validation",
+        "Validation",
         "texts",
     );
     expect_error(
@@ -163,7 +173,7 @@ fn every_row_of_the_status_table() {
         "/rerank",
         &json!({"texts": ["a"]}),
         StatusCode::UNPROCESSABLE_ENTITY,
-        "validation",
+        "Validation",
         "query",
     );
     expect_error(
@@ -193,7 +203,11 @@ fn every_row_of_the_status_table() {
             path,
             &body,
             StatusCode::UNPROCESSABLE_ENTITY,
-            "validation",
+            if path == "/rerank" {
+                "Validation"
+            } else {
+                "validation"
+            },
             "timeout_ms must be at least 1",
         );
     }
@@ -203,7 +217,7 @@ fn every_row_of_the_status_table() {
         "/rerank",
         &json!({"query": "q", "texts": []}),
         StatusCode::BAD_REQUEST,
-        "bad_request",
+        "Empty",
         "'texts' is empty",
     );
     expect_error(
@@ -214,11 +228,19 @@ fn every_row_of_the_status_table() {
         "bad_request",
         "'documents' is empty",
     );
-    // 413: more texts than max_client_batch_size.
+    // More texts than max_client_batch_size: TEI's 422 on /rerank, 413 on Cohere's route.
     expect_error(
         &server,
         "/rerank",
         &json!({"query": "q", "texts": ["a", "b", "c", "d", "e"]}),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Validation",
+        "max_client_batch_size 4",
+    );
+    expect_error(
+        &server,
+        "/v1/rerank",
+        &json!({"query": "q", "documents": ["a", "b", "c", "d", "e"]}),
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
         "max_client_batch_size 4",
@@ -230,7 +252,7 @@ fn every_row_of_the_status_table() {
         "/rerank",
         &json!({"query": "q", "texts": [long], "truncate": false}),
         StatusCode::UNPROCESSABLE_ENTITY,
-        "validation",
+        "Validation",
         "max_length 512",
     );
     // 404: unknown model, unknown route.
@@ -239,7 +261,7 @@ fn every_row_of_the_status_table() {
         "/rerank",
         &json!({"query": "q", "texts": ["a"], "model": "nope"}),
         StatusCode::NOT_FOUND,
-        "not_found",
+        "Validation",
         "unknown model 'nope'",
     );
     let r = client().get(server.url("/nowhere")).send().unwrap();
@@ -248,6 +270,8 @@ fn every_row_of_the_status_table() {
     // 405: wrong method.
     let r = client().get(server.url("/rerank")).send().unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(assert_envelope(&r.json().unwrap(), "Validation").contains("use POST"));
+    let r = client().get(server.url("/v1/rerank")).send().unwrap();
     assert!(assert_envelope(&r.json().unwrap(), "method_not_allowed").contains("use POST"));
     // 500: a failed batch fails its own request only (pairs over 64 tokens fail here); the
     // short request after it is scored.
@@ -255,6 +279,14 @@ fn every_row_of_the_status_table() {
         &server,
         "/rerank",
         &json!({"query": "q", "texts": ["word ".repeat(100)]}),
+        StatusCode::FAILED_DEPENDENCY,
+        "Backend",
+        "injected failure",
+    );
+    expect_error(
+        &server,
+        "/v1/rerank",
+        &json!({"query": "q", "documents": ["word ".repeat(100)]}),
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",
         "injected failure",
@@ -323,7 +355,7 @@ fn truncation_direction_keeps_the_end_asked_for() {
         "/rerank",
         &json!({"query": "rust", "texts": [text], "truncate": false}),
         StatusCode::UNPROCESSABLE_ENTITY,
-        "validation",
+        "Validation",
         "max_length 16",
     );
 }
@@ -346,7 +378,8 @@ fn the_api_key_guards_every_route_but_health_and_metrics() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
-    assert!(assert_envelope(&r.json().unwrap(), "unauthorized").contains("Authorization: Bearer"));
+    // TEI's route in TEI's vocabulary, the others in xbench's.
+    assert!(assert_envelope(&r.json().unwrap(), "Validation").contains("Authorization: Bearer"));
     for path in ["/v1/rerank", "/v2/rerank", "/score"] {
         let r = client()
             .post(server.url(path))
@@ -355,6 +388,7 @@ fn the_api_key_guards_every_route_but_health_and_metrics() {
             .send()
             .unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert!(assert_envelope(&r.json().unwrap(), "unauthorized").contains("wrong"));
     }
     for path in ["/info", "/openapi.json"] {
         let r = client().get(server.url(path)).send().unwrap();
@@ -444,15 +478,18 @@ fn the_openapi_document_describes_the_real_responses() {
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
         check_schema(&doc, &response_schema(path, "post", "422"), &v, path).unwrap();
     }
-    for path in ["/info", "/health"] {
-        let v: Value = client()
-            .get(server.url(path))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        check_schema(&doc, &response_schema(path, "get", "200"), &v, path).unwrap();
-    }
+    let v: Value = client()
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    check_schema(&doc, &response_schema("/info", "get", "200"), &v, "/info").unwrap();
+    // /health: 200 with an empty body, as TEI answers it (documented without content).
+    let r = client().get(server.url("/health")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(doc["paths"]["/health"]["get"]["responses"]["200"]["content"].is_null());
+    assert_eq!(r.text().unwrap(), "");
     // The checker does catch a mismatch.
     let bad = json!([{"index": "zero", "score": 1.0}]);
     assert!(check_schema(&doc, &response_schema("/rerank", "post", "200"), &bad, "x").is_err());
@@ -483,18 +520,40 @@ fn a_request_past_its_deadline_is_answered_503_and_the_server_keeps_serving() {
         let (status, retry, v) = post_rerank(&server, &body);
         (status, retry, v, started.elapsed())
     };
+    let send_v1 = |body: Value| {
+        let started = Instant::now();
+        let r = client()
+            .post(server.url("/v1/rerank"))
+            .json(&body)
+            .send()
+            .unwrap();
+        let (status, retry) = (
+            r.status(),
+            r.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string()),
+        );
+        (status, retry, r.json::<Value>().unwrap(), started.elapsed())
+    };
     std::thread::scope(|s| {
         // The first request holds the only instance for 600 ms (its own deadline is long enough).
         let first = s.spawn(|| send(json!({"query": "q", "texts": ["a"], "timeout_ms": 5000})));
         std::thread::sleep(Duration::from_millis(100));
-        // Behind it: one with its own 100 ms deadline, one with the server's 150 ms.
-        let own = s.spawn(|| send(json!({"query": "q", "texts": ["b"], "timeout_ms": 100})));
+        // Behind it: one with its own 100 ms deadline (Cohere's route: 503 deadline_exceeded),
+        // one with the server's 150 ms (TEI's route, which has no deadlines of its own: 429
+        // Overloaded, as TEI answers a server too busy).
+        let own = s.spawn(|| send_v1(json!({"query": "q", "documents": ["b"], "timeout_ms": 100})));
         let default = s.spawn(|| send(json!({"query": "q", "texts": ["c"]})));
         for (h, ms) in [(own, 100u64), (default, 150)] {
             let (status, retry, v, took) = h.join().unwrap();
-            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+            let (want, kind) = if ms == 100 {
+                (StatusCode::SERVICE_UNAVAILABLE, "deadline_exceeded")
+            } else {
+                (StatusCode::TOO_MANY_REQUESTS, "Overloaded")
+            };
+            assert_eq!(status, want, "{v}");
             assert_eq!(retry.as_deref(), Some("1"));
-            let message = assert_envelope(&v, "deadline_exceeded");
+            let message = assert_envelope(&v, kind);
             assert!(message.contains(&format!("{ms} ms")), "{message}");
             assert!(took < Duration::from_millis(450), "answered after {took:?}");
         }
@@ -542,20 +601,20 @@ fn hostile_inputs_get_their_documented_answers() {
         let n = stream.read(&mut answer).unwrap();
         let answer = String::from_utf8_lossy(&answer[..n]);
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-        assert!(answer.contains("payload_too_large"), "{answer}");
+        assert!(answer.contains("\"Validation\""), "{answer}");
     }
-    // 100,000 texts: under the byte limit, over max_client_batch_size.
+    // 100,000 texts: under the byte limit, over max_client_batch_size (TEI's 422).
     let many = json!({"query": "q", "texts": vec!["a"; 100_000]}).to_string();
     let (s, v) = send(many.into_bytes());
-    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
-    assert!(assert_envelope(&v, "payload_too_large").contains("max_client_batch_size"));
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(assert_envelope(&v, "Validation").contains("max_client_batch_size"));
     // JSON nested 100,000 deep, no stack overflow: where a field's type is known, the wrong shape
     // is found at the first level (422); an unknown field is skipped without recursing, as TEI
     // ignores unknown fields (200).
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let (s, v) = send(deep.into_bytes());
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert_envelope(&v, "validation");
+    assert_envelope(&v, "Validation");
     let deep_field = format!(
         "{{\"query\": \"q\", \"texts\": {}\"a\"{}}}",
         "[".repeat(50_000),
@@ -563,7 +622,7 @@ fn hostile_inputs_get_their_documented_answers() {
     );
     let (s, v) = send(deep_field.into_bytes());
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert!(assert_envelope(&v, "validation").contains("texts"));
+    assert!(assert_envelope(&v, "Validation").contains("texts"));
     let deep_unknown = format!(
         "{{\"query\": \"q\", \"texts\": [\"a\"], \"extra\": {}1{}}}",
         "[".repeat(50_000),
@@ -577,7 +636,7 @@ fn hostile_inputs_get_their_documented_answers() {
     bad.extend_from_slice(b"\"]}");
     let (s, v) = send(bad);
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(assert_envelope(&v, "bad_request").contains("not valid JSON"));
+    assert!(assert_envelope(&v, "Validation").contains("not valid JSON"));
     // NUL bytes and control characters are text like any other: scored.
     let nul = json!({"query": "q\u{0}", "texts": ["a\u{0}b", "\u{1}\u{7f}"]}).to_string();
     let (s, v) = send(nul.into_bytes());
@@ -1164,4 +1223,319 @@ fn every_family_serves_over_every_api() {
         }
     }
     server.stop();
+}
+
+/// A TEI client against xbench, held to TEI's published OpenAPI document
+/// (`tests/data/tei/openapi.json`): the request its examples describe is answered with ranks of its
+/// schema and TEI's headers; `/info` has TEI's fields at the top level; every error example of
+/// `/rerank` is provoked for real and answered with its status, a body of its schema and its
+/// `error_type` (the document writes them in lower case; TEI's router, and xbench, as
+/// `ErrorType`'s variants: the schema's enum).
+#[test]
+fn a_tei_client_finds_every_answer_where_teis_document_puts_it() {
+    let doc = tei_doc();
+    let server = TestServer::start(
+        ServerSettings {
+            max_client_batch_size: 4,
+            payload_limit_bytes: 4096,
+            ..settings()
+        },
+        engine_config(BatchingConfig::default()),
+        Some(test_backend(Duration::ZERO, 64, Duration::ZERO)),
+    );
+    // The request of the document's examples (booleans are written there as "false").
+    let schema = &doc["components"]["schemas"]["RerankRequest"];
+    let mut request = serde_json::Map::new();
+    for (name, p) in schema["properties"].as_object().unwrap() {
+        let Some(example) = p.get("example").or_else(|| p.get("default")) else {
+            continue;
+        };
+        let value = match (p["type"].as_str(), example) {
+            (Some("boolean"), Value::String(s)) => Value::Bool(s == "true"),
+            // Its default is written "right"; the enum it points to is Left | Right.
+            (_, Value::String(s)) if name == "truncation_direction" => {
+                json!(if s.eq_ignore_ascii_case("left") {
+                    "Left"
+                } else {
+                    "Right"
+                })
+            }
+            _ => example.clone(),
+        };
+        request.insert(name.clone(), value);
+    }
+    let request = Value::Object(request);
+    let request_schema =
+        &doc["paths"]["/rerank"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    check_openapi30(&doc, request_schema, &request, "request").unwrap();
+    assert_eq!(request["texts"], json!(["Deep Learning is ..."]));
+    let r = client()
+        .post(server.url("/rerank"))
+        .json(&request)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let headers = r.headers().clone();
+    let ranks: Value = r.json().unwrap();
+    check_openapi30(
+        &doc,
+        &response_schema(&doc, "/rerank", "post", "200"),
+        &ranks,
+        "ranks",
+    )
+    .unwrap();
+    assert!(ranks[0].get("text").is_none(), "return_text false: {ranks}");
+    // TEI's headers, integer ms; xbench's finer ones beside them.
+    let header = |name: &str| headers[name].to_str().unwrap().to_string();
+    for name in [
+        "x-compute-time",
+        "x-total-time",
+        "x-tokenization-time",
+        "x-queue-time",
+        "x-inference-time",
+        "x-compute-tokens",
+    ] {
+        header(name)
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("{name}: {}", header(name)));
+    }
+    for name in [
+        "x-xbench-total-time",
+        "x-xbench-tokenization-time",
+        "x-xbench-queue-time",
+        "x-xbench-inference-time",
+    ] {
+        assert!(header(name).parse::<f64>().unwrap() >= 0.0, "{name}");
+    }
+    assert_eq!(header("x-compute-type"), "cpu+fused+fp32");
+    let characters = "What is Deep Learning?".len() + "Deep Learning is ...".len();
+    assert_eq!(header("x-compute-characters"), characters.to_string());
+    assert!(header("x-compute-tokens").parse::<u64>().unwrap() > 5);
+    // Equal scores: highest index first, as TEI's sort then reverse leaves them.
+    let (s, v) = post(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": ["same", "same", "same"]}),
+    );
+    assert_eq!(s, StatusCode::OK);
+    let order: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, [2, 1, 0]);
+
+    // /info: TEI's fields, of the default model, where TEI has them.
+    let info: Value = client()
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    check_openapi30(
+        &doc,
+        &response_schema(&doc, "/info", "get", "200"),
+        &info,
+        "info",
+    )
+    .unwrap();
+    assert_eq!(info["model_id"], demo());
+    assert_eq!(info["model_sha"], Value::Null);
+    assert_eq!(info["model_dtype"], "float32");
+    let label = info["models"][0]["labels"][0].clone();
+    assert_eq!(
+        info["model_type"],
+        json!({"reranker": {"id2label": {"0": label.clone()}, "label2id": {label.as_str().unwrap(): 0}}})
+    );
+    assert_eq!(info["max_client_batch_size"], 4);
+    assert_eq!(info["max_input_length"], 512);
+    assert_eq!(info["max_batch_tokens"], 16384);
+    assert_eq!(info["max_batch_requests"], 32);
+    assert_eq!(info["auto_truncate"], true);
+    assert_eq!(info["tokenization_workers"], 1);
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+
+    // Every error example of /rerank, provoked.
+    let responses = doc["paths"]["/rerank"]["post"]["responses"]
+        .as_object()
+        .unwrap();
+    let provoke = |status: &str| -> Value {
+        match status {
+            // A body over the payload limit.
+            "413" => json!({"query": "q", "texts": ["x".repeat(5000)]}),
+            // More texts than max_client_batch_size (TEI's router answers 422 here; its
+            // document's 413 example says "Batch size error").
+            "422" => json!({"query": "q", "texts": ["a", "b", "c", "d", "e"]}),
+            // Inference fails (the test backend fails pairs over 64 tokens).
+            "424" => json!({"query": "q", "texts": ["word ".repeat(100)]}),
+            other => panic!("TEI documents a /rerank {other} this test does not provoke"),
+        }
+    };
+    let mut seen = Vec::new();
+    for (status, response) in responses {
+        if status == "200" || status == "429" {
+            continue; // 200 above; 429 on a server made to overload, below.
+        }
+        let (s, v) = post(&server, "/rerank", &provoke(status));
+        assert_eq!(s.as_str(), status, "{v}");
+        let schema = &response["content"]["application/json"]["schema"];
+        check_openapi30(&doc, schema, &v, status).unwrap();
+        let example = &response["content"]["application/json"]["example"];
+        let want = example["error_type"].as_str().unwrap();
+        if status == "422" {
+            // The example is the tokenizer's failure, which real input does not provoke in
+            // the tokenizers crate; its mapping is checked directly.
+            assert_eq!(v["error_type"], "Validation");
+            let e = xbench::server::ApiError::from_engine(
+                xbench::engine::EngineError::Tokenize("bad input".into()),
+                1,
+            )
+            .tei();
+            assert_eq!(e.status.as_u16(), 422);
+            assert!(e.kind.eq_ignore_ascii_case(want), "{} vs {want}", e.kind);
+        } else {
+            let got = v["error_type"].as_str().unwrap();
+            assert!(got.eq_ignore_ascii_case(want), "{status}: {got} vs {want}");
+        }
+        seen.push(status.clone());
+    }
+    assert_eq!(seen, ["413", "422", "424"]);
+    drop(server);
+
+    // 429: a server made to overload (queues of one, a slow model).
+    let server = TestServer::start(
+        settings(),
+        EngineConfig {
+            tokenizer_pool: TokenizerPoolConfig {
+                queue_capacity: 1,
+                ..TokenizerPoolConfig::default()
+            },
+            ..engine_config(BatchingConfig {
+                enabled: false,
+                queue_capacity: 1,
+                ..BatchingConfig::default()
+            })
+        },
+        Some(test_backend(
+            Duration::from_millis(300),
+            512,
+            Duration::ZERO,
+        )),
+    );
+    let body = json!({"query": "q", "texts": ["a short text"]});
+    let results: Vec<(StatusCode, Option<String>, Value)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| s.spawn(|| post_rerank(&server, &body)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let example = &responses["429"]["content"]["application/json"];
+    let overloaded: Vec<_> = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert!(!overloaded.is_empty(), "{results:?}");
+    for (_, retry, v) in overloaded {
+        assert_eq!(retry.as_deref(), Some("1"));
+        check_openapi30(&doc, &example["schema"], v, "429").unwrap();
+        assert!(v["error_type"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(example["example"]["error_type"].as_str().unwrap()));
+    }
+}
+
+/// `served_model_names` route a request's `model` on every API; an unknown name is 404 listing the
+/// served names, unless `server.ignore_unknown_model` sends it to the one model served.
+#[test]
+fn served_model_names_and_ignore_unknown_model() {
+    let config = |aliases: &[&str]| EngineConfig {
+        models: vec![ModelSpec {
+            threads: Some(1),
+            served_model_names: aliases.iter().map(|a| a.to_string()).collect(),
+            ..ModelSpec::new(demo())
+        }],
+        tokenizer_pool: TokenizerPoolConfig::default(),
+        batching: BatchingConfig::default(),
+    };
+    let calls = |model: &str| {
+        [
+            (
+                "/rerank",
+                json!({"model": model, "query": "q", "texts": ["a", "b"]}),
+            ),
+            (
+                "/v1/rerank",
+                json!({"model": model, "query": "q", "documents": ["a", "b"]}),
+            ),
+            (
+                "/v2/rerank",
+                json!({"model": model, "query": "q", "documents": ["a", "b"]}),
+            ),
+            (
+                "/score",
+                json!({"model": model, "text_1": "q", "text_2": ["a", "b"]}),
+            ),
+        ]
+    };
+    let server = TestServer::start(
+        settings(),
+        config(&["BAAI/bge-reranker-base", "reranker"]),
+        None,
+    );
+    let (_, want) = post(
+        &server,
+        "/rerank",
+        &json!({"query": "q", "texts": ["a", "b"]}),
+    );
+    for alias in ["BAAI/bge-reranker-base", "reranker", demo().as_str()] {
+        for (path, body) in calls(alias) {
+            let (s, v) = post(&server, path, &body);
+            assert_eq!(s, StatusCode::OK, "{path} {alias}: {v}");
+            if path == "/rerank" {
+                assert_eq!(v, want);
+            }
+            if path == "/score" {
+                assert_eq!(
+                    v["model"],
+                    demo(),
+                    "the model that scored, by its configured name"
+                );
+            }
+        }
+    }
+    for (path, body) in calls("gpt-4") {
+        let (s, v) = post(&server, path, &body);
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+        let message = v["error"].as_str().unwrap();
+        assert!(
+            message.contains("unknown model 'gpt-4'")
+                && message.contains("BAAI/bge-reranker-base, reranker"),
+            "{message}"
+        );
+    }
+    let info: Value = client()
+        .get(server.url("/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        info["models"][0]["served_model_names"],
+        json!(["BAAI/bge-reranker-base", "reranker"])
+    );
+    drop(server);
+    let server = TestServer::start(
+        ServerSettings {
+            ignore_unknown_model: true,
+            ..settings()
+        },
+        config(&[]),
+        None,
+    );
+    for (path, body) in calls("gpt-4") {
+        let (s, v) = post(&server, path, &body);
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+    }
 }

@@ -54,7 +54,7 @@ fn overload_is_answered_with_429_and_the_server_keeps_serving() {
     );
     for (_, retry, v) in &overloaded {
         assert_eq!(retry.as_deref(), Some("1"));
-        assert!(assert_envelope(v, "overloaded").contains("retry later"));
+        assert!(assert_envelope(v, "Overloaded").contains("retry later"));
     }
     // Still serving.
     let (s, _) = post(&server, "/rerank", &body);
@@ -126,15 +126,52 @@ fn health_is_503_while_loading_then_200() {
             Duration::from_millis(1500),
         )),
     );
+    // TEI's answers (its document's 503 example, its schema), and xbench's reason beside them.
+    let doc = tei_doc();
     let r = client().get(server.url("/health")).send().unwrap();
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(r.json::<Value>().unwrap()["status"], "loading");
-    let (s, v) = post(&server, "/rerank", &json!({"query": "q", "texts": ["a"]}));
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    assert_envelope(&v, "unavailable");
+    assert_eq!(r.headers()["x-xbench-status"], "loading");
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().unwrap();
+    assert_eq!(v, json!({"error": "unhealthy", "error_type": "Unhealthy"}));
+    let documented =
+        &doc["paths"]["/health"]["get"]["responses"]["503"]["content"]["application/json"];
+    check_openapi30(&doc, &documented["schema"], &v, "/health").unwrap();
+    assert!(v["error_type"]
+        .as_str()
+        .unwrap()
+        .eq_ignore_ascii_case(documented["example"]["error_type"].as_str().unwrap()));
+    for (path, v) in [
+        (
+            "/rerank",
+            post(&server, "/rerank", &json!({"query": "q", "texts": ["a"]})),
+        ),
+        (
+            "/v1/rerank",
+            post(
+                &server,
+                "/v1/rerank",
+                &json!({"query": "q", "documents": ["a"]}),
+            ),
+        ),
+    ] {
+        assert_eq!(v.0, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_envelope(
+            &v.1,
+            if path == "/rerank" {
+                "Unhealthy"
+            } else {
+                "unavailable"
+            },
+        );
+    }
+    let r = client().get(server.url("/info")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_envelope(&r.json().unwrap(), "Unhealthy");
     server.wait_ready();
     let r = client().get(server.url("/health")).send().unwrap();
-    assert_eq!(r.json::<Value>().unwrap()["status"], "ok");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().unwrap(), "", "TEI's 200 has an empty body");
 }
 
 #[test]

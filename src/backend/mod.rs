@@ -66,6 +66,9 @@ pub struct ModelSpec {
     /// A generative reranker's instruction when a request gives none; default the template's.
     #[serde(default)]
     pub instruction: Option<String>,
+    /// Other names requests may give for this model (`model`), as vLLM's `--served-model-name`.
+    #[serde(default)]
+    pub served_model_names: Vec<String>,
 }
 
 /// Tokens consecutive windows of a split passage share unless configured.
@@ -99,6 +102,7 @@ impl ModelSpec {
             template: None,
             answer_tokens: None,
             instruction: None,
+            served_model_names: Vec::new(),
         }
     }
 }

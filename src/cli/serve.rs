@@ -27,6 +27,14 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every route but /health (server.api_key).
     #[arg(long, env = "XBENCH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Another name requests may give for the (first) model, as vLLM's --served-model-name;
+    /// repeat for more (model_pool.instances[].served_model_names).
+    #[arg(long = "served-model-name", value_name = "NAME")]
+    pub served_model_names: Vec<String>,
+    /// With one model served, send a request naming an unknown model to it instead of answering
+    /// 404 (server.ignore_unknown_model), as a TEI client expects.
+    #[arg(long)]
+    pub ignore_unknown_model: bool,
     /// Serve the best cell of a results JSON file (xbench run's NAME_results.json): the most QPS
     /// whose p99 is within the budget, or the most QPS when there is no budget.
     #[arg(long)]
@@ -49,6 +57,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(k) = &args.api_key {
         config.server.api_key = Some(k.clone());
+    }
+    if args.ignore_unknown_model {
+        config.server.ignore_unknown_model = true;
+    }
+    if !args.served_model_names.is_empty() {
+        // Every entry of the first model (entries of one model must agree).
+        if let Some(first) = config.model_pool.instances.first().map(|m| m.name.clone()) {
+            for m in &mut config.model_pool.instances {
+                if m.name == first {
+                    m.served_model_names = args.served_model_names.clone();
+                }
+            }
+        }
     }
     config.validate()?;
     let engine = EngineConfig::from_config(&config);

@@ -80,6 +80,10 @@ pub struct InstanceConfig {
     /// A generative reranker's instruction where a request gives none; default the template's.
     #[serde(default)]
     pub instruction: Option<String>,
+    /// Other names requests may give for this model in `model` (vLLM's `--served-model-name`):
+    /// e.g. the hub id a client was written for, when the model is served from a local directory.
+    #[serde(default)]
+    pub served_model_names: Vec<String>,
     /// Model workers (instances) of this entry.
     #[serde(default = "one")]
     pub workers: usize,
@@ -307,12 +311,55 @@ impl XbenchConfig {
                     return Err(bad(
                         "model_pool.instances",
                         format!(
-                            "model '{}' is listed twice with different settings; give each entry the same backend, device, quantization, max_length, long_documents, chunk_overlap_tokens, template, answer_tokens, instruction and threads",
+                            "model '{}' is listed twice with different settings; give each entry the same backend, device, quantization, max_length, long_documents, chunk_overlap_tokens, template, answer_tokens, instruction, served_model_names and threads",
                             m.name
                         ),
                     ));
                 }
             }
+        }
+        // Every name a request may give (models' names and their served_model_names) names one
+        // model.
+        let mut served: Vec<(&str, &str)> = Vec::new();
+        for (i, m) in self.model_pool.instances.iter().enumerate() {
+            if served.iter().any(|&(_, model)| model == m.name) {
+                continue;
+            }
+            for alias in &m.served_model_names {
+                if alias.trim().is_empty() {
+                    return Err(bad(
+                        &format!("model_pool.instances[{i}].served_model_names"),
+                        "holds an empty name: list the names clients send".into(),
+                    ));
+                }
+            }
+            for name in std::iter::once(&m.name).chain(&m.served_model_names) {
+                if let Some(&(_, other)) = served.iter().find(|&&(n, _)| n == name) {
+                    let why = if other == m.name {
+                        format!("names '{name}' twice")
+                    } else {
+                        format!("names '{name}', which already names model '{other}': give each name to one model")
+                    };
+                    return Err(bad(
+                        &format!("model_pool.instances[{i}].served_model_names"),
+                        why,
+                    ));
+                }
+                served.push((name, &m.name));
+            }
+        }
+        let models = served
+            .iter()
+            .map(|&(_, model)| model)
+            .collect::<std::collections::BTreeSet<_>>();
+        if self.server.ignore_unknown_model && models.len() != 1 {
+            return Err(bad(
+                "server.ignore_unknown_model",
+                format!(
+                    "sends every unknown name to the one model served, but {} models are served: set it to false, or serve one model",
+                    models.len()
+                ),
+            ));
         }
         self.batching.validate().map_err(invalid)?;
         self.tokenizer_pool.validate().map_err(invalid)?;
@@ -453,6 +500,34 @@ mod tests {
         assert!(err.contains("config key 'batching.max_bach_size'"), "{err}");
         assert!(err.contains("batching/default.yaml"), "{err}");
         assert!(err.contains("did you mean 'max_batch_size'?"), "{err}");
+    }
+
+    #[test]
+    fn each_served_name_names_one_model_and_ignore_unknown_model_needs_one() {
+        let with = |yaml: &str| {
+            let d = crate::config::test_conf(&[("config.yaml", yaml)]);
+            XbenchConfig::from_composed(&compose(d.path(), "config", &[]).unwrap())
+                .map_err(|e| e.to_string())
+        };
+        let ok = with("model_pool:\n  instances:\n    - name: m\n      served_model_names: [BAAI/bge-reranker-base, reranker]\n    - name: m\n      served_model_names: [BAAI/bge-reranker-base, reranker]\nserver:\n  ignore_unknown_model: true\n").unwrap();
+        assert_eq!(ok.model_pool.instances[0].served_model_names.len(), 2);
+        let err = with("model_pool:\n  instances:\n    - name: m\n      served_model_names: [x]\n    - name: n\n      served_model_names: [x]\n").unwrap_err();
+        assert!(
+            err.contains("model_pool.instances[1].served_model_names")
+                && err.contains("'x', which already names model 'm'"),
+            "{err}"
+        );
+        let err = with("model_pool:\n  instances:\n    - name: m\n    - name: n\n      served_model_names: [m]\n").unwrap_err();
+        assert!(err.contains("'m', which already names model 'm'"), "{err}");
+        let err =
+            with("model_pool:\n  instances:\n    - name: m\n      served_model_names: ['']\n")
+                .unwrap_err();
+        assert!(err.contains("empty name"), "{err}");
+        let err = with("model_pool:\n  instances:\n    - name: m\n    - name: n\nserver:\n  ignore_unknown_model: true\n").unwrap_err();
+        assert!(
+            err.contains("server.ignore_unknown_model") && err.contains("2 models are served"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub struct ServerSettings {
     /// 0 picks a free port.
     #[serde(default = "port")]
     pub port: u16,
-    /// Most texts (documents) per request; more is 413.
+    /// Most texts (documents) per request; more is 413 (422 on TEI's `/rerank`, as TEI answers).
     #[serde(default = "max_client_batch_size")]
     pub max_client_batch_size: usize,
     /// Largest request body in bytes; more is 413.
@@ -214,9 +214,14 @@ pub struct ServerSettings {
     #[serde(default = "retry_after_s")]
     pub retry_after_s: u64,
     /// Deadline of a scoring request, in ms from its arrival, when the request sets no
-    /// `timeout_ms`; past it the answer is 503. `null`: no deadline.
+    /// `timeout_ms`; past it the answer is 503 (429 `Overloaded` on TEI's `/rerank`). `null`: no
+    /// deadline.
     #[serde(default = "request_timeout_ms")]
     pub request_timeout_ms: Option<u64>,
+    /// With one model served: a request's `model` that names no served model goes to it
+    /// (text-embeddings-inference ignores `model`), instead of 404.
+    #[serde(default)]
+    pub ignore_unknown_model: bool,
 }
 
 fn localhost() -> String {
@@ -249,6 +254,7 @@ impl Default for ServerSettings {
             metrics_require_api_key: false,
             retry_after_s: retry_after_s(),
             request_timeout_ms: request_timeout_ms(),
+            ignore_unknown_model: false,
         }
     }
 }

@@ -34,7 +34,7 @@ pub use tokenizer_pool::TokenizerPoolConfig;
 /// Failures of one request. Cloneable: a failed batch fails each of its requests.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
-    #[error("unknown model '{name}'; loaded: {}", .loaded.join(", "))]
+    #[error("unknown model '{name}'; served: {}", .loaded.join(", "))]
     UnknownModel { name: String, loaded: Vec<String> },
     #[error("overloaded: the {queue} queue is full ({capacity} requests); retry later")]
     Overloaded {
@@ -110,6 +110,7 @@ impl EngineConfig {
                     template: m.template.clone(),
                     answer_tokens: m.answer_tokens.clone(),
                     instruction: m.instruction.clone(),
+                    served_model_names: m.served_model_names.clone(),
                 }),
             }
         }
@@ -281,6 +282,8 @@ impl BatchStats {
 
 struct ModelHandle {
     name: String,
+    /// Other names requests may use for it (`served_model_names`).
+    aliases: Vec<String>,
     info: ModelInfo,
     tokenizer: PairTokenizer,
     queue: crossbeam_channel::Sender<Pending>,
@@ -370,6 +373,7 @@ impl Engine {
             );
             models.push(ModelHandle {
                 name: spec.name.clone(),
+                aliases: spec.served_model_names.clone(),
                 info,
                 tokenizer,
                 queue,
@@ -395,6 +399,22 @@ impl Engine {
     /// Names of the loaded models, in config order (the first is the default).
     pub fn model_names(&self) -> Vec<String> {
         self.models.iter().map(|m| m.name.clone()).collect()
+    }
+
+    /// Every name a request may give, in config order: each model's name, then its
+    /// `served_model_names`.
+    pub fn served_names(&self) -> Vec<String> {
+        self.models
+            .iter()
+            .flat_map(|m| std::iter::once(&m.name).chain(&m.aliases))
+            .cloned()
+            .collect()
+    }
+
+    /// The configured name of the model a request's `model` names (its name or one of its
+    /// `served_model_names`); the default model's for none.
+    pub fn resolve(&self, model: Option<&str>) -> Result<&str, EngineError> {
+        Ok(&self.models[self.index(model)?].name)
     }
 
     pub fn model_info(&self, model: Option<&str>) -> Result<&ModelInfo, EngineError> {
@@ -448,9 +468,14 @@ impl Engine {
                 .models
                 .iter()
                 .position(|m| m.name == name)
+                .or_else(|| {
+                    self.models
+                        .iter()
+                        .position(|m| m.aliases.iter().any(|a| a == name))
+                })
                 .ok_or_else(|| EngineError::UnknownModel {
                     name: name.to_string(),
-                    loaded: self.model_names(),
+                    loaded: self.served_names(),
                 }),
         }
     }

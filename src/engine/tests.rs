@@ -524,7 +524,7 @@ async fn unknown_models_and_empty_requests_are_errors() {
     match f.engine.infer(Some("nope"), request(1, 1)).await {
         Err(e @ EngineError::UnknownModel { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("unknown model 'nope'; loaded: "), "{msg}");
+            assert!(msg.contains("unknown model 'nope'; served: "), "{msg}");
         }
         other => panic!("{other:?}"),
     }

@@ -282,16 +282,12 @@ pub struct CohereRerankResponse {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct ErrorResponse {
     pub error: String,
-    /// One of: `bad_request`, `validation`, `unauthorized`, `not_found`, `method_not_allowed`,
-    /// `payload_too_large`, `unsupported_media_type`, `overloaded`, `unavailable`, `internal`.
+    /// On text-embeddings-inference's routes (`/rerank`, `/info`, `/health`), TEI's `ErrorType`
+    /// values: `Empty`, `Validation`, `Tokenizer`, `Backend`, `Overloaded`, `Unhealthy`. On the
+    /// others, xbench's: `bad_request`, `validation`, `unauthorized`, `not_found`,
+    /// `method_not_allowed`, `payload_too_large`, `unsupported_media_type`, `overloaded`,
+    /// `unavailable`, `deadline_exceeded`, `internal`.
     pub error_type: String,
-}
-
-/// `GET /health`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
-pub struct HealthResponse {
-    /// `ok`, `loading` or `shutting_down`.
-    pub status: String,
 }
 
 /// A loaded model, in `GET /info`.
@@ -299,6 +295,8 @@ pub struct HealthResponse {
 pub struct ModelDescription {
     /// The name requests use (`model`).
     pub name: String,
+    /// Other names requests may use for it (`served_model_names`).
+    pub served_model_names: Vec<String>,
     pub architecture: String,
     /// The model's labels in logit order (`id2label`); a reranker has one.
     pub labels: Vec<String>,
@@ -412,10 +410,56 @@ pub struct Limits {
     pub batch_queue_capacity: usize,
 }
 
-/// `GET /info`.
+/// A reranker's labels as text-embeddings-inference's `/info` gives them (`config.json`'s
+/// `id2label` and `label2id`; `LABEL_i` where the checkpoint names none).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct ClassifierModel {
+    pub id2label: std::collections::BTreeMap<String, String>,
+    pub label2id: std::collections::BTreeMap<String, usize>,
+}
+
+/// TEI's `model_type`: `{"reranker": {...}}` (xbench serves rerankers only).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelType {
+    Reranker(ClassifierModel),
+}
+
+/// `GET /info`: text-embeddings-inference's fields at the top level, describing the default (first)
+/// model, so that a TEI client reads them where it expects them; then xbench's own: every model,
+/// the limits, the tokenizer pool.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 pub struct InfoResponse {
+    /// The default model's name: its directory or hub id.
+    pub model_id: String,
+    /// The revision the default model's hub id names (`org/name@REVISION`), as TEI reports its
+    /// `--revision`; null otherwise.
+    pub model_sha: Option<String>,
+    /// The default model's precision as TEI names dtypes: `float32`, `float16`, `bfloat16`, or
+    /// xbench's `int8`, `int4`.
+    pub model_dtype: String,
+    pub model_type: ModelType,
+    /// Requests that may wait for a tokenizer before the server answers 429
+    /// (`tokenizer_pool.queue_capacity`).
+    pub max_concurrent_requests: usize,
+    /// The default model's longest pair in tokens (its `max_length`).
+    pub max_input_length: usize,
+    /// Most tokens per forward pass (`batching.max_batch_tokens`).
+    pub max_batch_tokens: usize,
+    /// Most pairs per forward pass (`batching.max_batch_size`).
+    pub max_batch_requests: Option<usize>,
+    /// Most texts per request (`server.max_client_batch_size`).
+    pub max_client_batch_size: usize,
+    /// Always true: pairs over `max_input_length` are cut unless a request says `truncate: false`.
+    pub auto_truncate: bool,
+    /// Tokenizer workers (`tokenizer_pool.workers`).
+    pub tokenization_workers: usize,
+    /// xbench's version.
     pub version: String,
+    /// The git commit xbench was built from, where the build recorded one (`XBENCH_GIT_SHA`).
+    pub sha: Option<String>,
+    /// The container image's label, where the build recorded one (`DOCKER_LABEL`).
+    pub docker_label: Option<String>,
     /// The first model is the default.
     pub models: Vec<ModelDescription>,
     pub limits: Limits,

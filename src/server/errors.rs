@@ -16,6 +16,9 @@ pub struct ApiError {
     pub kind: &'static str,
     /// Seconds, for 429 and 503.
     pub retry_after: Option<u64>,
+    /// Its status and `error_type` on text-embeddings-inference's routes where the general rule
+    /// of [`ApiError::tei`] does not give them (no texts, too many texts, a tokenizer's failure).
+    pub tei: Option<(StatusCode, &'static str)>,
 }
 
 impl ApiError {
@@ -25,6 +28,40 @@ impl ApiError {
             message: message.into(),
             kind,
             retry_after: None,
+            tei: None,
+        }
+    }
+
+    /// This error with TEI's status and `error_type` for it.
+    pub fn with_tei(self, status: StatusCode, error_type: &'static str) -> Self {
+        Self {
+            tei: Some((status, error_type)),
+            ..self
+        }
+    }
+
+    /// The error as text-embeddings-inference answers it on its routes (`/rerank`, `/info`,
+    /// `/health`): its status codes and the values of its `ErrorType` as its router writes them
+    /// (`Validation`, `Tokenizer`, `Backend`, `Overloaded`, `Unhealthy`, `Empty`); the message
+    /// stays xbench's, and so does `Retry-After`. TEI's rule, as v1.9's router has it: no texts
+    /// 400 `Empty`; a request it refuses 422 `Validation` (too many texts, an input over the
+    /// limit with truncation off, wrong fields), a body over the payload limit 413; the
+    /// tokenizer's failure 422 `Tokenizer`; a failed inference 424 `Backend`; overload 429
+    /// `Overloaded` (and so a request past its deadline: TEI has no deadlines, a client retries
+    /// either alike); not ready 503 `Unhealthy`. Statuses TEI has no case for (401, 404, 405,
+    /// 415) stay, with `Validation`.
+    pub fn tei(self) -> Self {
+        let (status, error_type) = self.tei.unwrap_or(match self.kind {
+            "overloaded" | "deadline_exceeded" => (StatusCode::TOO_MANY_REQUESTS, "Overloaded"),
+            "unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "Unhealthy"),
+            "internal" => (StatusCode::FAILED_DEPENDENCY, "Backend"),
+            _ => (self.status, "Validation"),
+        });
+        Self {
+            status,
+            kind: error_type,
+            tei: None,
+            ..self
         }
     }
 
@@ -73,11 +110,19 @@ impl ApiError {
                 retry_after: Some(retry_after),
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", e.to_string())
             },
-            EngineError::Empty => Self::bad_request(e.to_string()),
+            EngineError::Empty => {
+                Self::bad_request(e.to_string()).with_tei(StatusCode::BAD_REQUEST, "Empty")
+            }
             EngineError::TooLong { .. } | EngineError::Unsupported(_) => {
                 Self::validation(e.to_string())
             }
-            EngineError::Tokenize(_) | EngineError::Backend(_) => Self::new(
+            EngineError::Tokenize(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                crate::error_chain(&e),
+            )
+            .with_tei(StatusCode::UNPROCESSABLE_ENTITY, "Tokenizer"),
+            EngineError::Backend(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 crate::error_chain(&e),
@@ -133,6 +178,54 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
                     "the body is not valid JSON: {inner}"
                 ))),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every xbench error kind has its TEI status and `error_type` (the README's error table).
+    #[test]
+    fn each_error_answers_in_teis_vocabulary_on_teis_routes() {
+        let tei = |e: ApiError| {
+            let e = e.tei();
+            (e.status.as_u16(), e.kind)
+        };
+        let cases = [
+            (ApiError::bad_request("not JSON"), (400, "Validation")),
+            (ApiError::from_engine(EngineError::Empty, 1), (400, "Empty")),
+            (ApiError::validation("a field"), (422, "Validation")),
+            (ApiError::too_large("the body"), (413, "Validation")),
+            (ApiError::not_found("model"), (404, "Validation")),
+            (ApiError::unavailable("loading", 1), (503, "Unhealthy")),
+            (ApiError::deadline(100, 1), (429, "Overloaded")),
+            (
+                ApiError::from_engine(
+                    EngineError::Overloaded {
+                        queue: "batch",
+                        capacity: 1,
+                    },
+                    1,
+                ),
+                (429, "Overloaded"),
+            ),
+            (
+                ApiError::from_engine(EngineError::Tokenize("bad".into()), 1),
+                (422, "Tokenizer"),
+            ),
+            (
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "failed"),
+                (424, "Backend"),
+            ),
+        ];
+        for (e, want) in cases {
+            let before = (e.status, e.kind, e.retry_after);
+            assert_eq!(tei(e.clone()), want, "{before:?}");
+            // xbench's own routes keep xbench's answer; Retry-After stays on TEI's.
+            assert_eq!((e.status, e.kind), (before.0, before.1));
+            assert_eq!(e.tei().retry_after, before.2);
         }
     }
 }

@@ -70,10 +70,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         BilledUnits,
         MetaTokens,
         ErrorResponse,
-        HealthResponse,
         InfoResponse,
         ModelDescription,
         Limits,
+        ModelType,
+        ClassifierModel,
         Texts,
         ScoreRequest,
         ScoreData,
@@ -99,25 +100,49 @@ impl utoipa::Modify for BearerAuth {
 
 const JSON_ONLY: &str = "send the body as JSON with the header Content-Type: application/json";
 
-/// The time headers (ms, 3 decimals): total, tokenization, queue (tokenizer queue and batcher
-/// wait), inference. Names as text-embeddings-inference's.
-fn timing_headers(total: Duration, scored: &Scored) -> [(HeaderName, HeaderValue); 4] {
-    let ms = |d: Duration| {
-        HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
-            .unwrap_or_else(|_| HeaderValue::from_static("0"))
-    };
-    let t = &scored.timings;
+/// A scored request, with what its response headers report.
+struct Done {
+    /// The model that scored it (its configured name).
+    model: String,
+    scored: Scored,
+    /// TEI's `x-compute-characters`: the query's characters once per text, plus the texts'.
+    characters: usize,
+    /// `x-compute-type`: the model's device, backend and precision (`cpu+fused+fp32`).
+    compute_type: String,
+}
+
+/// The response headers of a scored request: text-embeddings-inference's names and integer
+/// milliseconds (`x-compute-type`, `x-compute-time`, `x-compute-characters`, `x-compute-tokens`,
+/// `x-total-time`, `x-tokenization-time`, `x-queue-time`, `x-inference-time`), then xbench's finer
+/// timings, ms with 3 decimals, under `x-xbench-*`. The stage times are the request's (its
+/// tokenization, its wait in the tokenizer and batch queues, its forward passes), not TEI's means
+/// per text.
+fn timing_headers(total: Duration, done: &Done) -> [(HeaderName, HeaderValue); 12] {
+    let value =
+        |s: String| HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    let ms = |d: Duration| value(d.as_millis().to_string());
+    let fine = |d: Duration| value(format!("{:.3}", d.as_secs_f64() * 1e3));
+    let t = &done.scored.timings;
+    let name = HeaderName::from_static;
     [
-        (HeaderName::from_static("x-total-time"), ms(total)),
+        (name("x-compute-type"), value(done.compute_type.clone())),
+        (name("x-compute-time"), ms(total)),
         (
-            HeaderName::from_static("x-tokenization-time"),
-            ms(t.tokenize),
+            name("x-compute-characters"),
+            value(done.characters.to_string()),
         ),
         (
-            HeaderName::from_static("x-queue-time"),
-            ms(t.queue + t.batch_wait),
+            name("x-compute-tokens"),
+            value(done.scored.tokens.to_string()),
         ),
-        (HeaderName::from_static("x-inference-time"), ms(t.inference)),
+        (name("x-total-time"), ms(total)),
+        (name("x-tokenization-time"), ms(t.tokenize)),
+        (name("x-queue-time"), ms(t.queue + t.batch_wait)),
+        (name("x-inference-time"), ms(t.inference)),
+        (name("x-xbench-total-time"), fine(total)),
+        (name("x-xbench-tokenization-time"), fine(t.tokenize)),
+        (name("x-xbench-queue-time"), fine(t.queue + t.batch_wait)),
+        (name("x-xbench-inference-time"), fine(t.inference)),
     ]
 }
 
@@ -159,21 +184,22 @@ fn chunk_index(return_chunks: bool, scored: &Scored, index: usize) -> Option<usi
 }
 
 /// Checks the request against the limits and scores it.
-async fn score(state: &AppState, job: Job) -> Result<(String, Scored), ApiError> {
+async fn score(state: &AppState, job: Job) -> Result<Done, ApiError> {
     let engine = ready_engine(state)?;
     let n = job.passages.len();
     if n == 0 {
-        return Err(ApiError::bad_request(format!(
-            "'{}' is empty: send at least one",
-            job.field
-        )));
+        return Err(
+            ApiError::bad_request(format!("'{}' is empty: send at least one", job.field))
+                .with_tei(StatusCode::BAD_REQUEST, "Empty"),
+        );
     }
     let max = state.settings.max_client_batch_size;
     if n > max {
         return Err(ApiError::too_large(format!(
             "{n} {} is more than max_client_batch_size {max}; split the request",
             job.field
-        )));
+        ))
+        .with_tei(StatusCode::UNPROCESSABLE_ENTITY, "Validation"));
     }
     let retry = state.settings.retry_after_s;
     if job.timeout_ms == Some(0) {
@@ -181,12 +207,16 @@ async fn score(state: &AppState, job: Job) -> Result<(String, Scored), ApiError>
             "timeout_ms must be at least 1 (or left out for the server's request_timeout_ms)",
         ));
     }
-    engine
-        .model_info(job.model.as_deref())
-        .map_err(|e| ApiError::from_engine(e, retry))?;
+    // The configured name of the model asked for (its name or one of its served_model_names);
+    // with server.ignore_unknown_model (one model served), any name is that model.
+    let model = match engine.resolve(job.model.as_deref()) {
+        Ok(name) => name.to_string(),
+        Err(_) if state.settings.ignore_unknown_model => engine.model_names().swap_remove(0),
+        Err(e) => return Err(ApiError::from_engine(e, retry)),
+    };
     if job.options.instruction.is_some() {
         let tokenizer = engine
-            .tokenizer(job.model.as_deref())
+            .tokenizer(Some(&model))
             .map_err(|e| ApiError::from_engine(e, retry))?;
         match tokenizer.prompt() {
             None => {
@@ -203,9 +233,23 @@ async fn score(state: &AppState, job: Job) -> Result<(String, Scored), ApiError>
             Some(_) => {}
         }
     }
-    let model = match job.model {
-        Some(m) => m,
-        None => engine.model_names().swap_remove(0),
+    let characters = job.query.chars().count() * n
+        + job
+            .passages
+            .iter()
+            .map(|p| p.chars().count())
+            .sum::<usize>();
+    let compute_type = {
+        let info = engine
+            .model_info(Some(&model))
+            .map_err(|e| ApiError::from_engine(e, retry))?;
+        let device = state
+            .engine_config
+            .models
+            .iter()
+            .find(|m| m.name == model)
+            .map_or("cpu", |m| m.device.as_str());
+        format!("{device}+{}+{}", info.backend.name(), info.precision.name())
     };
     let input = RerankInput {
         query: job.query,
@@ -226,7 +270,12 @@ async fn score(state: &AppState, job: Job) -> Result<(String, Scored), ApiError>
     }
     .map_err(|e| ApiError::from_engine(e, retry))?;
     record_scored(&model, &scored);
-    Ok((model, scored))
+    Ok(Done {
+        model,
+        scored,
+        characters,
+        compute_type,
+    })
 }
 
 fn record_scored(model: &str, scored: &Scored) {
@@ -338,20 +387,33 @@ impl Drop for Accepted<'_> {
     path = "/rerank",
     request_body = RerankRequest,
     responses(
-        (status = 200, description = "Texts ranked, highest score first", body = [Rank],
-         headers(("x-total-time" = String, description = "ms"),
-                 ("x-tokenization-time" = String, description = "ms"),
-                 ("x-queue-time" = String, description = "ms"),
-                 ("x-inference-time" = String, description = "ms"))),
-        (status = 400, description = "Malformed JSON or no texts", body = ErrorResponse),
+        (status = 200, description = "Texts ranked, highest score first (equal scores: highest index first, as TEI)", body = [Rank],
+         headers(("x-compute-type" = String, description = "device+backend+precision"),
+                 ("x-compute-time" = String, description = "integer ms"),
+                 ("x-compute-characters" = String, description = "the query's characters once per text, plus the texts'"),
+                 ("x-compute-tokens" = String, description = "tokens computed"),
+                 ("x-total-time" = String, description = "integer ms"),
+                 ("x-tokenization-time" = String, description = "integer ms"),
+                 ("x-queue-time" = String, description = "integer ms"),
+                 ("x-inference-time" = String, description = "integer ms"),
+                 ("x-xbench-total-time" = String, description = "ms, 3 decimals"),
+                 ("x-xbench-tokenization-time" = String, description = "ms, 3 decimals"),
+                 ("x-xbench-queue-time" = String, description = "ms, 3 decimals"),
+                 ("x-xbench-inference-time" = String, description = "ms, 3 decimals"))),
+        (status = 400, description = "No texts (error_type Empty) or malformed JSON (Validation)", body = ErrorResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
-        (status = 404, description = "Unknown model", body = ErrorResponse),
-        (status = 413, description = "Too many texts or body too large", body = ErrorResponse),
+        (status = 404, description = "Unknown model (unless server.ignore_unknown_model)", body = ErrorResponse),
+        (status = 413, description = "Body over the payload limit", body = ErrorResponse,
+         example = json!({"error": "the body is over the payload limit of 2000000 bytes (server.payload_limit_bytes); send fewer or shorter texts", "error_type": "Validation"})),
         (status = 415, description = "Body not sent as JSON", body = ErrorResponse),
-        (status = 422, description = "Wrong types, missing fields, or input over max_length with truncate false", body = ErrorResponse),
-        (status = 429, description = "Overloaded; retry after Retry-After seconds", body = ErrorResponse),
-        (status = 500, description = "Inference failed", body = ErrorResponse),
-        (status = 503, description = "Loading, shutting down, or the deadline (timeout_ms) passed; retry after Retry-After seconds", body = ErrorResponse),
+        (status = 422, description = "More texts than max_client_batch_size, wrong types or missing fields, input over max_length with truncate false (Validation); the tokenizer failed (Tokenizer)", body = ErrorResponse,
+         example = json!({"error": "33 texts is more than max_client_batch_size 32; split the request", "error_type": "Validation"})),
+        (status = 424, description = "Inference failed", body = ErrorResponse,
+         example = json!({"error": "inference failed", "error_type": "Backend"})),
+        (status = 429, description = "Overloaded, or the deadline (timeout_ms) passed; retry after Retry-After seconds", body = ErrorResponse,
+         example = json!({"error": "overloaded: the tokenizer queue is full (1024 requests); retry later", "error_type": "Overloaded"})),
+        (status = 503, description = "Loading or shutting down; retry after Retry-After seconds", body = ErrorResponse,
+         example = json!({"error": "the models are loading; retry shortly", "error_type": "Unhealthy"})),
     ),
     security((), ("api_key" = [])),
 )]
@@ -371,7 +433,7 @@ async fn rerank(
             (true, Some(TruncationDirection::Right)) => Truncation::Right,
         };
         let texts = req.return_text.then(|| req.texts.clone());
-        let (_, scored) = score(
+        let done = score(
             &state,
             Job {
                 model: req.model,
@@ -390,6 +452,7 @@ async fn rerank(
             },
         )
         .await?;
+        let scored = &done.scored;
         let mut ranks: Vec<Rank> = scored
             .rows()
             .enumerate()
@@ -400,15 +463,16 @@ async fn rerank(
                     score: if req.raw_scores { raw } else { sigmoid(raw) },
                     text: texts.as_ref().map(|t| t[index].clone()),
                     logits: (logits.len() > 1).then(|| logits.to_vec()),
-                    chunk_index: chunk_index(req.return_chunks, &scored, index),
+                    chunk_index: chunk_index(req.return_chunks, scored, index),
                 }
             })
             .collect();
-        ranks.sort_by(|a, b| b.score.total_cmp(&a.score));
-        Ok::<_, ApiError>((timing_headers(started.elapsed(), &scored), Json(ranks)).into_response())
+        // Highest score first; equal scores highest index first, as TEI orders them.
+        ranks.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.index.cmp(&a.index)));
+        Ok::<_, ApiError>((timing_headers(started.elapsed(), &done), Json(ranks)).into_response())
     }
     .await;
-    accepted.answer(result.unwrap_or_else(IntoResponse::into_response))
+    accepted.answer(result.unwrap_or_else(|e| e.tei().into_response()))
 }
 
 /// Rerank documents against a query (Cohere's and Jina's API).
@@ -450,7 +514,7 @@ async fn cohere_rerank(
         }
         let passages: Vec<String> = req.documents.into_iter().map(Document::into_text).collect();
         let texts = req.return_documents.then(|| passages.clone());
-        let (model, scored) = score(
+        let done = score(
             &state,
             Job {
                 model: req.model,
@@ -469,6 +533,7 @@ async fn cohere_rerank(
             },
         )
         .await?;
+        let (model, scored) = (done.model.clone(), &done.scored);
         let mut results: Vec<CohereResult> = scored
             .rows()
             .enumerate()
@@ -479,7 +544,7 @@ async fn cohere_rerank(
                     text: t[index].clone(),
                 }),
                 logits: (logits.len() > 1).then(|| logits.to_vec()),
-                chunk_index: chunk_index(req.return_chunks, &scored, index),
+                chunk_index: chunk_index(req.return_chunks, scored, index),
             })
             .collect();
         results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
@@ -494,7 +559,7 @@ async fn cohere_rerank(
                 total_tokens: scored.tokens,
             },
         };
-        Ok((timing_headers(started.elapsed(), &scored), Json(body)).into_response())
+        Ok((timing_headers(started.elapsed(), &done), Json(body)).into_response())
     }
     .await;
     accepted.answer(result.unwrap_or_else(IntoResponse::into_response))
@@ -544,7 +609,7 @@ async fn cohere_v2_rerank(
                 "max_tokens_per_doc must be at least 1 (or left out for the model's max_length)",
             ));
         }
-        let (_, scored) = score(
+        let done = score(
             &state,
             Job {
                 model: Some(req.model),
@@ -563,13 +628,14 @@ async fn cohere_v2_rerank(
             },
         )
         .await?;
+        let scored = &done.scored;
         let mut results: Vec<CohereV2Result> = scored
             .rows()
             .enumerate()
             .map(|(index, logits)| CohereV2Result {
                 index,
                 relevance_score: sigmoid(relevance(logits)),
-                chunk_index: chunk_index(req.return_chunks, &scored, index),
+                chunk_index: chunk_index(req.return_chunks, scored, index),
             })
             .collect();
         results.sort_by(|a, b| b.relevance_score.total_cmp(&a.relevance_score));
@@ -591,7 +657,7 @@ async fn cohere_v2_rerank(
                 },
             },
         };
-        Ok((timing_headers(started.elapsed(), &scored), Json(body)).into_response())
+        Ok((timing_headers(started.elapsed(), &done), Json(body)).into_response())
     }
     .await;
     accepted.answer(result.unwrap_or_else(IntoResponse::into_response))
@@ -683,25 +749,26 @@ async fn score_pairs(
             })
             .collect();
         let mut data = vec![None; documents.len()];
-        let (mut model, mut tokens, mut first) = (String::new(), 0, None);
+        let (mut model, mut tokens, mut characters, mut first) = (String::new(), 0, 0, None);
         for ((_, members), job) in groups.iter().zip(jobs) {
-            let (name, scored) = job
+            let done = job
                 .await
                 .map_err(|e| ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
                     format!("a scoring task failed: {e}"),
                 ))??;
-            for (&i, logits) in members.iter().zip(scored.rows()) {
+            for (&i, logits) in members.iter().zip(done.scored.rows()) {
                 data[i] = Some(ScoreData {
                     index: i,
                     object: "score".to_string(),
                     score: sigmoid(relevance(logits)),
                 });
             }
-            tokens += scored.tokens;
-            model = name;
-            first.get_or_insert(scored);
+            tokens += done.scored.tokens;
+            characters += done.characters;
+            model = done.model.clone();
+            first.get_or_insert(done);
         }
         let body = ScoreResponse {
             id: format!("score-{:032x}", rand::rng().random::<u128>()),
@@ -716,8 +783,13 @@ async fn score_pairs(
                 total_tokens: tokens,
             },
         };
-        let response = match &first {
-            Some(scored) => (timing_headers(started.elapsed(), scored), Json(body)).into_response(),
+        let response = match first {
+            Some(mut done) => {
+                // The headers count the whole request: every query group's pairs.
+                done.characters = characters;
+                done.scored.tokens = tokens;
+                (timing_headers(started.elapsed(), &done), Json(body)).into_response()
+            }
             None => Json(body).into_response(),
         };
         Ok(response)
@@ -727,34 +799,44 @@ async fn score_pairs(
 }
 
 /// 200 once the models are loaded and warm; 503 while loading and while shutting down.
+/// Whether the server scores: 200 with an empty body once the models are loaded and warm, as
+/// text-embeddings-inference answers; 503 with TEI's body while they load or the server shuts
+/// down (`x-xbench-status` says which: `loading` or `shutting_down`; `Retry-After` too).
 #[utoipa::path(
     get,
     path = "/health",
     responses(
-        (status = 200, description = "Ready", body = HealthResponse),
-        (status = 503, description = "Loading or shutting down", body = HealthResponse),
+        (status = 200, description = "Ready (empty body)"),
+        (status = 503, description = "Loading or shutting down", body = ErrorResponse,
+         headers(("x-xbench-status" = String, description = "loading or shutting_down")),
+         example = json!({"error": "unhealthy", "error_type": "Unhealthy"})),
     )
 )]
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let (status, text) = match state.phase() {
-        READY => (StatusCode::OK, "ok"),
-        LOADING => (StatusCode::SERVICE_UNAVAILABLE, "loading"),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+    let why = match state.phase() {
+        READY => return StatusCode::OK.into_response(),
+        LOADING => "loading",
+        _ => "shutting_down",
     };
-    let mut response = (
-        status,
-        Json(HealthResponse {
-            status: text.into(),
-        }),
+    let body = ErrorResponse {
+        error: "unhealthy".into(),
+        error_type: "Unhealthy".into(),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (
+                header::RETRY_AFTER,
+                HeaderValue::from(state.settings.retry_after_s),
+            ),
+            (
+                HeaderName::from_static("x-xbench-status"),
+                HeaderValue::from_static(why),
+            ),
+        ],
+        Json(body),
     )
-        .into_response();
-    if status != StatusCode::OK {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(state.settings.retry_after_s),
-        );
-    }
-    response
+        .into_response()
 }
 
 /// The loaded models, the limits and the version.
@@ -762,14 +844,21 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     get,
     path = "/info",
     responses(
-        (status = 200, description = "Models and limits", body = InfoResponse),
+        (status = 200, description = "TEI's fields for the default model, then every model and the limits", body = InfoResponse),
         (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
         (status = 503, description = "Loading or shutting down", body = ErrorResponse),
     ),
     security((), ("api_key" = [])),
 )]
-async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, ApiError> {
-    let engine = ready_engine(&state)?;
+async fn info(State(state): State<Arc<AppState>>) -> Response {
+    match info_body(&state) {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => e.tei().into_response(),
+    }
+}
+
+fn info_body(state: &AppState) -> Result<InfoResponse, ApiError> {
+    let engine = ready_engine(state)?;
     let retry = state.settings.retry_after_s;
     let config = &state.engine_config;
     let mut models = Vec::new();
@@ -779,6 +868,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, 
         let info = engine.model_info(m).map_err(e)?;
         models.push(ModelDescription {
             name: name.clone(),
+            served_model_names: spec.served_model_names.clone(),
             architecture: info.architecture.clone(),
             labels: info.labels.clone(),
             num_layers: info.num_layers,
@@ -799,7 +889,55 @@ async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, 
         });
     }
     let b = &config.batching;
-    Ok(Json(InfoResponse {
+    let Some(first) = models.first() else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "no model is loaded",
+        ));
+    };
+    let labels = engine
+        .model_info(Some(&first.name))
+        .map_err(|e| ApiError::from_engine(e, retry))?
+        .labels
+        .clone();
+    let model_sha = match first.name.split_once('@') {
+        Some((_, revision)) if !std::path::Path::new(&first.name).exists() => {
+            Some(revision.to_string())
+        }
+        _ => None,
+    };
+    Ok(InfoResponse {
+        model_id: first.name.clone(),
+        model_sha,
+        model_dtype: match first.precision.as_str() {
+            "fp32" => "float32",
+            "fp16" => "float16",
+            "bf16" => "bfloat16",
+            other => other,
+        }
+        .to_string(),
+        model_type: ModelType::Reranker(ClassifierModel {
+            id2label: labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), l.clone()))
+                .collect(),
+            label2id: labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), i))
+                .collect(),
+        }),
+        max_concurrent_requests: config.tokenizer_pool.queue_capacity,
+        max_input_length: first.max_length,
+        max_batch_tokens: b.max_batch_tokens,
+        max_batch_requests: Some(b.max_batch_size),
+        max_client_batch_size: state.settings.max_client_batch_size,
+        auto_truncate: true,
+        tokenization_workers: config.tokenizer_pool.workers,
+        sha: option_env!("XBENCH_GIT_SHA").map(str::to_string),
+        docker_label: option_env!("DOCKER_LABEL").map(str::to_string),
         version: env!("CARGO_PKG_VERSION").to_string(),
         models,
         limits: Limits {
@@ -814,7 +952,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Result<Json<InfoResponse>, 
         tokenizer_workers: config.tokenizer_pool.workers,
         tokenizer_parallelism: config.tokenizer_pool.parallelism,
         api_key_required: state.settings.api_key.is_some(),
-    }))
+    })
 }
 
 /// Prometheus metrics, text format.
@@ -854,7 +992,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(format!(
-        "no route {} {}; routes: POST /rerank, POST /v1/rerank, GET /health, GET /info, GET /metrics, GET /openapi.json",
+        "no route {} {}; routes: POST /rerank, POST /v1/rerank, POST /v2/rerank, POST /score, GET /health, GET /info, GET /metrics, GET /openapi.json",
         request.method(),
         request.uri().path()
     ))
@@ -862,10 +1000,10 @@ async fn not_found(request: Request) -> ApiError {
 
 async fn method_not_allowed(request: Request) -> ApiError {
     let allowed = match request.uri().path() {
-        "/rerank" | "/v1/rerank" => "POST",
+        "/rerank" | "/v1/rerank" | "/v2/rerank" | "/score" => "POST",
         _ => "GET",
     };
-    ApiError::new(
+    let e = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
@@ -873,7 +1011,8 @@ async fn method_not_allowed(request: Request) -> ApiError {
             request.method(),
             request.uri().path()
         ),
-    )
+    );
+    dialect(request.uri().path(), e)
 }
 
 /// Compares without stopping at the first differing byte.
@@ -901,7 +1040,7 @@ async fn declared_size(
         .and_then(|v| v.trim().parse::<u64>().ok());
     match declared {
         Some(n) if n > state.settings.payload_limit_bytes as u64 => {
-            too_large_body(&state).into_response()
+            dialect(request.uri().path(), too_large_body(&state)).into_response()
         }
         _ => next.run(request).await,
     }
@@ -923,16 +1062,26 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
         .map(str::trim);
     match given {
         Some(g) if same_key(g.as_bytes(), key.as_bytes()) => next.run(request).await,
-        Some(_) => unauthorized("the API key is wrong"),
-        None => {
-            unauthorized("this server needs an API key: send the header Authorization: Bearer KEY")
-        }
+        Some(_) => unauthorized(path, "the API key is wrong"),
+        None => unauthorized(
+            path,
+            "this server needs an API key: send the header Authorization: Bearer KEY",
+        ),
     }
 }
 
-fn unauthorized(message: &str) -> Response {
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+/// An error as the route's API writes it: TEI's vocabulary on TEI's routes ([`ApiError::tei`]),
+/// xbench's elsewhere.
+fn dialect(path: &str, e: ApiError) -> ApiError {
+    match path {
+        "/rerank" | "/info" | "/health" => e.tei(),
+        _ => e,
+    }
+}
+
+fn unauthorized(path: &str, message: &str) -> Response {
+    let e = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    let mut response = dialect(path, e).into_response();
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -303,6 +303,103 @@ pub fn check_schema(doc: &Value, schema: &Value, value: &Value, at: &str) -> Res
     Ok(())
 }
 
+/// text-embeddings-inference's published OpenAPI document, vendored unmodified with its licence
+/// noted (`tests/data/tei/README.md`).
+pub fn tei_doc() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tei/openapi.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The schema of a response in an OpenAPI document, by path, method and status.
+pub fn response_schema(doc: &Value, path: &str, method: &str, status: &str) -> Value {
+    doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"].clone()
+}
+
+/// Checks `value` against an OpenAPI 3.0 schema as another server's published document writes it
+/// (text-embeddings-inference's, `tests/data/tei/openapi.json`): types, `$ref`, `required`,
+/// `properties` (others allowed, as JSON Schema allows them), `additionalProperties`, `items`,
+/// `oneOf`/`anyOf`/`allOf`, `enum`, `nullable`, `minimum`.
+pub fn check_openapi30(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        let target = &doc["components"]["schemas"][name];
+        if target.is_null() {
+            return Err(format!("{at}: no schema {r}"));
+        }
+        return check_openapi30(doc, target, value, at);
+    }
+    if value.is_null() && schema["nullable"] == Value::Bool(true) {
+        return Ok(());
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            check_openapi30(doc, s, value, at)?;
+        }
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(options) = schema[key].as_array() {
+            let ok = options
+                .iter()
+                .filter(|o| check_openapi30(doc, o, value, at).is_ok())
+                .count();
+            if ok == 0 || (key == "oneOf" && ok > 1) {
+                return Err(format!(
+                    "{at}: {value} matches {ok} options of {key} {schema}"
+                ));
+            }
+        }
+    }
+    if let Some(options) = schema["enum"].as_array() {
+        if !options.contains(value) {
+            return Err(format!("{at}: {value} is not one of {options:?}"));
+        }
+    }
+    if let Some(t) = schema["type"].as_str() {
+        let ok = match t {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "boolean" => value.is_boolean(),
+            "integer" => value.is_u64() || value.is_i64(),
+            "number" => value.is_number(),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("{at}: {value} is not of type {t}"));
+        }
+    }
+    if let (Some(min), Some(v)) = (schema["minimum"].as_f64(), value.as_f64()) {
+        if v < min {
+            return Err(format!("{at}: {v} is under the minimum {min}"));
+        }
+    }
+    if let Value::Object(obj) = value {
+        for req in schema["required"].as_array().into_iter().flatten() {
+            let req = req.as_str().unwrap_or_default();
+            if !obj.contains_key(req) {
+                return Err(format!("{at}: required '{req}' is missing from {value}"));
+            }
+        }
+        for (k, v) in obj {
+            let here = format!("{at}.{k}");
+            match schema["properties"].get(k) {
+                Some(s) => check_openapi30(doc, s, v, &here)?,
+                None => match &schema["additionalProperties"] {
+                    Value::Bool(false) => return Err(format!("{here} is not allowed")),
+                    s @ Value::Object(_) => check_openapi30(doc, s, v, &here)?,
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let (Value::Array(items), Some(s)) = (value, schema.get("items")) {
+        for (i, v) in items.iter().enumerate() {
+            check_openapi30(doc, s, v, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Kills the child when dropped.
 pub struct Child(pub std::process::Child);
 
