@@ -394,7 +394,7 @@ fn the_api_key_guards_every_route_but_health_and_metrics() {
         let r = client().get(server.url(path)).send().unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
-    for path in ["/health", "/metrics"] {
+    for path in ["/health", "/live", "/metrics"] {
         let r = client().get(server.url(path)).send().unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
@@ -431,6 +431,7 @@ fn the_openapi_document_describes_the_real_responses() {
         ("/v2/rerank", "post"),
         ("/score", "post"),
         ("/health", "get"),
+        ("/live", "get"),
         ("/info", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
@@ -1404,25 +1405,7 @@ fn a_tei_client_finds_every_answer_where_teis_document_puts_it() {
     drop(server);
 
     // 429: a server made to overload (queues of one, a slow model).
-    let server = TestServer::start(
-        settings(),
-        EngineConfig {
-            tokenizer_pool: TokenizerPoolConfig {
-                queue_capacity: 1,
-                ..TokenizerPoolConfig::default()
-            },
-            ..engine_config(BatchingConfig {
-                enabled: false,
-                queue_capacity: 1,
-                ..BatchingConfig::default()
-            })
-        },
-        Some(test_backend(
-            Duration::from_millis(300),
-            512,
-            Duration::ZERO,
-        )),
-    );
+    let server = overloadable_server();
     let body = json!({"query": "q", "texts": ["a short text"]});
     let results: Vec<(StatusCode, Option<String>, Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..12)

@@ -15,30 +15,16 @@ use support::*;
 
 #[test]
 fn overload_is_answered_with_429_and_the_server_keeps_serving() {
-    let server = TestServer::start(
-        settings(),
-        EngineConfig {
-            tokenizer_pool: TokenizerPoolConfig {
-                queue_capacity: 1,
-                ..TokenizerPoolConfig::default()
-            },
-            ..engine_config(BatchingConfig {
-                enabled: false,
-                queue_capacity: 1,
-                ..BatchingConfig::default()
-            })
-        },
-        Some(test_backend(
-            Duration::from_millis(300),
-            512,
-            Duration::ZERO,
-        )),
-    );
+    let server = overloadable_server();
     let body = json!({"query": "q", "texts": ["a short text"]});
     let results: Vec<(StatusCode, Option<String>, Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..16)
             .map(|_| s.spawn(|| post_rerank(&server, &body)))
             .collect();
+        // Alive while the queues are full (a liveness probe must not restart a busy replica).
+        std::thread::sleep(Duration::from_millis(100));
+        let r = client().get(server.url("/live")).send().unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let ok = results.iter().filter(|r| r.0 == StatusCode::OK).count();
@@ -126,6 +112,14 @@ fn health_is_503_while_loading_then_200() {
             Duration::from_millis(1500),
         )),
     );
+    // Alive while loading (the liveness probe); every answer names its replica.
+    let r = client().get(server.url("/live")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["x-xbench-replica"],
+        xbench::server::replica_name().as_str()
+    );
+    assert_eq!(r.text().unwrap(), "");
     // TEI's answers (its document's 503 example, its schema), and xbench's reason beside them.
     let doc = tei_doc();
     let r = client().get(server.url("/health")).send().unwrap();
@@ -171,7 +165,17 @@ fn health_is_503_while_loading_then_200() {
     server.wait_ready();
     let r = client().get(server.url("/health")).send().unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["x-xbench-replica"],
+        xbench::server::replica_name().as_str()
+    );
     assert_eq!(r.text().unwrap(), "", "TEI's 200 has an empty body");
+    let r = client().get(server.url("/nowhere")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        r.headers().contains_key("x-xbench-replica"),
+        "on errors too"
+    );
 }
 
 #[test]

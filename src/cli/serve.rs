@@ -24,7 +24,7 @@ pub struct ServeArgs {
     /// Port (server.port); 0 picks a free one.
     #[arg(long)]
     pub port: Option<u16>,
-    /// Require `Authorization: Bearer KEY` on every route but /health (server.api_key).
+    /// Require `Authorization: Bearer KEY` on every route but /health and /live (server.api_key).
     #[arg(long, env = "XBENCH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Another name requests may give for the (first) model, as vLLM's --served-model-name;

@@ -203,7 +203,7 @@ pub struct ServerSettings {
     /// Largest request body in bytes; more is 413.
     #[serde(default = "payload_limit_bytes")]
     pub payload_limit_bytes: usize,
-    /// Bearer token required on every route but /health (and /metrics unless
+    /// Bearer token required on every route but /health and /live (and /metrics unless
     /// `metrics_require_api_key`); `null`: no key. `XBENCH_API_KEY` or `--api-key` set it too.
     #[serde(default)]
     pub api_key: Option<String>,

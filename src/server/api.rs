@@ -466,6 +466,6 @@ pub struct InfoResponse {
     pub tokenizer_workers: usize,
     /// Whether a tokenizer worker encodes a request's pairs in parallel.
     pub tokenizer_parallelism: bool,
-    /// Whether routes other than /health (and /metrics, unless configured) need a Bearer token.
+    /// Whether routes other than /health and /live (and /metrics, unless configured) need a Bearer token.
     pub api_key_required: bool,
 }

@@ -59,6 +59,32 @@ pub(crate) struct AppState {
     answered: AtomicU64,
     left: AtomicU64,
     started: Instant,
+    /// `x-xbench-replica` on every answer: which replica of a fleet answered.
+    replica: axum::http::HeaderValue,
+}
+
+/// This replica's name, as every answer's `x-xbench-replica` gives it: `XBENCH_REPLICA`, else the
+/// host name (a Kubernetes pod's name), else `xbench`.
+pub fn replica_name() -> String {
+    replica_from(std::env::var("XBENCH_REPLICA").ok(), host_name)
+}
+
+fn replica_from(env: Option<String>, host: impl FnOnce() -> Option<String>) -> String {
+    env.map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(host)
+        .unwrap_or_else(|| "xbench".to_string())
+}
+
+/// The kernel's host name (Linux: `/proc/sys/kernel/hostname`, else `/etc/hostname`, else
+/// `HOSTNAME`).
+fn host_name() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 impl AppState {
@@ -124,6 +150,8 @@ impl Server {
                 answered: AtomicU64::new(0),
                 left: AtomicU64::new(0),
                 started: Instant::now(),
+                replica: axum::http::HeaderValue::from_str(&replica_name())
+                    .unwrap_or_else(|_| axum::http::HeaderValue::from_static("xbench")),
             }),
             starter,
         })
@@ -328,5 +356,20 @@ impl Drop for BackgroundServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replica_is_named_by_the_environment_else_the_host() {
+        let host = || Some("pod-7".to_string());
+        assert_eq!(replica_from(Some("r2".into()), host), "r2");
+        assert_eq!(replica_from(Some("  ".into()), host), "pod-7");
+        assert_eq!(replica_from(None, host), "pod-7");
+        assert_eq!(replica_from(None, || None), "xbench");
+        assert!(host_name().is_some_and(|h| !h.is_empty()));
     }
 }

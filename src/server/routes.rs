@@ -31,6 +31,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/v2/rerank", post(cohere_v2_rerank))
         .route("/score", post(score_pairs))
         .route("/health", get(health))
+        .route("/live", get(live))
         .route("/info", get(info))
         .route("/metrics", get(prometheus))
         .route("/openapi.json", get(openapi))
@@ -40,6 +41,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), declared_size))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn_with_state(state.clone(), replica))
         .with_state(state)
 }
 
@@ -50,7 +52,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         title = "xbench",
         description = "Reranking with cross-encoders and generative rerankers: TEI-compatible /rerank, Cohere/Jina-compatible /v1/rerank, Cohere v2 /v2/rerank, vLLM's /score."
     ),
-    paths(rerank, cohere_rerank, cohere_v2_rerank, score_pairs, health, info, prometheus, openapi),
+    paths(rerank, cohere_rerank, cohere_v2_rerank, score_pairs, health, live, info, prometheus, openapi),
     components(schemas(
         RerankRequest,
         Rank,
@@ -839,6 +841,13 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Whether the process runs: 200 with an empty body while it does, loading, draining or
+/// overloaded alike (a liveness probe; `/health` is the readiness one). Needs no API key.
+#[utoipa::path(get, path = "/live", responses((status = 200, description = "The process runs (empty body)")))]
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
 /// The loaded models, the limits and the version.
 #[utoipa::path(
     get,
@@ -992,7 +1001,7 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(format!(
-        "no route {} {}; routes: POST /rerank, POST /v1/rerank, POST /v2/rerank, POST /score, GET /health, GET /info, GET /metrics, GET /openapi.json",
+        "no route {} {}; routes: POST /rerank, POST /v1/rerank, POST /v2/rerank, POST /score, GET /health, GET /live, GET /info, GET /metrics, GET /openapi.json",
         request.method(),
         request.uri().path()
     ))
@@ -1025,7 +1034,7 @@ fn same_key(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
-/// The Bearer-token check: every route but /health, and /metrics unless configured.
+/// The Bearer-token check: every route but /health and /live, and /metrics unless configured.
 /// 413 from the Content-Length alone, before a byte of an oversized body is read (a body without
 /// one, chunked, is cut by `DefaultBodyLimit` as it streams in).
 async fn declared_size(
@@ -1051,7 +1060,10 @@ async fn authorize(State(state): State<Arc<AppState>>, request: Request, next: N
         return next.run(request).await;
     };
     let path = request.uri().path();
-    if path == "/health" || (path == "/metrics" && !state.settings.metrics_require_api_key) {
+    if path == "/health"
+        || path == "/live"
+        || (path == "/metrics" && !state.settings.metrics_require_api_key)
+    {
         return next.run(request).await;
     }
     let given = request
@@ -1085,6 +1097,15 @@ fn unauthorized(path: &str, message: &str) -> Response {
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// `x-xbench-replica` on every answer, errors and the framework's own included.
+async fn replica(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response
+        .headers_mut()
+        .insert("x-xbench-replica", state.replica.clone());
     response
 }
 

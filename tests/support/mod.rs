@@ -188,6 +188,30 @@ pub fn grouped(pairs: &[Pair]) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// A server made to overload: queues of one request, batching off, a model that takes 300 ms a
+/// batch; a dozen concurrent requests get some 429s.
+pub fn overloadable_server() -> TestServer {
+    TestServer::start(
+        settings(),
+        EngineConfig {
+            tokenizer_pool: TokenizerPoolConfig {
+                queue_capacity: 1,
+                ..TokenizerPoolConfig::default()
+            },
+            ..engine_config(BatchingConfig {
+                enabled: false,
+                queue_capacity: 1,
+                ..BatchingConfig::default()
+            })
+        },
+        Some(test_backend(
+            Duration::from_millis(300),
+            512,
+            Duration::ZERO,
+        )),
+    )
+}
+
 /// Scores as the loaded backend does, but can sleep per batch and fails any batch holding a pair
 /// longer than `fail_over` tokens.
 pub struct TestBackend {
