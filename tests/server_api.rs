@@ -111,9 +111,10 @@ fn both_apis_score_as_xbench_score_does() {
     assert_eq!(summary.accepted, summary.answered);
 }
 
-#[test]
-fn every_row_of_the_status_table() {
-    let server = TestServer::start(
+/// A server with small limits (4 texts, 4096-byte bodies) whose model fails any batch holding a
+/// pair over 64 tokens: every error case is in reach.
+fn limited_server() -> TestServer {
+    TestServer::start(
         ServerSettings {
             max_client_batch_size: 4,
             payload_limit_bytes: 4096,
@@ -121,7 +122,12 @@ fn every_row_of_the_status_table() {
         },
         engine_config(BatchingConfig::default()),
         Some(test_backend(Duration::ZERO, 64, Duration::ZERO)),
-    );
+    )
+}
+
+#[test]
+fn every_row_of_the_status_table() {
+    let server = limited_server();
     let raw = |path: &str, content_type: Option<&str>, body: &str| {
         let mut r = client().post(server.url(path)).body(body.to_string());
         if let Some(ct) = content_type {
@@ -1235,15 +1241,7 @@ fn every_family_serves_over_every_api() {
 #[test]
 fn a_tei_client_finds_every_answer_where_teis_document_puts_it() {
     let doc = tei_doc();
-    let server = TestServer::start(
-        ServerSettings {
-            max_client_batch_size: 4,
-            payload_limit_bytes: 4096,
-            ..settings()
-        },
-        engine_config(BatchingConfig::default()),
-        Some(test_backend(Duration::ZERO, 64, Duration::ZERO)),
-    );
+    let server = limited_server();
     // The request of the document's examples (booleans are written there as "false").
     let schema = &doc["components"]["schemas"]["RerankRequest"];
     let mut request = serde_json::Map::new();

@@ -212,20 +212,8 @@ fn load_fused(
         .layers
         .iter()
         .map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down]);
-    let used = match quant_cache::save_layers(&key, layers) {
-        Ok(path) => {
-            tracing::info!(model = %files.name, path = %path.display(), "wrote the quantized layers");
-            match damaged {
-                Some(why) => CacheUse::Replaced { path, why },
-                None => CacheUse::Written(path),
-            }
-        }
-        Err(why) => {
-            tracing::warn!(model = %files.name, %why, "cannot cache the quantized layers");
-            CacheUse::Failed(why)
-        }
-    };
-    Ok((model, used))
+    let saved = quant_cache::save_layers(&key, layers);
+    Ok((model, CacheUse::after_writing(&files.name, saved, damaged)))
 }
 
 impl Backend for DecoderBackend {

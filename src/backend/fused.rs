@@ -56,20 +56,11 @@ impl FusedBackend {
             }
         }
         backend.convert(files, precision)?;
-        let used = match quant_cache::save(files, precision, &backend.model) {
-            Ok(path) => {
-                tracing::info!(model = %files.name, path = %path.display(), "wrote the quantized layers");
-                match damaged {
-                    Some(why) => CacheUse::Replaced { path, why },
-                    None => CacheUse::Written(path),
-                }
-            }
-            Err(why) => {
-                tracing::warn!(model = %files.name, %why, "cannot cache the quantized layers");
-                CacheUse::Failed(why)
-            }
-        };
-        Ok((backend, used))
+        let saved = quant_cache::save(files, precision, &backend.model);
+        Ok((
+            backend,
+            CacheUse::after_writing(&files.name, saved, damaged),
+        ))
     }
 
     /// Converts the fp32 weights to `precision`. int8 and int4 first run the built-in calibration

@@ -107,6 +107,30 @@ pub enum CacheUse {
     Failed(String),
 }
 
+impl CacheUse {
+    /// What writing freshly computed layers came to: `saved` is the write's outcome, `damaged`
+    /// why the cache that was there could not be read (if it could not). Logged for `model`.
+    pub fn after_writing(
+        model: &str,
+        saved: Result<PathBuf, String>,
+        damaged: Option<String>,
+    ) -> Self {
+        match saved {
+            Ok(path) => {
+                tracing::info!(model, path = %path.display(), "wrote the quantized layers");
+                match damaged {
+                    Some(why) => Self::Replaced { path, why },
+                    None => Self::Written(path),
+                }
+            }
+            Err(why) => {
+                tracing::warn!(model, %why, "cannot cache the quantized layers");
+                Self::Failed(why)
+            }
+        }
+    }
+}
+
 /// The precision a model instance computes in (`quantization` of a model instance).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize, clap::ValueEnum,
